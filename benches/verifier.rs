@@ -1,0 +1,73 @@
+//! Verifier costs: prefill and one decode step on the fixture model, and the full-size
+//! `dinosiglip-vit-so-224px` towers on one frame (random weights).
+
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device, Tensor};
+use candle_nn::VarBuilder;
+use criterion::{criterion_group, criterion_main, Criterion};
+use spec_vla::checkpoint::CheckpointFiles;
+use spec_vla::config::OpenVlaConfig;
+use spec_vla::processor::Processor;
+use spec_vla::synthetic::random_openvla_weights;
+use spec_vla::verifier::OpenVla;
+use spec_vla::vision::VisionBackbone;
+
+fn fixtures() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
+}
+
+fn fixture_model(c: &mut Criterion) {
+    let dev = Device::Cpu;
+    let files = CheckpointFiles::from_dir(&fixtures().join("tiny_openvla")).expect("fixture checkpoint");
+    let config = files.load_config().expect("config");
+    let processor = Processor::new(&config, files.preprocessor.as_deref(), &files.tokenizer).expect("processor");
+    let model = OpenVla::load(&files.var_builder(DType::F32, &dev).expect("weights"), &config).expect("model");
+    let frame = image::open(fixtures().join("frames/libero_spatial_task0_init0_agentview_224.png")).expect("frame");
+    let ids = processor
+        .prompt_ids("pick up the black bowl between the plate and the ramekin and place it on the plate")
+        .expect("ids");
+    let pixels = processor.pixel_values(&frame, &dev).expect("pixels");
+    let image = model.encode_image(&pixels).expect("vision");
+    let mut cache = model.llm().new_cache(model.cache_capacity(ids.len(), 64)).expect("cache");
+
+    let mut group = c.benchmark_group("fixture_model");
+    group.bench_function("vision_and_projector", |b| b.iter(|| model.encode_image(&pixels).expect("vision")));
+    group.bench_function("prefill", |b| b.iter(|| model.prefill(&image, &ids, &mut cache).expect("prefill")));
+    model.prefill(&image, &ids, &mut cache).expect("prefill");
+    let base = cache.len();
+    group.bench_function("decode_step", |b| {
+        b.iter(|| {
+            cache.truncate(base);
+            model.decode(31872 % config.text.vocab_size as u32, &mut cache).expect("decode")
+        })
+    });
+    group.finish();
+}
+
+fn full_size_towers(c: &mut Criterion) {
+    let dev = Device::Cpu;
+    let text = std::fs::read_to_string(fixtures().join("openvla_7b_config.json")).expect("config");
+    let cfg = OpenVlaConfig::from_json_str(&text, Path::new("openvla_7b_config.json")).expect("config");
+    // Only the towers are needed: a config whose Llama is tiny keeps the weights small.
+    let mut small = cfg.clone();
+    small.text.hidden_size = 64;
+    small.text.intermediate_size = 64;
+    small.text.num_hidden_layers = 1;
+    small.text.num_attention_heads = 1;
+    small.text.vocab_size = 512;
+    small.pad_to_multiple_of = 64;
+    let weights = random_openvla_weights(&small, 7, DType::F32, &dev).expect("weights");
+    let vb = VarBuilder::from_tensors(weights, DType::F32, &dev);
+    let vision = VisionBackbone::load(&vb.pp("vision_backbone"), &cfg).expect("towers");
+    let pixels = Tensor::zeros((6, 224, 224), DType::F32, &dev).expect("pixels");
+    let mut group = c.benchmark_group("full_size_towers");
+    group.sample_size(10);
+    group.bench_function("dinov2_l_plus_siglip_so400m_one_frame", |b| {
+        b.iter(|| vision.forward(&pixels).expect("forward"))
+    });
+    group.finish();
+}
+
+criterion_group!(benches, fixture_model, full_size_towers);
+criterion_main!(benches);

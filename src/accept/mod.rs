@@ -1,0 +1,265 @@
+//! Acceptance: which drafted tokens the verifier keeps.
+//!
+//! A policy is a small trait ([`AcceptancePolicy`]), one file per implementation ([`strict`],
+//! [`relaxed`]), and a serde-tagged enum ([`Acceptance`]) for configuration files:
+//!
+//! ```json
+//! {"policy": "strict"}
+//! {"policy": "relaxed_bin_distance", "radius": {"uniform": 9}, "exempt_dims": [6],
+//!  "ids": {"first": 31744, "count": 256}}
+//! ```
+//!
+//! [`best_path`] chooses the accepted path through a [`DraftTree`](crate::draft::DraftTree).
+
+pub mod path;
+pub mod relaxed;
+pub mod strict;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+pub use path::{best_path, AcceptedPath};
+pub use relaxed::{RadiusSpec, RelaxedBinDistance};
+pub use strict::Strict;
+
+/// Number of action dimensions (OpenVLA: xyz, rpy, gripper), so tokens per action.
+pub const ACTION_DIMS: usize = 7;
+
+/// Decides whether a drafted token is kept, given the verifier's greedy token for the same
+/// prefix.
+pub trait AcceptancePolicy {
+    /// `drafted`: the draft's token; `verifier_greedy`: the verifier's argmax at the same
+    /// position; `action_dim`: which action dimension (0..[`ACTION_DIMS`]) the token encodes.
+    /// Must return `true` when `drafted == verifier_greedy`.
+    fn accepts(&self, drafted: u32, verifier_greedy: u32, action_dim: usize) -> bool;
+}
+
+/// The contiguous range of action token ids, `first..first + count`, and their bin index.
+///
+/// The bin index here is `id - first`, so neighbouring ids are neighbouring bins and the bin
+/// distance of two action ids is `|id_a - id_b|`. (OpenVLA numbers its bins the other way,
+/// `id = 32000 - bin`; distances are the same.) For OpenVLA, `ActionIds::at_vocab_end(32000,
+/// 256)` gives ids 31744..=31999.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "ActionIdsRepr", into = "ActionIdsRepr")]
+pub struct ActionIds {
+    first: u32,
+    count: u32,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ActionIdsRepr {
+    first: u32,
+    count: u32,
+}
+
+impl TryFrom<ActionIdsRepr> for ActionIds {
+    type Error = Error;
+    fn try_from(r: ActionIdsRepr) -> Result<Self> {
+        Self::new(r.first, r.count)
+    }
+}
+
+impl From<ActionIds> for ActionIdsRepr {
+    fn from(a: ActionIds) -> Self {
+        Self {
+            first: a.first,
+            count: a.count,
+        }
+    }
+}
+
+impl ActionIds {
+    /// Action ids `first..first + count`. Errors if `count` is 0 or the range passes `u32::MAX`.
+    pub fn new(first: u32, count: u32) -> Result<Self> {
+        if count == 0 {
+            return Err(Error::InvalidSpecSettings(
+                "action id range must hold at least one id".into(),
+            ));
+        }
+        if first.checked_add(count - 1).is_none() {
+            return Err(Error::InvalidSpecSettings(format!(
+                "action id range {first} + {count} overflows u32"
+            )));
+        }
+        Ok(Self { first, count })
+    }
+
+    /// The last `n_bins` ids of a vocabulary of `vocab_size` (unpadded) tokens, as OpenVLA lays
+    /// them out. Errors if `n_bins` is 0 or exceeds `vocab_size`.
+    pub fn at_vocab_end(vocab_size: u32, n_bins: u32) -> Result<Self> {
+        let first = vocab_size.checked_sub(n_bins).ok_or_else(|| {
+            Error::InvalidSpecSettings(format!(
+                "{n_bins} action bins do not fit a vocabulary of {vocab_size}"
+            ))
+        })?;
+        Self::new(first, n_bins)
+    }
+
+    /// The first action id.
+    pub fn first(&self) -> u32 {
+        self.first
+    }
+
+    /// Number of action ids (= bins).
+    pub fn count(&self) -> u32 {
+        self.count
+    }
+
+    /// The last action id (inclusive).
+    pub fn last(&self) -> u32 {
+        // `new` checked that this does not overflow.
+        self.first.saturating_add(self.count - 1)
+    }
+
+    /// Whether `id` is an action id.
+    pub fn contains(&self, id: u32) -> bool {
+        self.bin_of(id).is_some()
+    }
+
+    /// The bin index `id - first` of an action id, `None` for any other id.
+    pub fn bin_of(&self, id: u32) -> Option<u32> {
+        id.checked_sub(self.first).filter(|&bin| bin < self.count)
+    }
+}
+
+/// The acceptance policy as configuration: a serde enum tagged by `"policy"`.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(tag = "policy", rename_all = "snake_case")]
+pub enum Acceptance {
+    /// Exact greedy match: lossless with respect to greedy decoding.
+    #[default]
+    Strict,
+    /// Spec-VLA's relaxed rule, restricted to action ids; see [`RelaxedBinDistance`].
+    RelaxedBinDistance(RelaxedBinDistance),
+}
+
+impl Acceptance {
+    /// Checks the policy's parameters (always fine for values built through constructors or
+    /// serde, which validate; kept for callers that assemble settings by hand).
+    pub fn validate(&self) -> Result<()> {
+        match self {
+            Self::Strict => Ok(()),
+            Self::RelaxedBinDistance(r) => r.validate(),
+        }
+    }
+
+    /// Whether this policy can accept tokens other than the verifier's greedy ones (lossy).
+    pub fn is_lossy(&self) -> bool {
+        !matches!(self, Self::Strict)
+    }
+}
+
+impl AcceptancePolicy for Acceptance {
+    fn accepts(&self, drafted: u32, verifier_greedy: u32, action_dim: usize) -> bool {
+        match self {
+            Self::Strict => Strict.accepts(drafted, verifier_greedy, action_dim),
+            Self::RelaxedBinDistance(r) => r.accepts(drafted, verifier_greedy, action_dim),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn action_ids_bins() {
+        let ids = ActionIds::at_vocab_end(32000, 256).unwrap();
+        assert_eq!((ids.first(), ids.count(), ids.last()), (31744, 256, 31999));
+        assert_eq!(ids.bin_of(31743), None);
+        assert_eq!(ids.bin_of(31744), Some(0));
+        assert_eq!(ids.bin_of(31999), Some(255));
+        assert_eq!(ids.bin_of(32000), None);
+        assert_eq!(ids.bin_of(0), None);
+        assert!(ids.contains(31800) && !ids.contains(29871));
+        // Neighbouring ids are neighbouring bins.
+        assert_eq!(ids.bin_of(31901).unwrap() - ids.bin_of(31900).unwrap(), 1);
+        let top = ActionIds::new(u32::MAX, 1).unwrap();
+        assert_eq!(top.bin_of(u32::MAX), Some(0));
+        assert_eq!(top.last(), u32::MAX);
+    }
+
+    #[test]
+    fn action_ids_errors() {
+        assert!(ActionIds::new(5, 0).is_err());
+        assert!(ActionIds::new(u32::MAX, 2).is_err());
+        assert!(ActionIds::at_vocab_end(100, 101).is_err());
+        assert!(ActionIds::at_vocab_end(100, 0).is_err());
+        assert!(serde_json::from_str::<ActionIds>(r#"{"first":1,"count":0}"#).is_err());
+        assert!(serde_json::from_str::<ActionIds>(r#"{"first":-1,"count":3}"#).is_err());
+        let ids: ActionIds = serde_json::from_str(r#"{"first":10,"count":3}"#).unwrap();
+        assert_eq!(ids, ActionIds::new(10, 3).unwrap());
+    }
+
+    #[test]
+    fn enum_serde_round_trip() {
+        let strict: Acceptance = serde_json::from_str(r#"{"policy":"strict"}"#).unwrap();
+        assert_eq!(strict, Acceptance::Strict);
+        assert_eq!(
+            serde_json::to_string(&strict).unwrap(),
+            r#"{"policy":"strict"}"#
+        );
+        assert_eq!(Acceptance::default(), Acceptance::Strict);
+
+        let json = r#"{"policy":"relaxed_bin_distance","radius":{"uniform":9},"exempt_dims":[6],"ids":{"first":31744,"count":256}}"#;
+        let relaxed: Acceptance = serde_json::from_str(json).unwrap();
+        let ids = ActionIds::new(31744, 256).unwrap();
+        let expected = RelaxedBinDistance::new(RadiusSpec::Uniform(9), vec![6], ids).unwrap();
+        assert_eq!(relaxed, Acceptance::RelaxedBinDistance(expected));
+        assert_eq!(serde_json::to_string(&relaxed).unwrap(), json);
+        assert!(relaxed.validate().is_ok() && relaxed.is_lossy() && !strict.is_lossy());
+
+        let per_dim = Acceptance::RelaxedBinDistance(
+            RelaxedBinDistance::new(RadiusSpec::PerDimension([1, 2, 3, 4, 5, 6, 0]), vec![], ids)
+                .unwrap(),
+        );
+        let text = serde_json::to_string(&per_dim).unwrap();
+        assert!(
+            text.contains(r#""per_dimension":[1,2,3,4,5,6,0]"#),
+            "{text}"
+        );
+        assert_eq!(serde_json::from_str::<Acceptance>(&text).unwrap(), per_dim);
+
+        // exempt_dims may be omitted.
+        let no_exempt = r#"{"policy":"relaxed_bin_distance","radius":{"uniform":2},"ids":{"first":0,"count":8}}"#;
+        assert!(serde_json::from_str::<Acceptance>(no_exempt).is_ok());
+    }
+
+    #[test]
+    fn enum_serde_rejects_bad_json() {
+        let bad = [
+            r#"{"policy":"lenient"}"#,
+            r#"{"radius":{"uniform":2}}"#,
+            // Negative radius.
+            r#"{"policy":"relaxed_bin_distance","radius":{"uniform":-1},"ids":{"first":0,"count":8}}"#,
+            // Radius >= number of bins.
+            r#"{"policy":"relaxed_bin_distance","radius":{"uniform":8},"ids":{"first":0,"count":8}}"#,
+            // Six radii.
+            r#"{"policy":"relaxed_bin_distance","radius":{"per_dimension":[1,1,1,1,1,1]},"ids":{"first":0,"count":8}}"#,
+            // Eight radii.
+            r#"{"policy":"relaxed_bin_distance","radius":{"per_dimension":[1,1,1,1,1,1,1,1]},"ids":{"first":0,"count":8}}"#,
+            // Exempt dimension out of range.
+            r#"{"policy":"relaxed_bin_distance","radius":{"uniform":2},"exempt_dims":[7],"ids":{"first":0,"count":8}}"#,
+            // Missing ids.
+            r#"{"policy":"relaxed_bin_distance","radius":{"uniform":2}}"#,
+            // Unknown field.
+            r#"{"policy":"relaxed_bin_distance","radius":{"uniform":2},"ids":{"first":0,"count":8},"r":3}"#,
+        ];
+        for json in bad {
+            assert!(serde_json::from_str::<Acceptance>(json).is_err(), "{json}");
+        }
+    }
+
+    #[test]
+    fn enum_delegates() {
+        let ids = ActionIds::new(100, 50).unwrap();
+        let relaxed = Acceptance::RelaxedBinDistance(RelaxedBinDistance::uniform(3, ids).unwrap());
+        assert!(relaxed.accepts(110, 113, 0));
+        assert!(!relaxed.accepts(110, 114, 0));
+        assert!(!Acceptance::Strict.accepts(110, 113, 0));
+        assert!(Acceptance::Strict.accepts(110, 110, 0));
+    }
+}

@@ -1,0 +1,264 @@
+//! Spec-VLA's relaxed acceptance, restricted to action tokens.
+//!
+//! A drafted token is accepted iff it equals the verifier's greedy token, or both are action
+//! ids, the action dimension is relaxable (below [`ACTION_DIMS`] and not exempt), and their bins
+//! are at most that dimension's radius apart.
+//!
+//! Differences from the authors' code, by choice: the rule never applies to non-action ids (the
+//! authors compare any two token ids, and padding), radii may differ per dimension, and
+//! dimensions (e.g. the gripper) may be exempted.
+
+use serde::{Deserialize, Serialize};
+
+use super::{AcceptancePolicy, ActionIds, ACTION_DIMS};
+use crate::error::{Error, Result};
+
+/// The allowed bin distance, for all action dimensions or per dimension.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RadiusSpec {
+    /// The same radius for every dimension.
+    Uniform(u32),
+    /// One radius per action dimension, in action order.
+    PerDimension([u32; ACTION_DIMS]),
+}
+
+impl RadiusSpec {
+    /// The radius for `action_dim`, `None` outside `0..ACTION_DIMS`.
+    pub fn for_dim(&self, action_dim: usize) -> Option<u32> {
+        match self {
+            Self::Uniform(r) if action_dim < ACTION_DIMS => Some(*r),
+            Self::Uniform(_) => None,
+            Self::PerDimension(radii) => radii.get(action_dim).copied(),
+        }
+    }
+
+    fn max(&self) -> u32 {
+        match self {
+            Self::Uniform(r) => *r,
+            Self::PerDimension(radii) => radii.iter().copied().max().unwrap_or(0),
+        }
+    }
+}
+
+/// Relaxed acceptance by action-bin distance (Spec-VLA's rule, made type-aware).
+///
+/// Built through [`RelaxedBinDistance::new`] or serde, both of which validate.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "RelaxedRepr", into = "RelaxedRepr")]
+pub struct RelaxedBinDistance {
+    radius: RadiusSpec,
+    exempt_dims: Vec<usize>,
+    ids: ActionIds,
+}
+
+/// The JSON shape: `{"radius": {...}, "exempt_dims": [...], "ids": {...}}`.
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RelaxedRepr {
+    radius: RadiusSpec,
+    #[serde(default)]
+    exempt_dims: Vec<usize>,
+    ids: ActionIds,
+}
+
+impl TryFrom<RelaxedRepr> for RelaxedBinDistance {
+    type Error = Error;
+    fn try_from(r: RelaxedRepr) -> Result<Self> {
+        Self::new(r.radius, r.exempt_dims, r.ids)
+    }
+}
+
+impl From<RelaxedBinDistance> for RelaxedRepr {
+    fn from(r: RelaxedBinDistance) -> Self {
+        Self {
+            radius: r.radius,
+            exempt_dims: r.exempt_dims,
+            ids: r.ids,
+        }
+    }
+}
+
+impl RelaxedBinDistance {
+    /// A relaxed policy over the action ids `ids`. `exempt_dims` are dimensions that need an
+    /// exact match (e.g. `[6]` for the gripper); they are stored sorted and deduplicated.
+    ///
+    /// Errors ([`Error::InvalidSpecSettings`]): a radius of `ids.count()` bins or more (it would
+    /// accept every action token), or an exempt dimension outside `0..ACTION_DIMS`.
+    pub fn new(radius: RadiusSpec, mut exempt_dims: Vec<usize>, ids: ActionIds) -> Result<Self> {
+        exempt_dims.sort_unstable();
+        exempt_dims.dedup();
+        let policy = Self {
+            radius,
+            exempt_dims,
+            ids,
+        };
+        policy.validate()?;
+        Ok(policy)
+    }
+
+    /// The same radius `r` for every dimension, nothing exempt.
+    pub fn uniform(r: u32, ids: ActionIds) -> Result<Self> {
+        Self::new(RadiusSpec::Uniform(r), Vec::new(), ids)
+    }
+
+    /// Re-checks the constructor's conditions.
+    pub fn validate(&self) -> Result<()> {
+        let max = self.radius.max();
+        if max >= self.ids.count() {
+            return Err(Error::InvalidSpecSettings(format!(
+                "relaxed acceptance radius {max} must be below the {} action bins",
+                self.ids.count()
+            )));
+        }
+        if let Some(d) = self.exempt_dims.iter().find(|&&d| d >= ACTION_DIMS) {
+            return Err(Error::InvalidSpecSettings(format!(
+                "exempt action dimension {d} is not below {ACTION_DIMS}"
+            )));
+        }
+        Ok(())
+    }
+
+    /// The radius specification.
+    pub fn radius(&self) -> &RadiusSpec {
+        &self.radius
+    }
+
+    /// Dimensions that need an exact match, sorted.
+    pub fn exempt_dims(&self) -> &[usize] {
+        &self.exempt_dims
+    }
+
+    /// The action id range.
+    pub fn ids(&self) -> &ActionIds {
+        &self.ids
+    }
+
+    /// The radius applied at `action_dim`: `None` if the dimension is exempt or outside
+    /// `0..ACTION_DIMS` (then only exact matches are accepted).
+    pub fn radius_for(&self, action_dim: usize) -> Option<u32> {
+        if self.exempt_dims.contains(&action_dim) {
+            return None;
+        }
+        self.radius.for_dim(action_dim)
+    }
+}
+
+impl AcceptancePolicy for RelaxedBinDistance {
+    fn accepts(&self, drafted: u32, verifier_greedy: u32, action_dim: usize) -> bool {
+        if drafted == verifier_greedy {
+            return true;
+        }
+        match (
+            self.ids.bin_of(drafted),
+            self.ids.bin_of(verifier_greedy),
+            self.radius_for(action_dim),
+        ) {
+            (Some(a), Some(b), Some(r)) => a.abs_diff(b) <= r,
+            _ => false,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Action ids 31744..=31999 (OpenVLA's 256 bins).
+    fn ids() -> ActionIds {
+        ActionIds::at_vocab_end(32000, 256).unwrap()
+    }
+
+    #[test]
+    fn within_radius_accepted_beyond_rejected() {
+        for r in [0u32, 1, 5, 9, 100] {
+            let p = RelaxedBinDistance::uniform(r, ids()).unwrap();
+            let g = 31870;
+            for dim in 0..ACTION_DIMS {
+                assert!(p.accepts(g, g, dim));
+                assert!(p.accepts(g + r, g, dim), "r={r}");
+                assert!(p.accepts(g - r, g, dim), "r={r}");
+                assert!(!p.accepts(g + r + 1, g, dim), "r={r}");
+                assert!(!p.accepts(g - r - 1, g, dim), "r={r}");
+            }
+        }
+    }
+
+    #[test]
+    fn non_action_ids_are_never_relaxed() {
+        let p = RelaxedBinDistance::uniform(255, ids()).unwrap();
+        let (first, last) = (ids().first(), ids().last());
+        // Neither, drafted only, verifier only is an action id: exact match only.
+        assert!(!p.accepts(100, 101, 0));
+        assert!(!p.accepts(first - 1, first, 0));
+        assert!(!p.accepts(first, first - 1, 0));
+        assert!(!p.accepts(last + 1, last, 0));
+        assert!(!p.accepts(last, last + 1, 0));
+        assert!(!p.accepts(2, 31999, 3));
+        assert!(p.accepts(2, 2, 3));
+        // With the widest legal radius, any two action ids are accepted.
+        assert!(p.accepts(first, last, 0));
+    }
+
+    #[test]
+    fn exempt_dims_need_exact_match() {
+        let p = RelaxedBinDistance::new(RadiusSpec::Uniform(5), vec![6, 0, 6], ids()).unwrap();
+        assert_eq!(p.exempt_dims(), &[0, 6]);
+        assert!(!p.accepts(31800, 31801, 0));
+        assert!(p.accepts(31800, 31801, 1));
+        assert!(!p.accepts(31800, 31801, 6));
+        assert!(p.accepts(31800, 31800, 6));
+        // Dimensions past the action are never relaxed.
+        assert!(!p.accepts(31800, 31801, ACTION_DIMS));
+        assert_eq!(p.radius_for(ACTION_DIMS), None);
+    }
+
+    #[test]
+    fn per_dimension_radii() {
+        let radii = [0, 1, 2, 3, 4, 5, 6];
+        let p = RelaxedBinDistance::new(RadiusSpec::PerDimension(radii), vec![], ids()).unwrap();
+        for (dim, &r) in radii.iter().enumerate() {
+            assert_eq!(p.radius_for(dim), Some(r));
+            assert!(p.accepts(31900 + r, 31900, dim), "dim {dim}");
+            assert!(!p.accepts(31900 + r + 1, 31900, dim), "dim {dim}");
+        }
+        assert!(!p.accepts(31901, 31900, 0));
+    }
+
+    #[test]
+    fn constructor_validation() {
+        let small = ActionIds::new(10, 8).unwrap();
+        assert!(RelaxedBinDistance::uniform(7, small).is_ok());
+        let errs = [
+            RelaxedBinDistance::uniform(8, small),
+            RelaxedBinDistance::uniform(u32::MAX, small),
+            RelaxedBinDistance::new(
+                RadiusSpec::PerDimension([0, 0, 0, 8, 0, 0, 0]),
+                vec![],
+                small,
+            ),
+            RelaxedBinDistance::new(RadiusSpec::Uniform(1), vec![7], small),
+            RelaxedBinDistance::new(RadiusSpec::Uniform(1), vec![0, usize::MAX], small),
+        ];
+        for e in errs {
+            assert!(matches!(e, Err(Error::InvalidSpecSettings(_))), "{e:?}");
+        }
+        // A single-bin range only admits radius 0.
+        let one = ActionIds::new(10, 1).unwrap();
+        assert!(RelaxedBinDistance::uniform(0, one).is_ok());
+        assert!(RelaxedBinDistance::uniform(1, one).is_err());
+    }
+
+    #[test]
+    fn radius_serde() {
+        let r: RadiusSpec = serde_json::from_str(r#"{"uniform":3}"#).unwrap();
+        assert_eq!(r, RadiusSpec::Uniform(3));
+        assert!(serde_json::from_str::<RadiusSpec>(r#"{"uniform":-1}"#).is_err());
+        assert!(
+            serde_json::from_str::<RadiusSpec>(r#"{"per_dimension":[1,2,3,4,5,6,-7]}"#).is_err()
+        );
+        assert!(serde_json::from_str::<RadiusSpec>(r#"{"per_dimension":[1,2,3]}"#).is_err());
+        let json = r#"{"radius":{"uniform":-1},"ids":{"first":0,"count":8}}"#;
+        assert!(serde_json::from_str::<RelaxedBinDistance>(json).is_err());
+    }
+}

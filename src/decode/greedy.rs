@@ -1,0 +1,41 @@
+//! Plain greedy decoding: one prefill, then one cached verifier step per token, as OpenVLA's
+//! `generate(do_sample=False)` does.
+
+use std::time::Instant;
+
+use super::{argmax, Decoder, DecodeStats};
+use crate::error::Result;
+use crate::kv_cache::KvCache;
+use crate::verifier::{OpenVla, Prefill};
+
+/// The autoregressive baseline: 1 prefill + `n - 1` decode steps (the last token is never fed
+/// back).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct GreedyDecoder;
+
+impl Decoder for GreedyDecoder {
+    fn decode(
+        &mut self,
+        model: &OpenVla,
+        prefill: &Prefill,
+        cache: &mut KvCache,
+        n_tokens: usize,
+    ) -> Result<(Vec<u32>, DecodeStats)> {
+        let mut stats = DecodeStats::default();
+        let mut tokens = Vec::with_capacity(n_tokens);
+        if n_tokens == 0 {
+            return Ok((tokens, stats));
+        }
+        tokens.push(argmax(&prefill.last_logits)?);
+        while tokens.len() < n_tokens {
+            let start = Instant::now();
+            let last = tokens[tokens.len() - 1];
+            let step = model.decode(last, cache)?;
+            tokens.push(argmax(&step.logits.squeeze(0)?)?);
+            stats.times.verify += start.elapsed();
+            stats.verifier_passes += 1;
+            stats.tokens_per_pass.push(1);
+        }
+        Ok((tokens, stats))
+    }
+}

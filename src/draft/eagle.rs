@@ -1,0 +1,185 @@
+//! The EAGLE-1/2 draft head as Spec-VLA uses it.
+//!
+//! `x = fc(concat(embed(token_{i+1}), f_i))`, then one Llama decoder layer without its input
+//! norm; the output is a predicted verifier feature, read by the verifier's (frozen) LM head.
+//! The embedding table and the LM head are the verifier's own. [`DraftLmHead::ActionIds`]
+//! restricts the head to the action ids: drafting over the whole vocabulary wastes most of the
+//! head's cost when only action tokens are ever proposed.
+
+use std::path::Path;
+
+use candle_core::{DType, Device, Module, Tensor, D};
+use candle_nn::{Linear, VarBuilder};
+use serde::{Deserialize, Serialize};
+
+use crate::checkpoint::get;
+use crate::config::{read_text, LlamaConfig};
+use crate::error::{Error, Result};
+use crate::kv_cache::KvCache;
+use crate::llama::{AttentionMask, DecoderLayer, Llama, Positions, RotaryTable};
+
+/// Which rows of the verifier's LM head the draft scores.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum DraftLmHeadKind {
+    /// All `vocab` rows, as Spec-VLA's code does.
+    FullVocab,
+    /// Only the action ids `first..first + count`; log-probs are normalised over them.
+    #[default]
+    ActionIds,
+}
+
+/// The LM head the draft uses, `[rows, hidden]`, and the token id of row 0.
+#[derive(Debug, Clone)]
+pub struct DraftLmHead {
+    weight: Tensor,
+    first_id: u32,
+}
+
+impl DraftLmHead {
+    /// Builds the head from the verifier's LM head.
+    pub fn new(llm: &Llama, kind: DraftLmHeadKind, action_first_id: u32, action_count: u32) -> Result<Self> {
+        let full = llm.lm_head_weight();
+        match kind {
+            DraftLmHeadKind::FullVocab => Ok(Self {
+                weight: full.clone(),
+                first_id: 0,
+            }),
+            DraftLmHeadKind::ActionIds => Ok(Self {
+                weight: full.narrow(0, action_first_id as usize, action_count as usize)?.contiguous()?,
+                first_id: action_first_id,
+            }),
+        }
+    }
+
+    /// `features` `[n, hidden]` -> log-probs `[n, rows]` (f32) over this head's ids.
+    pub fn log_probs(&self, features: &Tensor) -> Result<Tensor> {
+        let logits = features.matmul(&self.weight.t()?)?.to_dtype(DType::F32)?;
+        Ok(candle_nn::ops::log_softmax(&logits, D::Minus1)?)
+    }
+
+    /// Token id of head row `row`.
+    pub fn token(&self, row: usize) -> u32 {
+        self.first_id + row as u32
+    }
+}
+
+/// The draft head's `config.json`: a Llama config with one layer (Spec-VLA's file is exactly
+/// that), plus which LM head rows to draft over.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DraftConfig {
+    #[serde(flatten)]
+    pub llama: LlamaConfig,
+    #[serde(default)]
+    pub lm_head: DraftLmHeadKind,
+}
+
+impl DraftConfig {
+    pub fn from_file(path: &Path) -> Result<Self> {
+        let text = read_text(path)?;
+        serde_json::from_str(&text).map_err(|e| Error::malformed("draft config.json", path, e))
+    }
+
+    /// Checks the draft fits the verifier it will run with.
+    pub fn check_against(&self, verifier: &LlamaConfig) -> Result<()> {
+        if self.llama.hidden_size != verifier.hidden_size {
+            return Err(Error::DraftMismatch(format!(
+                "draft hidden size {} but verifier hidden size {}",
+                self.llama.hidden_size, verifier.hidden_size
+            )));
+        }
+        if self.llama.num_hidden_layers != 1 {
+            return Err(Error::DraftMismatch(format!(
+                "an EAGLE draft head has one decoder layer, this config says {}",
+                self.llama.num_hidden_layers
+            )));
+        }
+        self.llama.validate()
+    }
+}
+
+/// The draft head's trained weights: `fc` and `layers.0`.
+#[derive(Debug, Clone)]
+pub struct EagleDraft {
+    fc: Linear,
+    layer: DecoderLayer,
+    rope: RotaryTable,
+    config: DraftConfig,
+}
+
+impl EagleDraft {
+    /// Loads `fc.{weight,bias}` and `layers.0.*` from `vb` (Spec-VLA's `pytorch_model.bin` or
+    /// our safetensors use the same names; `embed_tokens` and `layers.0.input_layernorm`, when
+    /// present, are ignored: the verifier's embedding is used and EAGLE skips that norm).
+    pub fn load(vb: &VarBuilder, config: &DraftConfig, verifier: &LlamaConfig) -> Result<Self> {
+        config.check_against(verifier)?;
+        let h = config.llama.hidden_size;
+        let fc = Linear::new(get(&vb.pp("fc"), (h, 2 * h), "weight")?, Some(get(&vb.pp("fc"), h, "bias")?));
+        let layer = DecoderLayer::load(&vb.pp("layers.0"), &config.llama, false)?;
+        let rope = RotaryTable::new(
+            config.llama.head_dim(),
+            config.llama.rope_theta,
+            config.llama.max_position_embeddings,
+            vb.dtype(),
+            vb.device(),
+        )?;
+        Ok(Self {
+            fc,
+            layer,
+            rope,
+            config: config.clone(),
+        })
+    }
+
+    /// Loads a draft folder: `config.json` plus `model.safetensors` or `pytorch_model.bin`.
+    pub fn from_dir(dir: &Path, verifier: &LlamaConfig, dtype: DType, device: &Device) -> Result<Self> {
+        let config = DraftConfig::from_file(&dir.join("config.json"))?;
+        let safetensors = dir.join("model.safetensors");
+        let pickle = dir.join("pytorch_model.bin");
+        let vb = if safetensors.exists() {
+            crate::checkpoint::read_safetensors_header(&safetensors)?;
+            // SAFETY: mapped read-only; the file must not be modified while the draft head built
+            // from it is alive (as for the verifier's weights). Its header was validated above.
+            unsafe { VarBuilder::from_mmaped_safetensors(&[safetensors], dtype, device)? }
+        } else if pickle.exists() {
+            VarBuilder::from_pth(&pickle, dtype, device)?
+        } else {
+            return Err(Error::MissingFile { path: safetensors });
+        };
+        Self::load(&vb, &config, verifier)
+    }
+
+    pub fn config(&self) -> &DraftConfig {
+        &self.config
+    }
+
+    /// An empty draft cache for `capacity` positions.
+    pub fn new_cache(&self, capacity: usize, dtype: DType, device: &Device) -> Result<KvCache> {
+        let c = &self.config.llama;
+        KvCache::new(1, c.num_kv_heads(), c.head_dim(), capacity, dtype, device)
+    }
+
+    /// One draft pass. `next_embeds` `[n, hidden]` (embeddings of the tokens *after* each row's
+    /// feature), `features` `[n, hidden]` (verifier hidden states, or the draft's own predicted
+    /// features inside a tree), at `positions`, under `mask`. Returns the predicted features
+    /// `[n, hidden]` and appends `n` rows to `cache`.
+    pub fn forward(
+        &self,
+        next_embeds: &Tensor,
+        features: &Tensor,
+        positions: &Positions,
+        mask: &AttentionMask,
+        cache: &mut KvCache,
+    ) -> Result<Tensor> {
+        let n = features.dim(0)?;
+        cache.ensure_room(n)?;
+        let dtype = self.fc.weight().dtype();
+        let xs = Tensor::cat(&[next_embeds.to_dtype(dtype)?, features.to_dtype(dtype)?], 1)?;
+        let xs = self.fc.forward(&xs)?;
+        let (cos, sin) = self.rope.select(positions, n)?;
+        let mask = mask.build(cache.len(), n, dtype, xs.device())?;
+        let out = self.layer.forward(&xs, &cos, &sin, mask.as_ref(), cache, 0)?;
+        cache.advance(n)?;
+        Ok(out)
+    }
+}

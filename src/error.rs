@@ -1,0 +1,115 @@
+//! The crate's one error type.
+
+use std::path::PathBuf;
+
+/// Everything that can go wrong in `spec_vla`, each variant naming the problem.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A file the checkpoint needs is not there.
+    #[error("missing file {path}")]
+    MissingFile { path: PathBuf },
+
+    /// Reading a file failed.
+    #[error("cannot read {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// A JSON file (config, index, statistics) does not parse or lacks a field.
+    #[error("malformed {what} ({path}): {message}")]
+    MalformedConfig {
+        what: &'static str,
+        path: PathBuf,
+        message: String,
+    },
+
+    /// A configuration value is invalid on its own or against another one.
+    #[error("invalid configuration: {0}")]
+    InvalidConfig(String),
+
+    /// A tensor the model needs is absent from the checkpoint.
+    #[error("missing tensor `{name}` in the checkpoint")]
+    MissingTensor { name: String },
+
+    /// A tensor has another shape than the configuration implies.
+    #[error("tensor `{name}` has shape {found:?}, expected {expected:?}")]
+    ShapeMismatch {
+        name: String,
+        expected: Vec<usize>,
+        found: Vec<usize>,
+    },
+
+    /// An input image cannot be used.
+    #[error("invalid image: {0}")]
+    InvalidImage(String),
+
+    /// The instruction is empty (or only whitespace).
+    #[error("the instruction is empty")]
+    EmptyInstruction,
+
+    /// The tokenizer file failed to load or to encode.
+    #[error("tokenizer: {0}")]
+    Tokenizer(String),
+
+    /// The requested `unnorm_key` is not among the checkpoint's dataset statistics.
+    #[error("unknown unnorm_key `{key}`; this checkpoint has: {known:?}")]
+    UnknownUnnormKey { key: String, known: Vec<String> },
+
+    /// The checkpoint has several dataset statistics and no key was given.
+    #[error("this checkpoint has several dataset statistics; pass one of {known:?} as unnorm_key")]
+    AmbiguousUnnormKey { known: Vec<String> },
+
+    /// The model produced NaN or infinite logits.
+    #[error("non-finite logits at {stage}")]
+    NonFiniteLogits { stage: &'static str },
+
+    /// A sequence would not fit in the preallocated cache or the rotary table.
+    #[error("sequence of {needed} positions exceeds the capacity of {capacity}")]
+    CapacityExceeded { needed: usize, capacity: usize },
+
+    /// Speculative-decoding settings that cannot work.
+    #[error("invalid speculative-decoding settings: {0}")]
+    InvalidSpecSettings(String),
+
+    /// A draft head whose sizes do not fit the verifier.
+    #[error("draft head does not match the verifier: {0}")]
+    DraftMismatch(String),
+
+    /// A requested device or feature is not available in this build.
+    #[error("unavailable: {0}")]
+    Unavailable(String),
+
+    /// Hub download failed (feature `hub`).
+    #[error("hub: {0}")]
+    Hub(String),
+
+    /// An error from candle that has no more specific variant.
+    #[error(transparent)]
+    Candle(#[from] candle_core::Error),
+}
+
+/// The crate's result type.
+pub type Result<T> = std::result::Result<T, Error>;
+
+impl Error {
+    pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Self::Io {
+            path: path.into(),
+            source,
+        }
+    }
+
+    pub(crate) fn malformed(
+        what: &'static str,
+        path: impl Into<PathBuf>,
+        message: impl ToString,
+    ) -> Self {
+        Self::MalformedConfig {
+            what,
+            path: path.into(),
+            message: message.to_string(),
+        }
+    }
+}

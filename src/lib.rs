@@ -1,0 +1,21 @@
+//! spec_vla
+pub mod accept;
+pub mod action;
+pub mod checkpoint;
+pub mod config;
+pub mod decode;
+pub mod draft;
+pub mod error;
+#[cfg(feature = "hub")]
+pub mod hub;
+pub mod kv_cache;
+pub mod llama;
+pub mod policy;
+pub mod processor;
+pub mod projector;
+pub mod synthetic;
+pub mod verifier;
+pub mod vision;
+
+pub use error::{Error, Result};
+pub use policy::{ActionOutput, VlaPolicy};

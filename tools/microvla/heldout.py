@@ -1,0 +1,148 @@
+#!/usr/bin/env python3
+"""Build the held-out evaluation set from 'heldout' episodes and score the exported model on it.
+
+    tools/.venv/bin/python tools/microvla/heldout.py --data tools/libero/out \
+        --model models/microvla-libero --out data/libero_heldout --per-episode 6
+
+Frames are spread over the held-out episodes (init states never used for training) and over each
+episode's time steps. The model is the exported checkpoint (model.safetensors upcast to float32,
+built from config.json alone), decoded greedily by full recompute (no KV cache): 7 forward passes,
+each over [BOS] + vision + prompt + the tokens chosen so far, argmax over all V+64 logits.
+model_action is what OpenVLA's predict_action returns: dims 0-5 un-normalised with the suite's
+q01/q99, the gripper as the bin centre in OpenVLA's [0,1] convention (about 1 = open, 0 = close).
+For action L1 the gripper is mapped to LIBERO's convention as run_libero_eval does
+(sign(2g-1), then inverted: -1 open / +1 close) and compared with the expert's ±1.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+import numpy as np
+import torch
+from PIL import Image
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import (  # noqa: E402
+    SUITES, action_tokens, decode_tokens, libero_to_openvla, load_tokenizer, normalize_actions,
+    openvla_gripper_to_libero, pixel_values_from_uint8, prompt_ids, tokenizer_info, unnorm_key,
+)
+from data import episode_path, read_manifest  # noqa: E402
+from export import model_from_export  # noqa: E402
+
+
+@torch.no_grad()
+def greedy(model, pv, prompt, n=7):
+    """Full-recompute greedy decoding for a batch of frames sharing one prompt."""
+    B = pv.shape[0]
+    text = torch.tensor([prompt[1:]] * B, dtype=torch.long)
+    toks, margins = [], []
+    for _ in range(n):
+        logits = model.logits(pv, text)[:, -1].float()
+        top = torch.topk(logits, 2, dim=-1)
+        nxt = top.indices[:, 0]
+        toks.append(nxt)
+        margins.append(top.values[:, 0] - top.values[:, 1])
+        text = torch.cat([text, nxt[:, None]], dim=1)
+    return torch.stack(toks, 1).numpy(), torch.stack(margins, 1).numpy()
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--data", default="tools/libero/out")
+    ap.add_argument("--model", default="models/microvla-libero")
+    ap.add_argument("--out", default="data/libero_heldout")
+    ap.add_argument("--per-episode", type=int, default=6)
+    ap.add_argument("--min-per-suite", type=int, default=50)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    rng = np.random.default_rng(args.seed)
+
+    model, cfg, conf = model_from_export(args.model)
+    tok = load_tokenizer(os.path.join(args.model, "tokenizer.json"))
+    info = tokenizer_info(tok)
+    V = info["V"]
+    stats = json.load(open(os.path.join(args.model, "dataset_statistics.json")))
+    os.makedirs(args.out, exist_ok=True)
+    for f in os.listdir(args.out):
+        if f.endswith(".png"):
+            os.remove(os.path.join(args.out, f))
+
+    rows = [r for r in read_manifest(args.data) if r.get("split") == "heldout" and r.get("success") and r.get("file")]
+    entries, k = [], 0
+    for suite in SUITES:
+        eps = sorted([r for r in rows if r["suite"] == suite], key=lambda r: (r["task_id"], r["init_id"]))
+        if not eps:
+            print(f"{suite}: no held-out episodes")
+            continue
+        per = max(args.per_episode, -(-args.min_per_suite // len(eps)))
+        for r in eps:
+            z = np.load(episode_path(args.data, r))
+            frames, acts = z["frames"], z["actions"].astype(np.float32)
+            instr = str(z["instruction"])
+            T = len(frames)
+            # evenly spread time steps with a little jitter, distinct
+            base = (np.arange(per) + 0.5) * T / per
+            steps = np.clip((base + rng.uniform(-0.3, 0.3, per) * T / per).astype(int), 0, T - 1)
+            steps = np.unique(steps)
+            pv = pixel_values_from_uint8(torch.from_numpy(np.ascontiguousarray(frames[steps])))
+            pr = prompt_ids(tok, instr, info["space_id"])
+            toks, margins = greedy(model, pv, pr)
+            st = stats[unnorm_key(suite)]
+            for j, t in enumerate(steps):
+                a = acts[t]
+                exp_tok = action_tokens(normalize_actions(libero_to_openvla(a[None]), st), V)[0]
+                m_act = decode_tokens(toks[j], V, st)
+                name = f"{k:04d}.png"
+                Image.fromarray(frames[t]).save(os.path.join(args.out, name), optimize=True)
+                entries.append({
+                    "file": name, "suite": suite, "unnorm_key": unnorm_key(suite), "task_id": int(r["task_id"]),
+                    "init_id": int(r["init_id"]), "step": int(t), "instruction": instr,
+                    "expert_action": [float(x) for x in a],
+                    "expert_tokens": [int(x) for x in exp_tok],
+                    "model_greedy_tokens": [int(x) for x in toks[j]],
+                    "model_top2_margins": [float(x) for x in margins[j]],
+                    "model_action": [float(x) for x in m_act],
+                })
+                k += 1
+        print(f"{suite}: {len(eps)} episodes, {sum(e['suite'] == suite for e in entries)} frames", flush=True)
+    json.dump(entries, open(os.path.join(args.out, "manifest.json"), "w"), indent=1)
+
+    metrics = {"model": args.model, "n_frames": len(entries), "decoding": "greedy, full recompute, float32",
+               "gripper_l1": "model gripper mapped to LIBERO convention (sign(2g-1), inverted) vs expert ±1",
+               "per_suite": {}}
+    for suite in SUITES + ["all"]:
+        es = [e for e in entries if suite == "all" or e["suite"] == suite]
+        if not es:
+            continue
+        et = np.array([e["expert_tokens"] for e in es])
+        mt = np.array([e["model_greedy_tokens"] for e in es])
+        ea = np.array([e["expert_action"] for e in es])
+        ma = np.array([e["model_action"] for e in es])
+        mg = openvla_gripper_to_libero(ma[:, 6])
+        l1_arm = np.abs(ma[:, :6] - ea[:, :6])
+        l1_g = np.abs(mg - ea[:, 6])
+        metrics["per_suite"][suite] = {
+            "frames": len(es),
+            "token_accuracy": float((et == mt).mean()),
+            "token_accuracy_per_dim": [float(x) for x in (et == mt).mean(0)],
+            "token_within_1_bin": float((np.abs(et - mt) <= 1).mean()),
+            "all_7_tokens_exact": float((et == mt).all(1).mean()),
+            "mean_abs_bin_error": float(np.abs(et - mt).mean()),
+            "action_l1_all7": float(np.concatenate([l1_arm, l1_g[:, None]], 1).mean()),
+            "action_l1_dims0to5": float(l1_arm.mean()),
+            "gripper_accuracy": float((mg == ea[:, 6]).mean()),
+            "mean_top2_margin": float(np.array([e["model_top2_margins"] for e in es]).mean()),
+        }
+    json.dump(metrics, open(os.path.join(args.out, "metrics.json"), "w"), indent=1)
+    size = sum(os.path.getsize(os.path.join(args.out, f)) for f in os.listdir(args.out))
+    print(json.dumps(metrics["per_suite"], indent=1))
+    print(f"wrote {len(entries)} frames, {size / 1e6:.1f} MB in {args.out}")
+
+
+if __name__ == "__main__":
+    main()
