@@ -6,8 +6,8 @@ world frame); the gripper is -1 open, +1 close.
 
 The expert reads privileged simulator state (object bodies, sites, collision-geometry bounding boxes,
 the end-effector pose) and the task's parsed BDDL goal. It solves goals made of `On`/`In` predicates by
-sequential pick-and-place (approach above, descend, close, lift, carry, lower, open, retreat), and a
-few cheap extras: `Turnon` (press the stove knob), `Open`/`Close` of a drawer are NOT implemented.
+sequential pick-and-place (approach above, descend, close, lift, carry, lower, open, retreat), plus
+one cheap extra, `Turnon` (push the stove knob lever). `Open`/`Close` (drawers, microwave) are NOT implemented.
 """
 import numpy as np
 
@@ -149,8 +149,20 @@ class Expert:
                 self.subtasks.append(("unsupported", pred[1], None, op))
         # turning the stove on first keeps the pot out of the way
         self.subtasks = turnon + self.subtasks
+        # several objects "on" the same region: spread them along y so they do not land on each other
+        self.place_offset = {}
+        same = {}
+        for st in self.subtasks:
+            if st[0] == "place" and st[3] == "on" and self.g.is_site(st[2]):
+                same.setdefault(st[2], []).append(st[1])
+        for tgt, objs in same.items():
+            if len(objs) > 1:
+                for j, o in enumerate(objs):
+                    self.place_offset[o] = np.array([0.0, (j - (len(objs) - 1) / 2) * 0.09])
         self.supported = all(s[0] != "unsupported" for s in self.subtasks)
         self.R0 = self.g.eef_mat()
+        self.Rt = self.R0
+        self.hold = self.g.eef_pos()
         self.k = 0
         self.retries = 0
         self._start_subtask()
@@ -242,7 +254,7 @@ class Expert:
                 # centre of the region, but inside the parent's footprint
             else:
                 surface = tpos[2] + g.site_size(target)[2]
-            self.place_xy = tpos[:2]
+            self.place_xy = tpos[:2] + self.place_offset.get(obj, np.zeros(2))
         else:
             tlo, thi = g.aabb(target)
             surface = thi[2]
@@ -358,9 +370,13 @@ class Expert:
             opos = (lo + hi) / 2 if any(k in obj for k in RIM_GRASP) else g.body_pos(obj)
             off = eef[:2] - opos[:2]
             gap = lo[2] - self.surface
-            tgt = np.array([*(self.place_xy + off), eef[2] - min(max(gap - 0.01, 0.0), 0.04)])
+            tgt = np.array([*(self.place_xy + off), eef[2] - min(max(gap - 0.01, 0.02), 0.04)])
             a = self._move(tgt)
-            if gap < 0.015 or self.t_phase > 40:
+            hist = getattr(self, "_lo_hist", [])
+            hist = (hist + [lo[2]])[-4:] if self.t_phase > 1 else [lo[2]]
+            self._lo_hist = hist
+            stalled = self.t_phase > 6 and len(hist) == 4 and hist[0] - hist[-1] < 0.002  # resting on something
+            if gap < 0.015 or stalled or self.t_phase > 40:
                 self._set_phase("release")
             return a
         if self.phase == "release":
@@ -388,49 +404,55 @@ class Expert:
         return self._move(self.g.eef_pos() + np.array([0, 0, 0.03]), grip=OPEN)
 
     # -------------------------------------------------------------- turn on stove
+    def _turned_on(self, obj):
+        try:
+            return bool(self.env.env.object_states_dict[obj].turn_on())
+        except Exception:  # noqa: BLE001
+            return False
+
     def _act_turnon(self, obj):
-        """Press the stove's knob: approach from above its button geom and push it sideways."""
+        """Turn the stove knob (a hinge about its vertical axis, on when qpos >= 0.5 rad): put the closed fingers
+        next to the lever end nearest the robot and push it sideways so the knob turns the positive way."""
         g = self.g
         self.t_phase += 1
         eef = g.eef_pos()
         if self.phase == "plan":
             self.Rt = self.R0
-            lo, hi = g.aabb(obj)
-            # the knob sits at the front (-x side, towards the robot) of the stove body
-            bid = g.body_id(obj)
-            best = None
-            for gid in g.geoms(obj):
-                name = g.m.geom(gid).name if hasattr(g.m, "geom") else ""
-                if "button" in name or "knob" in name:
-                    best = np.array(g.d.geom_xpos[gid])
-            if best is None:
-                best = np.array([lo[0] + 0.02, (lo[1] + hi[1]) / 2, hi[2]])
-            self.knob = best
-            self.knob_top = hi[2]
+            jname = g.e.get_object(obj).joints[0]
+            jid = g.sim.model.joint_name2id(jname)
+            bid = g.m.jnt_bodyid[jid]
+            c = np.array(g.d.xpos[bid])
+            R = np.array(g.d.xmat[bid]).reshape(3, 3)
+            lever, axis = R[:, 1].copy(), R[:, 2].copy()
+            end = lever if (c + lever)[0] < (c - lever)[0] else -lever  # end nearer to the robot (-x)
+            push = np.cross(axis, end)
+            push[2] = 0
+            push /= np.linalg.norm(push)
+            z = c[2] + 0.03
+            self.push_start = np.array([*(c[:2] + end[:2] * 0.035 - push[:2] * 0.03), z])
+            self.push_end = self.push_start + np.append(push[:2] * 0.08, 0.0)
             self._set_phase("approach")
             self.t_phase = 1
         if self.phase == "approach":
-            tgt = np.array([self.knob[0], self.knob[1] - 0.05, self.knob_top + 0.06])
+            tgt = self.push_start + np.array([0, 0, 0.08])
             a = self._move(tgt, grip=CLOSE)
             if np.linalg.norm(eef - tgt) < 0.015 or self.t_phase > 60:
                 self._set_phase("down")
             return a
         if self.phase == "down":
-            tgt = np.array([self.knob[0], self.knob[1] - 0.05, self.knob[2]])
-            a = self._move(tgt, grip=CLOSE)
-            if np.linalg.norm(eef - tgt) < 0.012 or self.t_phase > 40:
+            a = self._move(self.push_start, grip=CLOSE)
+            if np.linalg.norm(eef - self.push_start) < 0.01 or self.t_phase > 40:
                 self._set_phase("push")
             return a
         if self.phase == "push":
-            tgt = np.array([self.knob[0], self.knob[1] + 0.03, self.knob[2]])
-            a = self._move(tgt, grip=CLOSE)
-            if self.env.env._eval_predicate(["turnon", obj]) if hasattr(self.env.env, "_eval_predicate") else False:
+            a = self._move(self.push_end, grip=CLOSE, vmax=0.5)
+            if self._turned_on(obj) and self.t_phase > 3:
                 self._set_phase("up")
-            elif self.t_phase > 30:
+            elif self.t_phase > 40:
                 self._set_phase("up")
             return a
         if self.phase == "up":
-            tgt = np.array([eef[0], eef[1], self.knob_top + 0.12])
+            tgt = np.array([eef[0], eef[1], self.push_start[2] + 0.1])
             a = self._move(tgt, grip=OPEN)
             if eef[2] > tgt[2] - 0.02 or self.t_phase > 25:
                 self._next()
