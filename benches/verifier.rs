@@ -19,27 +19,45 @@ fn fixtures() -> PathBuf {
 
 fn fixture_model(c: &mut Criterion) {
     let dev = Device::Cpu;
-    let files = CheckpointFiles::from_dir(&fixtures().join("tiny_openvla")).expect("fixture checkpoint");
+    let files =
+        CheckpointFiles::from_dir(&fixtures().join("tiny_openvla")).expect("fixture checkpoint");
     let config = files.load_config().expect("config");
-    let processor = Processor::new(&config, files.preprocessor.as_deref(), &files.tokenizer).expect("processor");
-    let model = OpenVla::load(&files.var_builder(DType::F32, &dev).expect("weights"), &config).expect("model");
-    let frame = image::open(fixtures().join("frames/libero_spatial_task0_init0_agentview_224.png")).expect("frame");
+    let processor = Processor::new(&config, files.preprocessor.as_deref(), &files.tokenizer)
+        .expect("processor");
+    let model = OpenVla::load(
+        &files.var_builder(DType::F32, &dev).expect("weights"),
+        &config,
+    )
+    .expect("model");
+    let frame = image::open(fixtures().join("frames/libero_spatial_task0_init0_agentview_224.png"))
+        .expect("frame");
     let ids = processor
-        .prompt_ids("pick up the black bowl between the plate and the ramekin and place it on the plate")
+        .prompt_ids(
+            "pick up the black bowl between the plate and the ramekin and place it on the plate",
+        )
         .expect("ids");
     let pixels = processor.pixel_values(&frame, &dev).expect("pixels");
     let image = model.encode_image(&pixels).expect("vision");
-    let mut cache = model.llm().new_cache(model.cache_capacity(ids.len(), 64)).expect("cache");
+    let mut cache = model
+        .llm()
+        .new_cache(model.cache_capacity(ids.len(), 64))
+        .expect("cache");
 
     let mut group = c.benchmark_group("fixture_model");
-    group.bench_function("vision_and_projector", |b| b.iter(|| model.encode_image(&pixels).expect("vision")));
-    group.bench_function("prefill", |b| b.iter(|| model.prefill(&image, &ids, &mut cache).expect("prefill")));
+    group.bench_function("vision_and_projector", |b| {
+        b.iter(|| model.encode_image(&pixels).expect("vision"))
+    });
+    group.bench_function("prefill", |b| {
+        b.iter(|| model.prefill(&image, &ids, &mut cache).expect("prefill"))
+    });
     model.prefill(&image, &ids, &mut cache).expect("prefill");
     let base = cache.len();
     group.bench_function("decode_step", |b| {
         b.iter(|| {
             cache.truncate(base);
-            model.decode(31872 % config.text.vocab_size as u32, &mut cache).expect("decode")
+            model
+                .decode(31872 % config.text.vocab_size as u32, &mut cache)
+                .expect("decode")
         })
     });
     group.finish();
@@ -48,7 +66,8 @@ fn fixture_model(c: &mut Criterion) {
 fn full_size_towers(c: &mut Criterion) {
     let dev = Device::Cpu;
     let text = std::fs::read_to_string(fixtures().join("openvla_7b_config.json")).expect("config");
-    let cfg = OpenVlaConfig::from_json_str(&text, Path::new("openvla_7b_config.json")).expect("config");
+    let cfg =
+        OpenVlaConfig::from_json_str(&text, Path::new("openvla_7b_config.json")).expect("config");
     // Only the towers are needed: a config whose Llama is tiny keeps the weights small.
     let mut small = cfg.clone();
     small.text.hidden_size = 64;

@@ -88,7 +88,12 @@ impl KvCache {
     /// `len..len + n` and returns views of all valid rows `0..len + n` ([kv_heads, len + n,
     /// head_dim]). The cache length itself advances in [`KvCache::advance`], once every layer has
     /// been written.
-    pub fn write(&mut self, layer: usize, keys: &Tensor, values: &Tensor) -> Result<(Tensor, Tensor)> {
+    pub fn write(
+        &mut self,
+        layer: usize,
+        keys: &Tensor,
+        values: &Tensor,
+    ) -> Result<(Tensor, Tensor)> {
         let n = keys.dim(1)?;
         self.ensure_room(n)?;
         let len = self.len;
@@ -98,7 +103,10 @@ impl KvCache {
             .ok_or_else(|| Error::InvalidConfig(format!("no cache for layer {layer}")))?;
         cache.keys.slice_set(&keys.contiguous()?, 1, len)?;
         cache.values.slice_set(&values.contiguous()?, 1, len)?;
-        Ok((cache.keys.narrow(1, 0, len + n)?, cache.values.narrow(1, 0, len + n)?))
+        Ok((
+            cache.keys.narrow(1, 0, len + n)?,
+            cache.values.narrow(1, 0, len + n)?,
+        ))
     }
 
     /// Advances the length by `n` after all layers were written.
@@ -142,7 +150,14 @@ mod tests {
     use super::*;
 
     fn rows(t: &Tensor) -> Vec<f32> {
-        t.get(0).unwrap().narrow(1, 0, 1).unwrap().flatten_all().unwrap().to_vec1().unwrap()
+        t.get(0)
+            .unwrap()
+            .narrow(1, 0, 1)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap()
     }
 
     #[test]
@@ -151,12 +166,20 @@ mod tests {
         let mut cache = KvCache::new(2, 1, 2, 8, DType::F32, &dev)?;
         let data = |xs: &[f32]| Tensor::from_slice(xs, (1, xs.len() / 2, 2), &dev);
         for layer in 0..2 {
-            let (k, _) = cache.write(layer, &data(&[0., 0., 1., 1., 2., 2.])?, &data(&[0., 0., 1., 1., 2., 2.])?)?;
+            let (k, _) = cache.write(
+                layer,
+                &data(&[0., 0., 1., 1., 2., 2.])?,
+                &data(&[0., 0., 1., 1., 2., 2.])?,
+            )?;
             assert_eq!(k.dims(), &[1, 3, 2]);
         }
         cache.advance(3)?;
         for layer in 0..2 {
-            cache.write(layer, &data(&[3., 3., 4., 4., 5., 5.])?, &data(&[3., 3., 4., 4., 5., 5.])?)?;
+            cache.write(
+                layer,
+                &data(&[3., 3., 4., 4., 5., 5.])?,
+                &data(&[3., 3., 4., 4., 5., 5.])?,
+            )?;
         }
         cache.advance(3)?;
         assert_eq!(cache.len(), 6);
@@ -175,7 +198,13 @@ mod tests {
     fn overflow_is_a_typed_error() -> Result<()> {
         let mut cache = KvCache::new(1, 1, 2, 2, DType::F32, &Device::Cpu)?;
         let t = Tensor::zeros((1, 3, 2), DType::F32, &Device::Cpu)?;
-        assert!(matches!(cache.write(0, &t, &t), Err(Error::CapacityExceeded { needed: 3, capacity: 2 })));
+        assert!(matches!(
+            cache.write(0, &t, &t),
+            Err(Error::CapacityExceeded {
+                needed: 3,
+                capacity: 2
+            })
+        ));
         Ok(())
     }
 }

@@ -8,7 +8,7 @@ use candle_core::{DType, Device};
 use crate::action::{select_statistics, ActionTokenizer};
 use crate::checkpoint::CheckpointFiles;
 use crate::config::OpenVlaConfig;
-use crate::decode::{Decoder, DecodeStats, GreedyDecoder};
+use crate::decode::{DecodeStats, Decoder, GreedyDecoder};
 use crate::error::Result;
 use crate::kv_cache::KvCache;
 use crate::processor::Processor;
@@ -42,8 +42,17 @@ impl VlaPolicy {
     }
 
     /// Downloads (feature `hub`) and loads a checkpoint from the Hugging Face hub.
-    pub fn from_hub(repo_id: &str, revision: Option<&str>, dtype: DType, device: &Device) -> Result<Self> {
-        Self::from_files(&CheckpointFiles::from_hub(repo_id, revision)?, dtype, device)
+    pub fn from_hub(
+        repo_id: &str,
+        revision: Option<&str>,
+        dtype: DType,
+        device: &Device,
+    ) -> Result<Self> {
+        Self::from_files(
+            &CheckpointFiles::from_hub(repo_id, revision)?,
+            dtype,
+            device,
+        )
     }
 
     /// Loads from located checkpoint files.
@@ -116,7 +125,9 @@ impl VlaPolicy {
         let image_embeds = self.model.encode_image(&pixel_values)?;
         let vision = start.elapsed();
 
-        let capacity = self.model.cache_capacity(input_ids.len(), decoder.extra_cache_positions());
+        let capacity = self
+            .model
+            .cache_capacity(input_ids.len(), decoder.extra_cache_positions());
         let mut cache = match self.cache.take() {
             Some(cache) if cache.capacity() >= capacity => cache,
             _ => self.model.llm().new_cache(capacity)?,
@@ -124,7 +135,8 @@ impl VlaPolicy {
         let start = Instant::now();
         let prefill = self.model.prefill(&image_embeds, &input_ids, &mut cache);
         let prefill_time = start.elapsed();
-        let decoded = prefill.and_then(|prefill| decoder.decode(&self.model, &prefill, &mut cache, n_tokens));
+        let decoded =
+            prefill.and_then(|prefill| decoder.decode(&self.model, &prefill, &mut cache, n_tokens));
         self.cache = Some(cache);
         let (tokens, mut stats) = decoded?;
         stats.times.vision = vision;

@@ -39,6 +39,8 @@ pub struct TowerNormalization {
 
 impl TowerNormalization {
     /// ImageNet mean/std rounded to bf16, as the published OpenVLA processor holds them (DINOv2).
+    // The literals are the exact bf16 values written in the published file (all exact in f32).
+    #[allow(clippy::excessive_precision)]
     pub const DINO: Self = Self {
         mean: [0.484375, 0.455078125, 0.40625],
         std: [0.228515625, 0.2236328125, 0.224609375],

@@ -27,7 +27,10 @@ impl Projector {
             .enumerate()
             .map(|(i, &(inp, out))| {
                 let vb = vb.pp(format!("fc{}", i + 1));
-                Ok(Linear::new(get(&vb, (out, inp), "weight")?, Some(get(&vb, out, "bias")?)))
+                Ok(Linear::new(
+                    get(&vb, (out, inp), "weight")?,
+                    Some(get(&vb, out, "bias")?),
+                ))
             })
             .collect::<Result<Vec<_>>>()?;
         Ok(Self { layers })

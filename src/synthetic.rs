@@ -66,8 +66,18 @@ fn openvla_tensors(cfg: &OpenVlaConfig) -> Vec<(String, Vec<usize>, Fill)> {
     out
 }
 
-fn linear(out: &mut Vec<(String, Vec<usize>, Fill)>, prefix: &str, inp: usize, o: usize, bias: bool) {
-    out.push((format!("{prefix}.weight"), vec![o, inp], Fill::Spread(1.0 / (inp as f32).sqrt())));
+fn linear(
+    out: &mut Vec<(String, Vec<usize>, Fill)>,
+    prefix: &str,
+    inp: usize,
+    o: usize,
+    bias: bool,
+) {
+    out.push((
+        format!("{prefix}.weight"),
+        vec![o, inp],
+        Fill::Spread(1.0 / (inp as f32).sqrt()),
+    ));
     if bias {
         out.push((format!("{prefix}.bias"), vec![o], Fill::Spread(0.1)));
     }
@@ -76,14 +86,30 @@ fn linear(out: &mut Vec<(String, Vec<usize>, Fill)>, prefix: &str, inp: usize, o
 fn vit_tensors(out: &mut Vec<(String, Vec<usize>, Fill)>, p: &str, c: &VitConfig) {
     let d = c.embed_dim;
     let ps = c.patch_size;
-    out.push((format!("{p}.patch_embed.proj.weight"), vec![d, 3, ps, ps], Fill::Spread(1.0 / ((3 * ps * ps) as f32).sqrt())));
-    out.push((format!("{p}.patch_embed.proj.bias"), vec![d], Fill::Spread(0.1)));
-    out.push((format!("{p}.pos_embed"), vec![1, c.num_patches(), d], Fill::Spread(0.5)));
+    out.push((
+        format!("{p}.patch_embed.proj.weight"),
+        vec![d, 3, ps, ps],
+        Fill::Spread(1.0 / ((3 * ps * ps) as f32).sqrt()),
+    ));
+    out.push((
+        format!("{p}.patch_embed.proj.bias"),
+        vec![d],
+        Fill::Spread(0.1),
+    ));
+    out.push((
+        format!("{p}.pos_embed"),
+        vec![1, c.num_patches(), d],
+        Fill::Spread(0.5),
+    ));
     if c.class_token {
         out.push((format!("{p}.cls_token"), vec![1, 1, d], Fill::Spread(0.5)));
     }
     if c.num_register_tokens > 0 {
-        out.push((format!("{p}.reg_token"), vec![1, c.num_register_tokens, d], Fill::Spread(0.5)));
+        out.push((
+            format!("{p}.reg_token"),
+            vec![1, c.num_register_tokens, d],
+            Fill::Spread(0.5),
+        ));
     }
     for i in 0..c.featurizer_blocks() {
         let b = format!("{p}.blocks.{i}");
@@ -96,38 +122,109 @@ fn vit_tensors(out: &mut Vec<(String, Vec<usize>, Fill)>, p: &str, c: &VitConfig
         linear(out, &format!("{b}.mlp.fc1"), d, c.mlp_hidden_dim, true);
         linear(out, &format!("{b}.mlp.fc2"), c.mlp_hidden_dim, d, true);
         if c.layer_scale {
-            out.push((format!("{b}.ls1.scale_factor"), vec![d], Fill::AroundOne(0.2)));
-            out.push((format!("{b}.ls2.scale_factor"), vec![d], Fill::AroundOne(0.2)));
+            out.push((
+                format!("{b}.ls1.scale_factor"),
+                vec![d],
+                Fill::AroundOne(0.2),
+            ));
+            out.push((
+                format!("{b}.ls2.scale_factor"),
+                vec![d],
+                Fill::AroundOne(0.2),
+            ));
         }
     }
 }
 
 /// Names of one Llama decoder layer at `p` (e.g. `language_model.model.layers.0`).
-fn layer_tensors(out: &mut Vec<(String, Vec<usize>, Fill)>, p: &str, c: &LlamaConfig, input_norm: bool) {
+fn layer_tensors(
+    out: &mut Vec<(String, Vec<usize>, Fill)>,
+    p: &str,
+    c: &LlamaConfig,
+    input_norm: bool,
+) {
     let h = c.hidden_size;
     let hd = c.head_dim();
     let q_gain = 2.0 / (h as f32).sqrt();
-    out.push((format!("{p}.self_attn.q_proj.weight"), vec![c.num_attention_heads * hd, h], Fill::Spread(q_gain)));
-    out.push((format!("{p}.self_attn.k_proj.weight"), vec![c.num_kv_heads() * hd, h], Fill::Spread(q_gain)));
-    linear(out, &format!("{p}.self_attn.v_proj"), h, c.num_kv_heads() * hd, false);
-    linear(out, &format!("{p}.self_attn.o_proj"), c.num_attention_heads * hd, h, false);
-    linear(out, &format!("{p}.mlp.gate_proj"), h, c.intermediate_size, false);
-    linear(out, &format!("{p}.mlp.up_proj"), h, c.intermediate_size, false);
-    linear(out, &format!("{p}.mlp.down_proj"), c.intermediate_size, h, false);
+    out.push((
+        format!("{p}.self_attn.q_proj.weight"),
+        vec![c.num_attention_heads * hd, h],
+        Fill::Spread(q_gain),
+    ));
+    out.push((
+        format!("{p}.self_attn.k_proj.weight"),
+        vec![c.num_kv_heads() * hd, h],
+        Fill::Spread(q_gain),
+    ));
+    linear(
+        out,
+        &format!("{p}.self_attn.v_proj"),
+        h,
+        c.num_kv_heads() * hd,
+        false,
+    );
+    linear(
+        out,
+        &format!("{p}.self_attn.o_proj"),
+        c.num_attention_heads * hd,
+        h,
+        false,
+    );
+    linear(
+        out,
+        &format!("{p}.mlp.gate_proj"),
+        h,
+        c.intermediate_size,
+        false,
+    );
+    linear(
+        out,
+        &format!("{p}.mlp.up_proj"),
+        h,
+        c.intermediate_size,
+        false,
+    );
+    linear(
+        out,
+        &format!("{p}.mlp.down_proj"),
+        c.intermediate_size,
+        h,
+        false,
+    );
     if input_norm {
-        out.push((format!("{p}.input_layernorm.weight"), vec![h], Fill::AroundOne(0.1)));
+        out.push((
+            format!("{p}.input_layernorm.weight"),
+            vec![h],
+            Fill::AroundOne(0.1),
+        ));
     }
-    out.push((format!("{p}.post_attention_layernorm.weight"), vec![h], Fill::AroundOne(0.1)));
+    out.push((
+        format!("{p}.post_attention_layernorm.weight"),
+        vec![h],
+        Fill::AroundOne(0.1),
+    ));
 }
 
 fn llama_tensors(out: &mut Vec<(String, Vec<usize>, Fill)>, p: &str, c: &LlamaConfig) {
     let (v, h) = (c.vocab_size, c.hidden_size);
-    out.push((format!("{p}.model.embed_tokens.weight"), vec![v, h], Fill::Spread(1.0)));
+    out.push((
+        format!("{p}.model.embed_tokens.weight"),
+        vec![v, h],
+        Fill::Spread(1.0),
+    ));
     for i in 0..c.num_hidden_layers {
         layer_tensors(out, &format!("{p}.model.layers.{i}"), c, true);
     }
-    out.push((format!("{p}.model.norm.weight"), vec![h], Fill::AroundOne(0.1)));
-    out.push((format!("{p}.lm_head.weight"), vec![v, h], Fill::Spread(2.0 / (h as f32).sqrt())));
+    out.push((
+        format!("{p}.model.norm.weight"),
+        vec![h],
+        Fill::AroundOne(0.1),
+    ));
+    out.push((
+        format!("{p}.lm_head.weight"),
+        vec![v, h],
+        Fill::Spread(2.0 / (h as f32).sqrt()),
+    ));
 }
 
 fn materialise(
@@ -146,7 +243,9 @@ fn materialise(
                 Fill::Spread(s) => (0.0, s),
                 Fill::AroundOne(s) => (1.0, s),
             };
-            let data: Vec<f32> = (0..n).map(|_| centre + std * sqrt3 * rng.symmetric()).collect();
+            let data: Vec<f32> = (0..n)
+                .map(|_| centre + std * sqrt3 * rng.symmetric())
+                .collect();
             let t = Tensor::from_vec(data, shape, device)?.to_dtype(dtype)?;
             Ok((name, t))
         })
@@ -154,12 +253,22 @@ fn materialise(
 }
 
 /// Random weights for every tensor an [`OpenVla`](crate::verifier::OpenVla) with `cfg` loads.
-pub fn random_openvla_weights(cfg: &OpenVlaConfig, seed: u64, dtype: DType, device: &Device) -> Result<HashMap<String, Tensor>> {
+pub fn random_openvla_weights(
+    cfg: &OpenVlaConfig,
+    seed: u64,
+    dtype: DType,
+    device: &Device,
+) -> Result<HashMap<String, Tensor>> {
     materialise(openvla_tensors(cfg), seed, dtype, device)
 }
 
 /// Random weights of an EAGLE draft head (`fc`, `layers.0`) for the draft `cfg`.
-pub fn random_draft_weights(cfg: &LlamaConfig, seed: u64, dtype: DType, device: &Device) -> Result<HashMap<String, Tensor>> {
+pub fn random_draft_weights(
+    cfg: &LlamaConfig,
+    seed: u64,
+    dtype: DType,
+    device: &Device,
+) -> Result<HashMap<String, Tensor>> {
     let mut specs = Vec::new();
     linear(&mut specs, "fc", 2 * cfg.hidden_size, cfg.hidden_size, true);
     layer_tensors(&mut specs, "layers.0", cfg, false);

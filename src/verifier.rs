@@ -99,7 +99,10 @@ impl OpenVla {
         let Some((&bos, rest)) = input_ids.split_first() else {
             return Err(Error::EmptyInstruction);
         };
-        let mut parts = vec![self.llm.embed(&[bos])?, image_embeds.to_dtype(self.dtype())?];
+        let mut parts = vec![
+            self.llm.embed(&[bos])?,
+            image_embeds.to_dtype(self.dtype())?,
+        ];
         if !rest.is_empty() {
             parts.push(self.llm.embed(rest)?);
         }
@@ -107,10 +110,20 @@ impl OpenVla {
     }
 
     /// Runs the spliced prompt through the LLM from an empty `cache`.
-    pub fn prefill(&self, image_embeds: &Tensor, input_ids: &[u32], cache: &mut KvCache) -> Result<Prefill> {
+    pub fn prefill(
+        &self,
+        image_embeds: &Tensor,
+        input_ids: &[u32],
+        cache: &mut KvCache,
+    ) -> Result<Prefill> {
         cache.reset();
         let input_embeds = self.splice(image_embeds, input_ids)?;
-        let hidden = self.llm.forward(&input_embeds, &Positions::Contiguous { start: 0 }, &AttentionMask::Causal, cache)?;
+        let hidden = self.llm.forward(
+            &input_embeds,
+            &Positions::Contiguous { start: 0 },
+            &AttentionMask::Causal,
+            cache,
+        )?;
         let t = hidden.dim(0)?;
         let last_logits = self.llm.logits(&hidden.narrow(0, t - 1, 1)?)?.squeeze(0)?;
         check_finite(&last_logits, "prefill")?;
@@ -124,7 +137,12 @@ impl OpenVla {
     /// Feeds one token at the next position.
     pub fn decode(&self, token: u32, cache: &mut KvCache) -> Result<Verified> {
         let start = cache.len();
-        let hidden = self.llm.forward(&self.llm.embed(&[token])?, &Positions::Contiguous { start }, &AttentionMask::Causal, cache)?;
+        let hidden = self.llm.forward(
+            &self.llm.embed(&[token])?,
+            &Positions::Contiguous { start },
+            &AttentionMask::Causal,
+            cache,
+        )?;
         let logits = self.llm.logits(&hidden)?;
         check_finite(&logits, "decode")?;
         Ok(Verified { hidden, logits })
@@ -134,7 +152,13 @@ impl OpenVla {
     /// `cache.len() + depths[i]` and sees the cache plus the rows the additive `tree_mask`
     /// (`[n, n]`, row-major) leaves visible. All rows are appended to the cache; keep the
     /// accepted ones with [`KvCache::compact`].
-    pub fn verify(&self, tokens: &[u32], depths: &[usize], tree_mask: &[f32], cache: &mut KvCache) -> Result<Verified> {
+    pub fn verify(
+        &self,
+        tokens: &[u32],
+        depths: &[usize],
+        tree_mask: &[f32],
+        cache: &mut KvCache,
+    ) -> Result<Verified> {
         let n = tokens.len();
         if depths.len() != n || tree_mask.len() != n * n {
             return Err(Error::InvalidSpecSettings(format!(
@@ -146,7 +170,12 @@ impl OpenVla {
         let start = cache.len();
         let positions = Positions::Explicit(depths.iter().map(|d| start + d).collect());
         let mask = Tensor::from_slice(tree_mask, (n, n), self.device())?;
-        let hidden = self.llm.forward(&self.llm.embed(tokens)?, &positions, &AttentionMask::Tree(mask), cache)?;
+        let hidden = self.llm.forward(
+            &self.llm.embed(tokens)?,
+            &positions,
+            &AttentionMask::Tree(mask),
+            cache,
+        )?;
         let logits = self.llm.logits(&hidden)?;
         check_finite(&logits, "verify")?;
         Ok(Verified { hidden, logits })

@@ -30,13 +30,21 @@ fn load() -> Result<Fixture> {
 }
 
 fn frames() -> Result<Vec<serde_json::Value>> {
-    Ok(golden_json()?["frames"].as_array().cloned().unwrap_or_default())
+    Ok(golden_json()?["frames"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default())
 }
 
 fn ids_of(value: &serde_json::Value) -> Vec<u32> {
     value
         .as_array()
-        .map(|a| a.iter().filter_map(|v| v.as_u64()).map(|v| v as u32).collect())
+        .map(|a| {
+            a.iter()
+                .filter_map(|v| v.as_u64())
+                .map(|v| v as u32)
+                .collect()
+        })
         .unwrap_or_default()
 }
 
@@ -66,11 +74,16 @@ fn every_stage_matches_the_reference() -> Result<()> {
         let e = max_rel_err(&projected, &gold["projector_out"])?;
         assert!(e <= 1e-4, "{name}: projector rel err {e}");
 
-        let ids = fx.processor.prompt_ids(frame["instruction"].as_str().unwrap())?;
+        let ids = fx
+            .processor
+            .prompt_ids(frame["instruction"].as_str().unwrap())?;
         assert_eq!(ids, ids_of(&frame["input_ids"]), "{name}: prompt ids");
 
         // Prefill on the reference projector output: hidden and logits at every position.
-        let mut cache = fx.model.llm().new_cache(fx.model.cache_capacity(ids.len(), 0))?;
+        let mut cache = fx
+            .model
+            .llm()
+            .new_cache(fx.model.cache_capacity(ids.len(), 0))?;
         let prefill = fx.model.prefill(&gold["projector_out"], &ids, &mut cache)?;
         let e = max_rel_err(&prefill.hidden, &gold["hidden"])?;
         assert!(e <= 1e-4, "{name}: hidden rel err {e}");
@@ -90,12 +103,25 @@ fn predict_action_matches_the_reference() -> Result<()> {
         let key = frame["unnorm_key"].as_str();
         let out = policy.predict_action(&image, frame["instruction"].as_str().unwrap(), key)?;
         assert_eq!(out.tokens, ids_of(&frame["greedy_tokens"]));
-        let expected: Vec<f64> = frame["action"].as_array().unwrap().iter().filter_map(|v| v.as_f64()).collect();
+        let expected: Vec<f64> = frame["action"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|v| v.as_f64())
+            .collect();
         assert_eq!(out.action.len(), expected.len());
         for (a, b) in out.action.iter().zip(&expected) {
-            assert!((a - b).abs() <= 1e-6, "action {:?} vs {:?}", out.action, expected);
+            assert!(
+                (a - b).abs() <= 1e-6,
+                "action {:?} vs {:?}",
+                out.action,
+                expected
+            );
         }
-        assert_eq!(out.stats.verifier_passes, 6, "one prefill and six cached steps");
+        assert_eq!(
+            out.stats.verifier_passes, 6,
+            "one prefill and six cached steps"
+        );
     }
     Ok(())
 }
@@ -105,7 +131,11 @@ fn dataset_statistics_file_wins_over_config() -> Result<()> {
     let mut policy = VlaPolicy::from_dir(&tiny_checkpoint(), DType::F32, &Device::Cpu)?;
     let frame = &frames()?[0];
     let image = image::open(fixtures().join(frame["file"].as_str().unwrap()))?;
-    let out = policy.predict_action(&image, frame["instruction"].as_str().unwrap(), Some("bridge_orig"))?;
+    let out = policy.predict_action(
+        &image,
+        frame["instruction"].as_str().unwrap(),
+        Some("bridge_orig"),
+    )?;
     let expected: Vec<f64> = frame["action_bridge_orig_dataset_statistics"]
         .as_array()
         .unwrap()
@@ -128,7 +158,10 @@ fn resized_frame_matches_pil_bicubic() -> Result<()> {
     let pixels = fx.processor.pixel_values(&image, &Device::Cpu)?;
     let d = max_abs_diff(&pixels, &gold["resize_pixel_values"])?;
     // One uint8 level in the DINO normalisation is 1 / 255 / 0.2236 = 0.0175.
-    assert!(d <= 0.0176, "resized pixels differ by {d} (more than one uint8 level)");
+    assert!(
+        d <= 0.0176,
+        "resized pixels differ by {d} (more than one uint8 level)"
+    );
     Ok(())
 }
 
@@ -140,7 +173,10 @@ fn cached_decode_equals_full_recompute() -> Result<()> {
         let gold = load_tensors(frame["golden"].as_str().unwrap())?;
         let ids = ids_of(&frame["input_ids"]);
         let image = &gold["projector_out"];
-        let mut cache = fx.model.llm().new_cache(fx.model.cache_capacity(ids.len(), 0))?;
+        let mut cache = fx
+            .model
+            .llm()
+            .new_cache(fx.model.cache_capacity(ids.len(), 0))?;
         let prefill = fx.model.prefill(image, &ids, &mut cache)?;
         let mut token = prefill.last_logits.argmax(0)?.to_scalar::<u32>()?;
         let mut generated = vec![token];

@@ -75,8 +75,7 @@ fn longest_path_wins() {
         node(30, 4, 3, -1.5),
     ])
     .unwrap();
-    // Root row predicts both 10 and 11? Only one greedy per row: make the root row 11, so path
-    // 0-2-4-5 is accepted while branch 1 fails at once.
+    // The root row predicts 11: the deep branch 0-2-4-5 is accepted, branch 1 fails at once.
     let greedy = [11, 20, 21, 0, 30, 77];
     let out = best_path(&t, &greedy, 1, &Strict).unwrap();
     assert_eq!(out.accepted, ids(&[2, 4, 5]));

@@ -3,7 +3,7 @@
 
 use std::time::Instant;
 
-use super::{argmax, Decoder, DecodeStats};
+use super::{argmax, DecodeStats, Decoder};
 use crate::error::Result;
 use crate::kv_cache::KvCache;
 use crate::verifier::{OpenVla, Prefill};

@@ -4,7 +4,7 @@ use std::time::Instant;
 
 use candle_core::Tensor;
 
-use super::{argmax, Decoder, DecodeStats};
+use super::{argmax, DecodeStats, Decoder};
 use crate::accept::{best_path, Acceptance};
 use crate::draft::drafter::{DraftState, Drafter};
 use crate::draft::eagle::{DraftLmHead, EagleDraft};
@@ -26,7 +26,12 @@ pub struct SpecDecoder {
 
 impl SpecDecoder {
     /// Validates the tree settings and the acceptance policy.
-    pub fn new(draft: EagleDraft, lm_head: DraftLmHead, tree: TreeSettings, acceptance: Acceptance) -> Result<Self> {
+    pub fn new(
+        draft: EagleDraft,
+        lm_head: DraftLmHead,
+        tree: TreeSettings,
+        acceptance: Acceptance,
+    ) -> Result<Self> {
         tree.validate()?;
         acceptance.validate()?;
         Ok(Self {
@@ -63,7 +68,11 @@ impl SpecDecoder {
     fn draft_state(&mut self, model: &OpenVla, capacity: usize) -> Result<DraftState> {
         match self.state.take() {
             Some(state) if state.capacity() >= capacity => Ok(state),
-            _ => Ok(DraftState::new(self.draft.new_cache(capacity, model.dtype(), model.device())?)),
+            _ => Ok(DraftState::new(self.draft.new_cache(
+                capacity,
+                model.dtype(),
+                model.device(),
+            )?)),
         }
     }
 }
@@ -72,7 +81,9 @@ impl Decoder for SpecDecoder {
     fn extra_cache_positions(&self) -> usize {
         // The verifier appends `total_tokens` tree rows; the draft appends a frontier of at most
         // `top_k` rows per level below the first.
-        self.tree.total_tokens.max(self.tree.top_k * self.tree.depth)
+        self.tree
+            .total_tokens
+            .max(self.tree.top_k * self.tree.depth)
     }
 
     fn decode(
@@ -98,7 +109,12 @@ impl Decoder for SpecDecoder {
             verifier: model.llm(),
         };
         let start = Instant::now();
-        drafter.prefill(&mut state, &prefill.input_embeds, &prefill.hidden, tokens[0])?;
+        drafter.prefill(
+            &mut state,
+            &prefill.input_embeds,
+            &prefill.hidden,
+            tokens[0],
+        )?;
         stats.times.draft += start.elapsed();
         let result = (|| -> Result<()> {
             while tokens.len() < n_tokens {
@@ -122,7 +138,12 @@ impl Decoder for SpecDecoder {
 
                 let start = Instant::now();
                 let base = cache.len();
-                let verified = model.verify(&tree.tokens(), &tree.position_offsets(), &tree.attention_mask(), cache)?;
+                let verified = model.verify(
+                    &tree.tokens(),
+                    &tree.position_offsets(),
+                    &tree.attention_mask(),
+                    cache,
+                )?;
                 let greedy = verified.greedy()?;
                 stats.times.verify += start.elapsed();
                 stats.verifier_passes += 1;

@@ -98,13 +98,13 @@ fn ties_keep_the_tree_ancestor_closed() {
 
 #[test]
 fn positive_log_probs_are_clamped() {
-    // Without the clamp the child (score -0.5) would outrank its parent (-1.0).
-    let mut b = TreeBuilder::new(0, settings(1, 2, 2), 7).unwrap();
-    b.expand(&[vec![(1, -1.0)]]).unwrap();
-    b.expand(&[vec![(2, 0.5)]]).unwrap();
-    let pool = b.nodes().to_vec();
-    assert_eq!(pool[2].score, -1.0);
-    assert_eq!(b.finish().tokens(), vec![0, 1]);
+    // Without the clamp, AA (score -0.5) would outrank its parent A (-1.0) and lose its place
+    // to B; with it, AA ties A and follows it.
+    let mut b = TreeBuilder::new(0, settings(2, 2, 3), 7).unwrap();
+    b.expand(&[vec![(1, -1.0), (2, -1.5)]]).unwrap();
+    b.expand(&[vec![(3, 0.5)], vec![(4, -0.1)]]).unwrap();
+    assert_eq!(b.nodes()[3].score, -1.0);
+    assert_eq!(b.finish().tokens(), vec![0, 1, 3]);
 }
 
 #[test]

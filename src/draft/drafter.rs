@@ -50,7 +50,13 @@ impl Drafter<'_> {
     /// Feeds the verifier's prefill: row `i` pairs hidden `f_i` with the embedding of token
     /// `i + 1`; the last row pairs with `first_token`, the verifier's first greedy token.
     /// `input_embeds`, `hidden`: `[T, hidden]`.
-    pub fn prefill(&self, state: &mut DraftState, input_embeds: &Tensor, hidden: &Tensor, first_token: u32) -> Result<()> {
+    pub fn prefill(
+        &self,
+        state: &mut DraftState,
+        input_embeds: &Tensor,
+        hidden: &Tensor,
+        first_token: u32,
+    ) -> Result<()> {
         state.cache.reset();
         let t = hidden.dim(0)?;
         let mut next = Vec::with_capacity(2);
@@ -59,14 +65,25 @@ impl Drafter<'_> {
         }
         next.push(self.verifier.embed(&[first_token])?);
         let next = Tensor::cat(&next, 0)?;
-        let out = self.head.forward(&next, hidden, &Positions::Contiguous { start: 0 }, &AttentionMask::Causal, &mut state.cache)?;
+        let out = self.head.forward(
+            &next,
+            hidden,
+            &Positions::Contiguous { start: 0 },
+            &AttentionMask::Causal,
+            &mut state.cache,
+        )?;
         state.root_feature = Some(out.narrow(0, t - 1, 1)?);
         Ok(())
     }
 
     /// Appends verified rows: `features` `[k, hidden]` (verifier hidden states of the root and
     /// the accepted nodes) paired with `next_tokens` (the accepted tokens, then the bonus).
-    pub fn commit(&self, state: &mut DraftState, features: &Tensor, next_tokens: &[u32]) -> Result<()> {
+    pub fn commit(
+        &self,
+        state: &mut DraftState,
+        features: &Tensor,
+        next_tokens: &[u32],
+    ) -> Result<()> {
         let k = next_tokens.len();
         if features.dim(0)? != k || k == 0 {
             return Err(Error::InvalidSpecSettings(format!(
@@ -88,15 +105,24 @@ impl Drafter<'_> {
 
     /// Grows a tree below `root` (at position `state.committed()`), at most `max_depth` levels.
     /// The draft cache is back at its committed length afterwards.
-    pub fn build_tree(&self, state: &mut DraftState, root: u32, settings: TreeSettings, max_depth: usize) -> Result<DraftTree> {
-        let root_feature = state
-            .root_feature
-            .clone()
-            .ok_or_else(|| Error::InvalidSpecSettings("build_tree before the draft prefill".into()))?;
+    pub fn build_tree(
+        &self,
+        state: &mut DraftState,
+        root: u32,
+        settings: TreeSettings,
+        max_depth: usize,
+    ) -> Result<DraftTree> {
+        let root_feature = state.root_feature.clone().ok_or_else(|| {
+            Error::InvalidSpecSettings("build_tree before the draft prefill".into())
+        })?;
         let committed = state.cache.len();
         let mut builder = TreeBuilder::new(root, settings, max_depth)?;
         // Root children come from the committed state.
-        let first = top_k_rows(&self.lm_head.log_probs(&root_feature)?, settings.top_k, self.lm_head)?;
+        let first = top_k_rows(
+            &self.lm_head.log_probs(&root_feature)?,
+            settings.top_k,
+            self.lm_head,
+        )?;
         builder.expand(&first)?;
         // Draft rows fed so far inside the tree: (builder node, predicted feature).
         let mut fed: Vec<(NodeId, Tensor)> = Vec::new();
@@ -110,9 +136,9 @@ impl Drafter<'_> {
                 let mut mask = vec![f32::NEG_INFINITY; n * (committed + fed.len() + n)];
                 let width = committed + fed.len() + n;
                 for (row, &id) in frontier.iter().enumerate() {
-                    let node = builder
-                        .node(id)
-                        .ok_or_else(|| Error::InvalidSpecSettings("frontier node out of range".into()))?;
+                    let node = builder.node(id).ok_or_else(|| {
+                        Error::InvalidSpecSettings("frontier node out of range".into())
+                    })?;
                     tokens.push(node.token);
                     positions.push(committed + node.depth - 1);
                     let ancestors = builder.path_to(id).unwrap_or_default();
@@ -134,8 +160,15 @@ impl Drafter<'_> {
                 let features = Tensor::cat(&parents, 0)?;
                 let embeds = self.verifier.embed(&tokens)?;
                 let mask = Tensor::from_vec(mask, (n, width), features.device())?;
-                let out = self.head.forward(&embeds, &features, &Positions::Explicit(positions), &AttentionMask::Full(mask), &mut state.cache)?;
-                let candidates = top_k_rows(&self.lm_head.log_probs(&out)?, settings.top_k, self.lm_head)?;
+                let out = self.head.forward(
+                    &embeds,
+                    &features,
+                    &Positions::Explicit(positions),
+                    &AttentionMask::Full(mask),
+                    &mut state.cache,
+                )?;
+                let candidates =
+                    top_k_rows(&self.lm_head.log_probs(&out)?, settings.top_k, self.lm_head)?;
                 for (row, &id) in frontier.iter().enumerate() {
                     fed.push((id, out.narrow(0, row, 1)?));
                 }
@@ -150,7 +183,9 @@ impl Drafter<'_> {
 
     /// A draft cache sized for `capacity` positions.
     pub fn new_state(&self, capacity: usize, dtype: DType, device: &Device) -> Result<DraftState> {
-        Ok(DraftState::new(self.head.new_cache(capacity, dtype, device)?))
+        Ok(DraftState::new(
+            self.head.new_cache(capacity, dtype, device)?,
+        ))
     }
 }
 

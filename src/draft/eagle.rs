@@ -38,7 +38,12 @@ pub struct DraftLmHead {
 
 impl DraftLmHead {
     /// Builds the head from the verifier's LM head.
-    pub fn new(llm: &Llama, kind: DraftLmHeadKind, action_first_id: u32, action_count: u32) -> Result<Self> {
+    pub fn new(
+        llm: &Llama,
+        kind: DraftLmHeadKind,
+        action_first_id: u32,
+        action_count: u32,
+    ) -> Result<Self> {
         let full = llm.lm_head_weight();
         match kind {
             DraftLmHeadKind::FullVocab => Ok(Self {
@@ -46,7 +51,9 @@ impl DraftLmHead {
                 first_id: 0,
             }),
             DraftLmHeadKind::ActionIds => Ok(Self {
-                weight: full.narrow(0, action_first_id as usize, action_count as usize)?.contiguous()?,
+                weight: full
+                    .narrow(0, action_first_id as usize, action_count as usize)?
+                    .contiguous()?,
                 first_id: action_first_id,
             }),
         }
@@ -114,7 +121,10 @@ impl EagleDraft {
     pub fn load(vb: &VarBuilder, config: &DraftConfig, verifier: &LlamaConfig) -> Result<Self> {
         config.check_against(verifier)?;
         let h = config.llama.hidden_size;
-        let fc = Linear::new(get(&vb.pp("fc"), (h, 2 * h), "weight")?, Some(get(&vb.pp("fc"), h, "bias")?));
+        let fc = Linear::new(
+            get(&vb.pp("fc"), (h, 2 * h), "weight")?,
+            Some(get(&vb.pp("fc"), h, "bias")?),
+        );
         let layer = DecoderLayer::load(&vb.pp("layers.0"), &config.llama, false)?;
         let rope = RotaryTable::new(
             config.llama.head_dim(),
@@ -132,7 +142,12 @@ impl EagleDraft {
     }
 
     /// Loads a draft folder: `config.json` plus `model.safetensors` or `pytorch_model.bin`.
-    pub fn from_dir(dir: &Path, verifier: &LlamaConfig, dtype: DType, device: &Device) -> Result<Self> {
+    pub fn from_dir(
+        dir: &Path,
+        verifier: &LlamaConfig,
+        dtype: DType,
+        device: &Device,
+    ) -> Result<Self> {
         let config = DraftConfig::from_file(&dir.join("config.json"))?;
         let safetensors = dir.join("model.safetensors");
         let pickle = dir.join("pytorch_model.bin");
@@ -174,11 +189,16 @@ impl EagleDraft {
         let n = features.dim(0)?;
         cache.ensure_room(n)?;
         let dtype = self.fc.weight().dtype();
-        let xs = Tensor::cat(&[next_embeds.to_dtype(dtype)?, features.to_dtype(dtype)?], 1)?;
+        let xs = Tensor::cat(
+            &[next_embeds.to_dtype(dtype)?, features.to_dtype(dtype)?],
+            1,
+        )?;
         let xs = self.fc.forward(&xs)?;
         let (cos, sin) = self.rope.select(positions, n)?;
         let mask = mask.build(cache.len(), n, dtype, xs.device())?;
-        let out = self.layer.forward(&xs, &cos, &sin, mask.as_ref(), cache, 0)?;
+        let out = self
+            .layer
+            .forward(&xs, &cos, &sin, mask.as_ref(), cache, 0)?;
         cache.advance(n)?;
         Ok(out)
     }

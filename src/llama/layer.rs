@@ -133,14 +133,22 @@ impl DecoderLayer {
     /// `input_layernorm` from `vb`.
     pub fn load(vb: &VarBuilder, cfg: &LlamaConfig, with_input_norm: bool) -> Result<Self> {
         let input_norm = if with_input_norm {
-            Some(rms_norm(&vb.pp("input_layernorm"), cfg.hidden_size, cfg.rms_norm_eps)?)
+            Some(rms_norm(
+                &vb.pp("input_layernorm"),
+                cfg.hidden_size,
+                cfg.rms_norm_eps,
+            )?)
         } else {
             None
         };
         Ok(Self {
             input_norm,
             attn: Attention::load(&vb.pp("self_attn"), cfg)?,
-            post_norm: rms_norm(&vb.pp("post_attention_layernorm"), cfg.hidden_size, cfg.rms_norm_eps)?,
+            post_norm: rms_norm(
+                &vb.pp("post_attention_layernorm"),
+                cfg.hidden_size,
+                cfg.rms_norm_eps,
+            )?,
             mlp: Mlp::load(&vb.pp("mlp"), cfg)?,
         })
     }

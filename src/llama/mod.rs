@@ -30,7 +30,13 @@ pub enum AttentionMask {
 
 impl AttentionMask {
     /// The additive `[n, past + n]` mask, or `None` when nothing is hidden.
-    pub fn build(&self, past: usize, n: usize, dtype: DType, device: &Device) -> Result<Option<Tensor>> {
+    pub fn build(
+        &self,
+        past: usize,
+        n: usize,
+        dtype: DType,
+        device: &Device,
+    ) -> Result<Option<Tensor>> {
         match self {
             Self::Causal if n == 1 => Ok(None),
             Self::Causal => {
@@ -40,7 +46,9 @@ impl AttentionMask {
                         data[i * (past + n) + j] = f32::NEG_INFINITY;
                     }
                 }
-                Ok(Some(Tensor::from_vec(data, (n, past + n), device)?.to_dtype(dtype)?))
+                Ok(Some(
+                    Tensor::from_vec(data, (n, past + n), device)?.to_dtype(dtype)?,
+                ))
             }
             Self::Tree(tree) => {
                 let (rows, cols) = tree.dims2()?;

@@ -22,7 +22,13 @@ pub enum Positions {
 }
 
 impl RotaryTable {
-    pub fn new(head_dim: usize, theta: f64, max_positions: usize, dtype: DType, device: &Device) -> Result<Self> {
+    pub fn new(
+        head_dim: usize,
+        theta: f64,
+        max_positions: usize,
+        dtype: DType,
+        device: &Device,
+    ) -> Result<Self> {
         let half = head_dim / 2;
         let inv_freq: Vec<f32> = (0..half)
             .map(|i| (1.0 / theta.powf(2.0 * i as f64 / head_dim as f64)) as f32)
@@ -44,7 +50,10 @@ impl RotaryTable {
         match positions {
             Positions::Contiguous { start } => {
                 self.check(start + n)?;
-                Ok((self.cos.narrow(0, *start, n)?, self.sin.narrow(0, *start, n)?))
+                Ok((
+                    self.cos.narrow(0, *start, n)?,
+                    self.sin.narrow(0, *start, n)?,
+                ))
             }
             Positions::Explicit(pos) => {
                 if pos.len() != n {
@@ -56,7 +65,10 @@ impl RotaryTable {
                 self.check(pos.iter().max().map_or(0, |m| m + 1))?;
                 let idx: Vec<u32> = pos.iter().map(|&p| p as u32).collect();
                 let idx = Tensor::new(idx.as_slice(), self.cos.device())?;
-                Ok((self.cos.index_select(&idx, 0)?, self.sin.index_select(&idx, 0)?))
+                Ok((
+                    self.cos.index_select(&idx, 0)?,
+                    self.sin.index_select(&idx, 0)?,
+                ))
             }
         }
     }

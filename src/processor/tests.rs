@@ -295,3 +295,34 @@ fn tokenizer_files_missing_or_corrupt() {
     assert!(matches!(err, Error::Tokenizer(_)), "{err}");
     assert!(err.to_string().contains("tokenizer.json"), "{err}");
 }
+
+#[test]
+fn fixture_checkpoint_opens_end_to_end() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny_openvla");
+    let files = CheckpointFiles::from_dir(&dir).unwrap();
+    assert_eq!(files.weights.len(), 2);
+    files.check_weights().unwrap();
+    let config = files.load_config().unwrap();
+    assert!(config.norm_stats.contains_key("libero_spatial_no_noops"));
+    let p = Processor::from_checkpoint(&files, &config).unwrap();
+    assert_eq!(
+        p.normalization(),
+        &[TowerNormalization::DINO, TowerNormalization::SIGLIP]
+    );
+    let ids = p
+        .prompt_ids(
+            "pick up the black bowl between the plate and the ramekin and place it on the plate",
+        )
+        .unwrap();
+    let space = p.space_token_id().unwrap();
+    assert_eq!(ids[0], config.text.bos_token_id);
+    assert_eq!(*ids.last().unwrap(), space);
+    assert_ne!(ids[ids.len() - 2], space);
+    let decoder =
+        crate::action::ActionDecoder::from_config(&config, Some("libero_spatial_no_noops"))
+            .unwrap();
+    let centre = decoder.tokenizer().token_for_bin(127);
+    let action = decoder.decode(&[centre; 7]).unwrap();
+    assert_eq!(action.len(), 7);
+    assert!(action.iter().all(|a| a.is_finite()));
+}

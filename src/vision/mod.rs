@@ -2,8 +2,8 @@
 
 mod vit;
 
-pub use vit::VisionTransformer;
 pub(crate) use vit::softmax_f32;
+pub use vit::VisionTransformer;
 
 use candle_core::Tensor;
 use candle_nn::VarBuilder;

@@ -153,7 +153,8 @@ impl VisionTransformer {
     pub fn load(vb: &VarBuilder, cfg: &VitConfig) -> Result<Self> {
         let d = cfg.embed_dim;
         let p = cfg.patch_size;
-        let patch_weight = get(&vb.pp("patch_embed.proj"), (d, 3, p, p), "weight")?.reshape((d, 3 * p * p))?;
+        let patch_weight =
+            get(&vb.pp("patch_embed.proj"), (d, 3, p, p), "weight")?.reshape((d, 3 * p * p))?;
         let patch_bias = get(&vb.pp("patch_embed.proj"), d, "bias")?;
         let mut prefix_parts = Vec::new();
         if cfg.class_token {
@@ -168,7 +169,8 @@ impl VisionTransformer {
         } else {
             Some(Tensor::cat(&prefix_parts, 0)?)
         };
-        let pos_embed = get(vb, (1, cfg.num_patches(), d), "pos_embed")?.reshape((cfg.num_patches(), d))?;
+        let pos_embed =
+            get(vb, (1, cfg.num_patches(), d), "pos_embed")?.reshape((cfg.num_patches(), d))?;
         let blocks = (0..cfg.featurizer_blocks())
             .map(|i| Block::load(&vb.pp(format!("blocks.{i}")), cfg))
             .collect::<Result<Vec<_>>>()?;

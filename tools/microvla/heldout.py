@@ -79,6 +79,9 @@ def main():
         if not eps:
             print(f"{suite}: no held-out episodes")
             continue
+        if unnorm_key(suite) not in stats:
+            print(f"{suite}: no statistics in the model (no training data) -- skipped")
+            continue
         per = max(args.per_episode, -(-args.min_per_suite // len(eps)))
         for r in eps:
             z = np.load(episode_path(args.data, r))

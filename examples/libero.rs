@@ -1,0 +1,303 @@
+//! Predict actions on LIBERO frames, with the plain decoder and with speculative decoding.
+//!
+//! ```sh
+//! cargo run --release --example libero                      # embedded model, committed frames
+//! cargo run --release --example libero -- --model DIR --draft DIR --frames DIR --r 3,6,9,12
+//! ```
+//!
+//! For each configuration (plain greedy, strict speculative, relaxed speculative at each `r`)
+//! it prints one line per frame, then a `SUMMARY` line that scripts can read.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use candle_core::{DType, Device};
+use clap::Parser;
+use spec_vla::accept::{Acceptance, ActionIds, RadiusSpec, RelaxedBinDistance};
+use spec_vla::decode::{Decoder, GreedyDecoder, SpecDecoder};
+use spec_vla::draft::eagle::{DraftLmHead, EagleDraft};
+use spec_vla::draft::TreeSettings;
+use spec_vla::{ActionOutput, VlaPolicy};
+
+#[derive(Parser, Debug)]
+#[command(about = "OpenVLA actions on LIBERO frames: plain vs speculative decoding")]
+struct Args {
+    /// OpenVLA checkpoint folder (default: the embedded model).
+    #[arg(long)]
+    model: Option<PathBuf>,
+    /// Hugging Face hub id of the checkpoint (feature `hub`).
+    #[arg(long)]
+    hub: Option<String>,
+    /// EAGLE draft head folder (default: the embedded draft head, when there is one).
+    #[arg(long)]
+    draft: Option<PathBuf>,
+    /// Folder with frames and a `manifest.json` (list of {file, instruction, suite?, unnorm_key?, expert_action?}).
+    #[arg(long)]
+    frames: Option<PathBuf>,
+    /// Which policies to run: all, ar, strict or relaxed.
+    #[arg(long, default_value = "all")]
+    policy: String,
+    /// Relaxation radii (bins) for the relaxed policy.
+    #[arg(long, value_delimiter = ',', default_values_t = vec![3u32, 6, 9, 12])]
+    r: Vec<u32>,
+    /// Exempt the gripper (dimension 6) from relaxation.
+    #[arg(long)]
+    exempt_gripper: bool,
+    #[arg(long)]
+    top_k: Option<usize>,
+    #[arg(long)]
+    depth: Option<usize>,
+    #[arg(long)]
+    total_tokens: Option<usize>,
+    /// cpu, cuda or metal.
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    /// f32, bf16 or f16.
+    #[arg(long, default_value = "f32")]
+    dtype: String,
+    /// Use at most this many frames (0 = all).
+    #[arg(long, default_value_t = 0)]
+    limit: usize,
+    /// Print only the SUMMARY lines.
+    #[arg(long)]
+    quiet: bool,
+}
+
+#[derive(serde::Deserialize, Debug, Clone)]
+struct FrameEntry {
+    file: String,
+    instruction: String,
+    #[serde(default)]
+    suite: Option<String>,
+    #[serde(default)]
+    unnorm_key: Option<String>,
+    #[serde(default)]
+    expert_action: Option<Vec<f64>>,
+}
+
+fn device(name: &str) -> Result<Device> {
+    Ok(match name {
+        "cpu" => Device::Cpu,
+        "cuda" => Device::new_cuda(0).context("CUDA device (build with --features cuda)")?,
+        "metal" => Device::new_metal(0).context("Metal device (build with --features metal)")?,
+        other => bail!("unknown device `{other}`: use cpu, cuda or metal"),
+    })
+}
+
+fn dtype(name: &str) -> Result<DType> {
+    Ok(match name {
+        "f32" => DType::F32,
+        "bf16" => DType::BF16,
+        "f16" => DType::F16,
+        other => bail!("unknown dtype `{other}`: use f32, bf16 or f16"),
+    })
+}
+
+fn manifest(dir: &Path) -> Result<Vec<FrameEntry>> {
+    let path = dir.join("manifest.json");
+    let text = std::fs::read_to_string(&path).with_context(|| {
+        format!(
+            "{} has no manifest.json (a list of {{file, instruction}})",
+            dir.display()
+        )
+    })?;
+    serde_json::from_str(&text).with_context(|| format!("malformed {}", path.display()))
+}
+
+/// Results of one configuration over all frames.
+struct Run {
+    name: String,
+    outputs: Vec<ActionOutput>,
+}
+
+impl Run {
+    fn mean(&self, f: impl Fn(&ActionOutput) -> f64) -> f64 {
+        self.outputs.iter().map(f).sum::<f64>() / self.outputs.len().max(1) as f64
+    }
+    fn ms(&self, f: impl Fn(&ActionOutput) -> Duration) -> f64 {
+        self.mean(|o| f(o).as_secs_f64() * 1e3)
+    }
+}
+
+fn l1(a: &[f64], b: &[f64]) -> f64 {
+    a.iter().zip(b).map(|(x, y)| (x - y).abs()).sum::<f64>() / a.len().max(1) as f64
+}
+
+fn main() -> Result<()> {
+    let args = Args::parse();
+    let device = device(&args.device)?;
+    let dtype = dtype(&args.dtype)?;
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let mut policy = match (&args.model, &args.hub) {
+        (Some(dir), _) => VlaPolicy::from_dir(dir, dtype, &device)?,
+        (None, Some(id)) => VlaPolicy::from_hub(id, None, dtype, &device)?,
+        (None, None) => VlaPolicy::embedded(dtype, &device)?,
+    };
+    let frames_dir = args
+        .frames
+        .clone()
+        .unwrap_or_else(|| root.join(spec_vla::embedded::HELDOUT_FRAMES));
+    let mut entries = manifest(&frames_dir)?;
+    if args.limit > 0 {
+        entries.truncate(args.limit);
+    }
+    let frames = entries
+        .iter()
+        .map(|e| image::open(frames_dir.join(&e.file)).with_context(|| format!("frame {}", e.file)))
+        .collect::<Result<Vec<_>>>()?;
+    let keys = policy.unnorm_keys();
+    let key_of = |e: &FrameEntry| -> Option<String> {
+        let wanted = e
+            .unnorm_key
+            .clone()
+            .or_else(|| e.suite.as_ref().map(|s| format!("{s}_no_noops")));
+        match wanted {
+            Some(k) if keys.contains(&k) => Some(k),
+            _ => keys.first().cloned(),
+        }
+    };
+
+    let draft = match &args.draft {
+        Some(dir) => Some(EagleDraft::from_dir(
+            dir,
+            &policy.config().text,
+            dtype,
+            &device,
+        )?),
+        None => spec_vla::embedded::draft_head(&policy.config().text, dtype, &device)?,
+    };
+    let actions = policy.action_tokenizer().clone();
+    let ids = ActionIds::new(actions.first_action_token(), actions.n_bins())?;
+    let mut tree = spec_vla::embedded::default_tree_settings(&device);
+    tree.top_k = args.top_k.unwrap_or(tree.top_k);
+    tree.depth = args.depth.unwrap_or(tree.depth);
+    tree.total_tokens = args.total_tokens.unwrap_or(tree.total_tokens);
+
+    let mut configs: Vec<(String, Option<Acceptance>)> =
+        vec![("decoder=ar policy=strict r=0".into(), None)];
+    let want = |p: &str| args.policy == "all" || args.policy == p;
+    if draft.is_some() {
+        if want("strict") {
+            configs.push((
+                "decoder=spec policy=strict r=0".into(),
+                Some(Acceptance::Strict),
+            ));
+        }
+        if want("relaxed") {
+            for &r in &args.r {
+                let exempt = if args.exempt_gripper { vec![6] } else { vec![] };
+                let relaxed = RelaxedBinDistance::new(RadiusSpec::Uniform(r), exempt, ids)?;
+                configs.push((
+                    format!("decoder=spec policy=relaxed r={r}"),
+                    Some(Acceptance::RelaxedBinDistance(relaxed)),
+                ));
+            }
+        }
+    } else {
+        eprintln!("no draft head: running the plain decoder only");
+    }
+
+    // Warm-up (allocations, caches) outside the measurements.
+    policy.predict_action(
+        &frames[0],
+        &entries[0].instruction,
+        key_of(&entries[0]).as_deref(),
+    )?;
+
+    let mut runs: Vec<Run> = Vec::new();
+    for (name, acceptance) in configs {
+        let mut decoder: Box<dyn Decoder> = match (acceptance, &draft) {
+            (Some(acc), Some(draft)) => {
+                let head = DraftLmHead::new(
+                    policy.model().llm(),
+                    draft.config().lm_head,
+                    ids.first(),
+                    ids.count(),
+                )?;
+                Box::new(SpecDecoder::new(draft.clone(), head, tree, acc)?)
+            }
+            _ => Box::new(GreedyDecoder),
+        };
+        let mut outputs = Vec::new();
+        for (entry, frame) in entries.iter().zip(&frames) {
+            let out = policy.predict_action_with(
+                decoder.as_mut(),
+                frame,
+                &entry.instruction,
+                key_of(entry).as_deref(),
+            )?;
+            if !args.quiet {
+                println!(
+                    "[{name}] {:<70} action {:?} tokens {:?} passes {}",
+                    entry.instruction,
+                    out.action
+                        .iter()
+                        .map(|x| (x * 1e4).round() / 1e4)
+                        .collect::<Vec<_>>(),
+                    out.tokens,
+                    out.stats.verifier_passes
+                );
+            }
+            outputs.push(out);
+        }
+        runs.push(Run { name, outputs });
+    }
+
+    let ar = &runs[0];
+    let ar_ms = ar.ms(|o| o.stats.times.total());
+    let ar_decode = ar.ms(|o| o.stats.times.decode());
+    for run in &runs {
+        let ms = run.ms(|o| o.stats.times.total());
+        let decode_ms = run.ms(|o| o.stats.times.decode());
+        let accept = run.mean(|o| o.stats.acceptance_length().unwrap_or(0.0));
+        let passes = run.mean(|o| o.stats.verifier_passes as f64);
+        let l1_ar = run.mean_pair(ar, |a, b| l1(&a.action, &b.action));
+        let l1_expert = {
+            let with: Vec<f64> = run
+                .outputs
+                .iter()
+                .zip(&entries)
+                .filter_map(|(o, e)| e.expert_action.as_ref().map(|x| l1(&o.action, x)))
+                .collect();
+            if with.is_empty() {
+                f64::NAN
+            } else {
+                with.iter().sum::<f64>() / with.len() as f64
+            }
+        };
+        let t = |f: fn(&spec_vla::decode::StageTimes) -> Duration| run.ms(|o| f(&o.stats.times));
+        eprintln!(
+            "stages {}: vision {:.2} ms, prefill {:.2} ms, draft {:.2} ms, verify {:.2} ms, commit {:.2} ms",
+            run.name,
+            t(|s| s.vision),
+            t(|s| s.prefill),
+            t(|s| s.draft),
+            t(|s| s.verify),
+            t(|s| s.commit)
+        );
+        println!(
+            "SUMMARY {} accept_len={accept:.3} passes={passes:.3} ms_per_action={ms:.3} speedup={:.3} decode_ms={decode_ms:.3} decode_speedup={:.3} l1_vs_ar={l1_ar:.5} l1_vs_expert={l1_expert:.5}",
+            run.name,
+            ar_ms / ms,
+            ar_decode / decode_ms
+        );
+    }
+    Ok(())
+}
+
+trait MeanPair {
+    fn mean_pair(&self, other: &Run, f: impl Fn(&ActionOutput, &ActionOutput) -> f64) -> f64;
+}
+
+impl MeanPair for Run {
+    fn mean_pair(&self, other: &Run, f: impl Fn(&ActionOutput, &ActionOutput) -> f64) -> f64 {
+        let n = self.outputs.len().min(other.outputs.len()).max(1);
+        self.outputs
+            .iter()
+            .zip(&other.outputs)
+            .map(|(a, b)| f(a, b))
+            .sum::<f64>()
+            / n as f64
+    }
+}

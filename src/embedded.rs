@@ -1,0 +1,58 @@
+//! The bundled default model: one call away, no download.
+//!
+//! The files live in this crate's source tree (`models/`, `data/`), so the default model is
+//! available wherever the crate is built from source (a git checkout, a path or registry
+//! dependency); nothing is fetched at run time.
+
+use std::path::PathBuf;
+
+use candle_core::{DType, Device};
+
+use crate::config::LlamaConfig;
+use crate::draft::eagle::EagleDraft;
+use crate::draft::TreeSettings;
+use crate::error::Result;
+use crate::policy::VlaPolicy;
+
+/// The bundled OpenVLA-layout checkpoint, relative to the crate root.
+pub const MODEL: &str = "tests/fixtures/tiny_openvla";
+/// The bundled draft head for [`MODEL`], relative to the crate root, if any.
+pub const DRAFT: Option<&str> = None;
+/// Committed LIBERO frames with a `manifest.json`, relative to the crate root.
+pub const HELDOUT_FRAMES: &str = "data/libero_frames";
+
+/// Absolute path of a bundled file or folder.
+pub fn path(relative: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(relative)
+}
+
+impl VlaPolicy {
+    /// The bundled default model ([`MODEL`]).
+    pub fn embedded(dtype: DType, device: &Device) -> Result<Self> {
+        Self::from_dir(&path(MODEL), dtype, device)
+    }
+}
+
+/// The bundled draft head for the bundled model, or `None` when the crate ships none.
+pub fn draft_head(
+    verifier: &LlamaConfig,
+    dtype: DType,
+    device: &Device,
+) -> Result<Option<EagleDraft>> {
+    DRAFT
+        .map(|dir| EagleDraft::from_dir(&path(dir), verifier, dtype, device))
+        .transpose()
+}
+
+/// Tree shape measured to pay on `device` (see the README's measurements): small trees on the
+/// CPU, where a tree pass costs more the more nodes it has; the paper's wide tree on a GPU.
+pub fn default_tree_settings(device: &Device) -> TreeSettings {
+    match device {
+        Device::Cpu => TreeSettings::default(),
+        _ => TreeSettings {
+            top_k: 8,
+            depth: 5,
+            total_tokens: 50,
+        },
+    }
+}

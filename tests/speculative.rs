@@ -1,0 +1,331 @@
+//! Speculative decoding on many random tiny verifiers and draft heads (fixed seeds).
+//!
+//! - Strict acceptance is lossless: the speculative tokens equal plain greedy decoding. Where the
+//!   two differ, the verifier's top-2 margin at the first difference must be a near-tie
+//!   (below `NEAR_TIE`, reported), otherwise the test fails.
+//! - Tree verification equals step-by-step decoding: max |logit difference| <= `TREE_TOL`.
+//! - Relaxed acceptance is bounded: every emitted action token is within `r` bins of the
+//!   verifier's greedy token for the same prefix (recomputed step by step), and a non-action
+//!   token is only ever emitted when it is the verifier's own choice.
+
+mod common;
+
+use anyhow::Result;
+use candle_core::Tensor;
+use common::*;
+use spec_vla::accept::{Acceptance, ActionIds, RadiusSpec, RelaxedBinDistance};
+use spec_vla::decode::{Decoder, GreedyDecoder, SpecDecoder};
+use spec_vla::draft::eagle::DraftLmHeadKind;
+use spec_vla::draft::{DraftTree, TreeBuilder, TreeSettings};
+use spec_vla::synthetic::SeededRng;
+use spec_vla::verifier::OpenVla;
+use spec_vla::Error;
+
+/// Logit tolerance between a tree pass and sequential decoding (f32, tiny models).
+const TREE_TOL: f32 = 1e-4;
+/// A top-2 margin below this is a near-tie: a flip there is float drift, not a bug.
+const NEAR_TIE: f32 = 1e-4;
+
+fn run(
+    model: &OpenVla,
+    decoder: &mut dyn Decoder,
+    image: &Tensor,
+    ids: &[u32],
+) -> Result<(Vec<u32>, spec_vla::decode::DecodeStats)> {
+    let mut cache = model
+        .llm()
+        .new_cache(model.cache_capacity(ids.len(), decoder.extra_cache_positions()))?;
+    let prefill = model.prefill(image, ids, &mut cache)?;
+    Ok(decoder.decode(model, &prefill, &mut cache, 7)?)
+}
+
+/// Greedy token and top-2 margin of the verifier after `ids ++ generated`, by full recompute.
+fn greedy_after(
+    model: &OpenVla,
+    image: &Tensor,
+    ids: &[u32],
+    generated: &[u32],
+) -> Result<(u32, f32)> {
+    let mut all = ids.to_vec();
+    all.extend_from_slice(generated);
+    let mut cache = model.llm().new_cache(model.cache_capacity(all.len(), 0))?;
+    let logits: Vec<f32> = model
+        .prefill(image, &all, &mut cache)?
+        .last_logits
+        .to_vec1()?;
+    let mut order: Vec<usize> = (0..logits.len()).collect();
+    order.sort_by(|&a, &b| logits[b].total_cmp(&logits[a]));
+    Ok((order[0] as u32, logits[order[0]] - logits[order[1]]))
+}
+
+fn random_tree_settings(rng: &mut SeededRng) -> TreeSettings {
+    let top_k = 1 + (rng.next_u64() % 4) as usize;
+    let depth = 1 + (rng.next_u64() % 6) as usize;
+    let total_tokens = depth + 1 + (rng.next_u64() % 20) as usize;
+    TreeSettings {
+        top_k,
+        depth,
+        total_tokens,
+    }
+}
+
+#[test]
+fn strict_speculative_equals_greedy() -> Result<()> {
+    let mut cases = 0;
+    let mut near_ties = Vec::new();
+    let mut drafted = 0;
+    let mut passes = 0;
+    for seed in 0..60u64 {
+        let case = random_case(seed)?;
+        let mut rng = SeededRng::new(seed);
+        let (greedy, _) = run(
+            &case.model,
+            &mut GreedyDecoder,
+            &case.image_embeds,
+            &case.ids,
+        )?;
+        for variant in 0..4 {
+            let kind = if variant % 2 == 0 {
+                DraftLmHeadKind::ActionIds
+            } else {
+                DraftLmHeadKind::FullVocab
+            };
+            let mut spec = SpecDecoder::new(
+                case.draft.clone(),
+                case.lm_head(kind)?,
+                random_tree_settings(&mut rng),
+                Acceptance::Strict,
+            )?;
+            let (tokens, stats) = run(&case.model, &mut spec, &case.image_embeds, &case.ids)?;
+            cases += 1;
+            drafted += stats.drafted_tokens;
+            passes += stats.verifier_passes;
+            assert_eq!(
+                stats.tokens_per_pass.iter().sum::<usize>() + 1,
+                7,
+                "seed {seed}: tokens per pass"
+            );
+            if tokens != greedy {
+                let first = tokens
+                    .iter()
+                    .zip(&greedy)
+                    .position(|(a, b)| a != b)
+                    .unwrap_or(0);
+                let (_, margin) =
+                    greedy_after(&case.model, &case.image_embeds, &case.ids, &greedy[..first])?;
+                assert!(margin < NEAR_TIE, "seed {seed} variant {variant}: {tokens:?} != {greedy:?} at {first}, margin {margin}");
+                near_ties.push((seed, variant, first, margin));
+            }
+        }
+    }
+    eprintln!("{cases} cases, {passes} verifier passes, {drafted} drafted tokens, near-tie flips: {near_ties:?}");
+    assert!(cases >= 200);
+    Ok(())
+}
+
+#[test]
+fn relaxed_tokens_stay_within_r_bins() -> Result<()> {
+    let mut cases = 0;
+    let mut accepted_relaxed = 0;
+    for seed in 100..150u64 {
+        let case = random_case(seed)?;
+        let ids = ActionIds::new(case.action_first_id, 256)?;
+        let mut rng = SeededRng::new(seed);
+        for &r in &[2u32, 16, 64] {
+            let policy = Acceptance::RelaxedBinDistance(RelaxedBinDistance::new(
+                RadiusSpec::Uniform(r),
+                vec![],
+                ids,
+            )?);
+            let mut spec = SpecDecoder::new(
+                case.draft.clone(),
+                case.lm_head(DraftLmHeadKind::ActionIds)?,
+                random_tree_settings(&mut rng),
+                policy,
+            )?;
+            let (tokens, _) = run(&case.model, &mut spec, &case.image_embeds, &case.ids)?;
+            cases += 1;
+            for i in 0..tokens.len() {
+                let (verifier, margin) =
+                    greedy_after(&case.model, &case.image_embeds, &case.ids, &tokens[..i])?;
+                let t = tokens[i];
+                if t == verifier {
+                    continue;
+                }
+                accepted_relaxed += 1;
+                match (ids.bin_of(t), ids.bin_of(verifier)) {
+                    (Some(a), Some(b)) => assert!(
+                        a.abs_diff(b) <= r,
+                        "seed {seed} r {r}: token {t} vs verifier {verifier}"
+                    ),
+                    _ => assert!(
+                        margin < NEAR_TIE,
+                        "seed {seed}: non-action token {t} relaxed against {verifier}"
+                    ),
+                }
+            }
+        }
+    }
+    eprintln!(
+        "{cases} relaxed cases, {accepted_relaxed} tokens differing from greedy (all within r)"
+    );
+    Ok(())
+}
+
+/// Builds a random tree below `root` the way the drafter does, without a draft model.
+fn random_tree(
+    rng: &mut SeededRng,
+    root: u32,
+    settings: TreeSettings,
+    first_id: u32,
+) -> Result<DraftTree> {
+    let mut builder = TreeBuilder::new(root, settings, 6)?;
+    while !builder.is_done() {
+        let frontier = builder.frontier().len();
+        let candidates: Vec<Vec<(u32, f32)>> = (0..frontier)
+            .map(|_| {
+                let mut c: Vec<(u32, f32)> = (0..settings.top_k)
+                    .map(|j| {
+                        (
+                            first_id + ((rng.next_u64() % 256) as u32 + j as u32) % 256,
+                            -(rng.symmetric().abs() * 3.0),
+                        )
+                    })
+                    .collect();
+                c.sort_by(|a, b| b.1.total_cmp(&a.1));
+                c.dedup_by_key(|x| x.0);
+                c
+            })
+            .collect();
+        builder.expand(&candidates)?;
+    }
+    Ok(builder.finish())
+}
+
+#[test]
+fn tree_verification_equals_sequential_decoding() -> Result<()> {
+    let mut worst = 0f32;
+    let mut nodes = 0;
+    for seed in 200..240u64 {
+        let case = random_case(seed)?;
+        let mut rng = SeededRng::new(seed);
+        let model = &case.model;
+        let settings = TreeSettings {
+            top_k: 1 + (rng.next_u64() % 3) as usize,
+            depth: 4,
+            total_tokens: 12,
+        };
+        let mut cache = model
+            .llm()
+            .new_cache(model.cache_capacity(case.ids.len(), 64))?;
+        let prefill = model.prefill(&case.image_embeds, &case.ids, &mut cache)?;
+        let root = prefill.last_logits.argmax(0)?.to_scalar::<u32>()?;
+        let tree = random_tree(&mut rng, root, settings, case.action_first_id)?;
+        let verified = model.verify(
+            &tree.tokens(),
+            &tree.position_offsets(),
+            &tree.attention_mask(),
+            &mut cache,
+        )?;
+        for (i, node) in tree.nodes().iter().enumerate() {
+            let path = tree.path_to(spec_vla::draft::NodeId(i)).unwrap_or_default();
+            let tokens: Vec<u32> = path.iter().map(|id| tree.nodes()[id.0].token).collect();
+            let mut all = case.ids.clone();
+            all.extend_from_slice(&tokens);
+            let mut fresh = model.llm().new_cache(model.cache_capacity(all.len(), 0))?;
+            let sequential = model
+                .prefill(&case.image_embeds, &all, &mut fresh)?
+                .last_logits;
+            let d = max_abs_diff(&verified.logits.get(i)?, &sequential)?;
+            worst = worst.max(d);
+            nodes += 1;
+            assert!(
+                d <= TREE_TOL,
+                "seed {seed} node {i} (depth {}): logits differ by {d}",
+                node.depth
+            );
+        }
+        // After keeping the deepest path, the next decode step equals sequential decoding too.
+        let leaf = tree
+            .paths()
+            .into_iter()
+            .max_by_key(|p| p.len())
+            .unwrap_or_default();
+        let rows: Vec<usize> = leaf.iter().map(|id| id.0).collect();
+        let base = cache.len() - tree.len();
+        cache.compact(base, &rows)?;
+        let tokens: Vec<u32> = leaf.iter().map(|id| tree.nodes()[id.0].token).collect();
+        let next = case.action_first_id + 7;
+        let stepped = model.decode(next, &mut cache)?.logits.squeeze(0)?;
+        let mut all = case.ids.clone();
+        all.extend_from_slice(&tokens);
+        all.push(next);
+        let mut fresh = model.llm().new_cache(model.cache_capacity(all.len(), 0))?;
+        let sequential = model
+            .prefill(&case.image_embeds, &all, &mut fresh)?
+            .last_logits;
+        let d = max_abs_diff(&stepped, &sequential)?;
+        assert!(
+            d <= TREE_TOL,
+            "seed {seed}: decode after compaction differs by {d}"
+        );
+    }
+    eprintln!("{nodes} tree nodes checked, worst logit difference {worst:.2e}");
+    Ok(())
+}
+
+#[test]
+fn invalid_settings_are_typed_errors() -> Result<()> {
+    let case = random_case(7)?;
+    let head = || case.lm_head(DraftLmHeadKind::ActionIds);
+    for bad in [
+        TreeSettings {
+            top_k: 0,
+            depth: 3,
+            total_tokens: 8,
+        },
+        TreeSettings {
+            top_k: 2,
+            depth: 0,
+            total_tokens: 8,
+        },
+        TreeSettings {
+            top_k: 2,
+            depth: 5,
+            total_tokens: 3,
+        },
+    ] {
+        let err =
+            SpecDecoder::new(case.draft.clone(), head()?, bad, Acceptance::Strict).unwrap_err();
+        assert!(
+            matches!(err, Error::InvalidSpecSettings(_)),
+            "{bad:?}: {err}"
+        );
+    }
+    let ids = ActionIds::new(case.action_first_id, 256)?;
+    assert!(RelaxedBinDistance::new(RadiusSpec::Uniform(100_000), vec![], ids).is_err());
+    let json = r#"{"policy":"relaxed_bin_distance","radius":{"uniform":-1},"exempt_dims":[],"ids":{"first":64,"count":256}}"#;
+    assert!(serde_json::from_str::<Acceptance>(json).is_err());
+
+    // A draft head for another hidden size.
+    let other = random_case(8)?;
+    let mut wrong = draft_config(&other.model.config().text);
+    wrong.llama.hidden_size = case.model.config().text.hidden_size * 2;
+    wrong.llama.num_attention_heads = 2;
+    wrong.llama.num_key_value_heads = Some(2);
+    let weights = spec_vla::synthetic::random_draft_weights(
+        &wrong.llama,
+        1,
+        candle_core::DType::F32,
+        &candle_core::Device::Cpu,
+    )?;
+    let vb = candle_nn::VarBuilder::from_tensors(
+        weights,
+        candle_core::DType::F32,
+        &candle_core::Device::Cpu,
+    );
+    let err = spec_vla::draft::eagle::EagleDraft::load(&vb, &wrong, &case.model.config().text)
+        .unwrap_err();
+    assert!(matches!(err, Error::DraftMismatch(_)), "{err}");
+    Ok(())
+}
