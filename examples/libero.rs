@@ -17,7 +17,6 @@ use clap::Parser;
 use spec_vla::accept::{Acceptance, ActionIds, RadiusSpec, RelaxedBinDistance};
 use spec_vla::decode::{Decoder, GreedyDecoder, SpecDecoder};
 use spec_vla::draft::eagle::{DraftLmHead, EagleDraft};
-use spec_vla::draft::TreeSettings;
 use spec_vla::{ActionOutput, VlaPolicy};
 
 #[derive(Parser, Debug)]

@@ -214,8 +214,8 @@ pub fn unnorm_keys(norm_stats: &BTreeMap<String, DatasetStatistics>) -> Vec<Stri
 /// Picks the statistics to un-normalise with, as OpenVLA's `_check_unnorm_key` does.
 ///
 /// `None` is allowed only when there is exactly one key ([`Error::AmbiguousUnnormKey`] listing
-/// them otherwise, [`Error::UnknownUnnormKey`] with an empty list when there is none). A key not
-/// present is [`Error::UnknownUnnormKey`] listing the known keys.
+/// them when there are several, [`Error::InvalidConfig`] when there is none). A key not present
+/// is [`Error::UnknownUnnormKey`] listing the known keys.
 pub fn select_statistics<'a>(
     norm_stats: &'a BTreeMap<String, DatasetStatistics>,
     key: Option<&str>,
@@ -232,10 +232,10 @@ pub fn select_statistics<'a>(
             let mut entries = norm_stats.iter();
             match (entries.next(), entries.next()) {
                 (Some((k, v)), None) => Ok((k.as_str(), v)),
-                (None, _) => Err(Error::UnknownUnnormKey {
-                    key: String::new(),
-                    known: Vec::new(),
-                }),
+                (None, _) => Err(Error::InvalidConfig(
+                    "the checkpoint has no dataset statistics (norm_stats / dataset_statistics.json)"
+                        .to_string(),
+                )),
                 _ => Err(Error::AmbiguousUnnormKey {
                     known: unnorm_keys(norm_stats),
                 }),
@@ -415,7 +415,8 @@ mod tests {
         assert!(matches!(err, Error::UnknownUnnormKey { .. }));
         assert!(message.contains("libero_spatial"), "{message}");
         assert!(message.contains("bridge_orig") && message.contains("libero_goal_no_noops"));
-        assert!(select_statistics(&BTreeMap::new(), None).is_err());
+        let err = select_statistics(&BTreeMap::new(), None).unwrap_err();
+        assert!(matches!(err, Error::InvalidConfig(_)), "{err}");
     }
 
     #[test]

@@ -15,8 +15,12 @@ pub mod policy;
 pub mod processor;
 pub mod projector;
 pub mod synthetic;
+pub mod train;
 pub mod verifier;
 pub mod vision;
 
+pub use action::{ActionDecoder, ActionTokenizer};
+pub use checkpoint::CheckpointFiles;
 pub use error::{Error, Result};
 pub use policy::{ActionOutput, VlaPolicy};
+pub use processor::Processor;

@@ -16,7 +16,7 @@ use crate::checkpoint::get;
 use crate::config::{read_text, LlamaConfig};
 use crate::error::{Error, Result};
 use crate::kv_cache::KvCache;
-use crate::llama::{AttentionMask, DecoderLayer, Llama, Positions, RotaryTable};
+use crate::llama::{AttentionMask, DecoderLayer, KvSource, Llama, Positions, RotaryTable};
 
 /// Which rows of the verifier's LM head the draft scores.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -196,10 +196,30 @@ impl EagleDraft {
         let xs = self.fc.forward(&xs)?;
         let (cos, sin) = self.rope.select(positions, n)?;
         let mask = mask.build(cache.len(), n, dtype, xs.device())?;
-        let out = self
-            .layer
-            .forward(&xs, &cos, &sin, mask.as_ref(), cache, 0)?;
+        let out = self.layer.forward(
+            &xs,
+            &cos,
+            &sin,
+            mask.as_ref(),
+            KvSource::Cache { cache, layer: 0 },
+        )?;
         cache.advance(n)?;
         Ok(out)
+    }
+
+    /// A causal pass over a whole sequence without a cache, keeping the autograd graph (for
+    /// training). `next_embeds`, `features`: `[n, hidden]` at positions `0..n`.
+    pub fn forward_sequence(&self, next_embeds: &Tensor, features: &Tensor) -> Result<Tensor> {
+        let n = features.dim(0)?;
+        let dtype = self.fc.weight().dtype();
+        let xs = Tensor::cat(
+            &[next_embeds.to_dtype(dtype)?, features.to_dtype(dtype)?],
+            1,
+        )?;
+        let xs = self.fc.forward(&xs)?;
+        let (cos, sin) = self.rope.select(&Positions::Contiguous { start: 0 }, n)?;
+        let mask = AttentionMask::Causal.build(0, n, dtype, xs.device())?;
+        self.layer
+            .forward(&xs, &cos, &sin, mask.as_ref(), KvSource::Ephemeral)
     }
 }

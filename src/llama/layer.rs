@@ -9,6 +9,19 @@ use crate::error::Result;
 use crate::kv_cache::KvCache;
 use crate::vision::softmax_f32;
 
+/// Where a layer's keys and values go.
+#[derive(Debug)]
+pub enum KvSource<'a> {
+    /// Appended to this layer of a cache; attention reads the whole cache.
+    Cache {
+        cache: &'a mut KvCache,
+        layer: usize,
+    },
+    /// Used directly, not stored: attention over the new rows only. This path keeps the
+    /// autograd graph intact (a cache write is an in-place copy), so training uses it.
+    Ephemeral,
+}
+
 /// Self-attention with q, k and v fused into one matmul; grouped-query ready.
 #[derive(Debug, Clone)]
 pub struct Attention {
@@ -40,15 +53,14 @@ impl Attention {
 
     /// `xs`: [n, hidden]; `cos`, `sin`: [n, head_dim / 2]; `mask`: additive [n, past + n] or
     /// `None` when every row may see every cached position and itself (one row, or full
-    /// attention). Writes this layer's keys and values into `cache` at `cache.len()..`.
+    /// attention). With [`KvSource::Cache`] the keys and values are written at `cache.len()..`.
     pub fn forward(
         &self,
         xs: &Tensor,
         cos: &Tensor,
         sin: &Tensor,
         mask: Option<&Tensor>,
-        cache: &mut KvCache,
-        layer: usize,
+        kv: KvSource<'_>,
     ) -> Result<Tensor> {
         let (n, _) = xs.dims2()?;
         let (nh, nkv, hd) = (self.num_heads, self.num_kv_heads, self.head_dim);
@@ -64,7 +76,10 @@ impl Attention {
         let q = candle_nn::rotary_emb::rope(&heads(0, nh)?, cos, sin)?.squeeze(0)?;
         let k = candle_nn::rotary_emb::rope(&heads(nh, nkv)?, cos, sin)?.squeeze(0)?;
         let v = heads(nh + nkv, nkv)?.squeeze(0)?;
-        let (keys, values) = cache.write(layer, &k, &v)?;
+        let (keys, values) = match kv {
+            KvSource::Cache { cache, layer } => cache.write(layer, &k, &v)?,
+            KvSource::Ephemeral => (k, v),
+        };
         let total = keys.dim(1)?;
         let rep = nh / nkv;
         // Query heads sharing a kv head are adjacent: [heads, n, hd] = [kv, rep * n, hd].
@@ -160,14 +175,13 @@ impl DecoderLayer {
         cos: &Tensor,
         sin: &Tensor,
         mask: Option<&Tensor>,
-        cache: &mut KvCache,
-        layer: usize,
+        kv: KvSource<'_>,
     ) -> Result<Tensor> {
         let normed = match &self.input_norm {
             Some(norm) => norm.forward(xs)?,
             None => xs.clone(),
         };
-        let h = (xs + self.attn.forward(&normed, cos, sin, mask, cache, layer)?)?;
+        let h = (xs + self.attn.forward(&normed, cos, sin, mask, kv)?)?;
         let out = self.mlp.forward(&self.post_norm.forward(&h)?)?;
         Ok((h + out)?)
     }

@@ -5,7 +5,7 @@
 mod layer;
 mod rope;
 
-pub use layer::{Attention, DecoderLayer, Mlp};
+pub use layer::{Attention, DecoderLayer, KvSource, Mlp};
 pub use rope::{Positions, RotaryTable};
 
 use candle_core::{DType, Device, Module, Tensor};
@@ -186,7 +186,13 @@ impl Llama {
         let mask = mask.build(cache.len(), n, self.dtype(), self.device())?;
         let mut xs = embeds.to_dtype(self.dtype())?;
         for (i, layer) in self.layers.iter().enumerate() {
-            xs = layer.forward(&xs, &cos, &sin, mask.as_ref(), cache, i)?;
+            xs = layer.forward(
+                &xs,
+                &cos,
+                &sin,
+                mask.as_ref(),
+                KvSource::Cache { cache, layer: i },
+            )?;
         }
         cache.advance(n)?;
         Ok(self.norm.forward(&xs)?)

@@ -1,0 +1,54 @@
+#!/usr/bin/env python3
+"""Export recorded LIBERO episodes as PNG frames + manifest.json (the frames-folder format the
+Rust tools read: a list of {file, instruction, suite, unnorm_key, task_id, init_id, step,
+expert_action}).
+
+    tools/.venv/bin/python tools/libero/export_frames.py --split train --stride 3 \
+        --out tools/libero/out/train_frames
+
+The Rust draft-head trainer reads this folder; it never needs Python itself.
+"""
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+HERE = Path(__file__).resolve().parent
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", type=Path, default=HERE / "out")
+    ap.add_argument("--split", default="train", choices=["train", "heldout"])
+    ap.add_argument("--stride", type=int, default=3, help="keep every n-th step of an episode")
+    ap.add_argument("--out", type=Path, default=HERE / "out" / "train_frames")
+    args = ap.parse_args()
+
+    manifest = args.data / "manifest.jsonl"
+    if not manifest.exists():
+        raise SystemExit(f"{manifest} not found: run tools/libero/generate.py first")
+    args.out.mkdir(parents=True, exist_ok=True)
+    entries = []
+    for line in manifest.read_text().splitlines():
+        ep = json.loads(line)
+        if not ep.get("success") or not ep.get("file") or ep.get("split") != args.split:
+            continue
+        with np.load(args.data / ep["file"]) as z:
+            frames, actions = z["frames"], z["actions"]
+        for t in range(0, len(frames), args.stride):
+            name = f"{ep['suite']}_t{ep['task_id']:02d}_i{ep['init_id']:02d}_s{t:03d}.png"
+            if not (args.out / name).exists():
+                Image.fromarray(frames[t]).save(args.out / name)
+            entries.append({
+                "file": name, "instruction": ep["instruction"], "suite": ep["suite"],
+                "unnorm_key": f"{ep['suite']}_no_noops", "task_id": ep["task_id"], "init_id": ep["init_id"],
+                "step": t, "expert_action": [float(x) for x in actions[t]],
+            })
+    (args.out / "manifest.json").write_text(json.dumps(entries, indent=1))
+    print(f"{len(entries)} frames from {args.split} episodes -> {args.out}")
+
+
+if __name__ == "__main__":
+    main()
