@@ -1,4 +1,4 @@
-//! spec_vla
+#![doc = include_str!("../README.md")]
 pub mod accept;
 pub mod action;
 pub mod checkpoint;
