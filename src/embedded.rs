@@ -15,11 +15,11 @@ use crate::error::Result;
 use crate::policy::VlaPolicy;
 
 /// The bundled OpenVLA-layout checkpoint, relative to the crate root.
-pub const MODEL: &str = "tests/fixtures/tiny_openvla";
+pub const MODEL: &str = "models/microvla-libero";
 /// The bundled draft head for [`MODEL`], relative to the crate root, if any.
 pub const DRAFT: Option<&str> = None;
 /// Committed LIBERO frames with a `manifest.json`, relative to the crate root.
-pub const HELDOUT_FRAMES: &str = "data/libero_frames";
+pub const HELDOUT_FRAMES: &str = "data/libero_heldout";
 
 /// Absolute path of a bundled file or folder.
 pub fn path(relative: &str) -> PathBuf {
