@@ -17,7 +17,7 @@ use crate::policy::VlaPolicy;
 /// The bundled OpenVLA-layout checkpoint, relative to the crate root.
 pub const MODEL: &str = "models/microvla-libero";
 /// The bundled draft head for [`MODEL`], relative to the crate root, if any.
-pub const DRAFT: Option<&str> = None;
+pub const DRAFT: Option<&str> = Some("models/microvla-libero-draft");
 /// Committed LIBERO frames with a `manifest.json`, relative to the crate root.
 pub const HELDOUT_FRAMES: &str = "data/libero_heldout";
 
