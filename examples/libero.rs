@@ -212,9 +212,12 @@ fn main() -> Result<()> {
         key_of(&entries[0]).as_deref(),
     )?;
 
+    // Every configuration runs on every frame, interleaved frame by frame in a rotating order,
+    // so that a change in machine load hits all configurations alike and the ratios stay fair.
+    let mut decoders: Vec<Box<dyn Decoder>> = Vec::new();
     let mut runs: Vec<Run> = Vec::new();
     for (name, acceptance) in configs {
-        let mut decoder: Box<dyn Decoder> = match (acceptance, &draft) {
+        decoders.push(match (acceptance, &draft) {
             (Some(acc), Some(draft)) => {
                 let head = DraftLmHead::new(
                     policy.model().llm(),
@@ -225,18 +228,30 @@ fn main() -> Result<()> {
                 Box::new(SpecDecoder::new(draft.clone(), head, tree, acc)?)
             }
             _ => Box::new(GreedyDecoder),
-        };
-        let mut outputs = Vec::new();
-        for (entry, frame) in entries.iter().zip(&frames) {
+        });
+        runs.push(Run {
+            name,
+            outputs: Vec::new(),
+        });
+    }
+    for (i, (entry, frame)) in entries.iter().zip(&frames).enumerate() {
+        for k in 0..runs.len() {
+            let c = (i + k) % runs.len();
             let out = policy.predict_action_with(
-                decoder.as_mut(),
+                decoders[c].as_mut(),
                 frame,
                 &entry.instruction,
                 key_of(entry).as_deref(),
             )?;
-            if !args.quiet {
+            runs[c].outputs.push(out);
+        }
+    }
+    if !args.quiet {
+        for run in &runs {
+            for (entry, out) in entries.iter().zip(&run.outputs) {
                 println!(
-                    "[{name}] {:<70} action {:?} tokens {:?} passes {}",
+                    "[{}] {:<70} action {:?} tokens {:?} passes {}",
+                    run.name,
                     entry.instruction,
                     out.action
                         .iter()
@@ -246,9 +261,7 @@ fn main() -> Result<()> {
                     out.stats.verifier_passes
                 );
             }
-            outputs.push(out);
         }
-        runs.push(Run { name, outputs });
     }
 
     let ar = &runs[0];
