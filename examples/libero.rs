@@ -11,13 +11,16 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use anyhow::{bail, Context, Result};
-use candle_core::{DType, Device};
+use anyhow::{Context, Result};
 use clap::Parser;
+
+#[path = "support/mod.rs"]
+mod support;
 use spec_vla::accept::{Acceptance, ActionIds, RadiusSpec, RelaxedBinDistance};
 use spec_vla::decode::{Decoder, GreedyDecoder, SpecDecoder};
 use spec_vla::draft::eagle::{DraftLmHead, EagleDraft};
 use spec_vla::{ActionOutput, VlaPolicy};
+use support::{device, dtype};
 
 #[derive(Parser, Debug)]
 #[command(about = "OpenVLA actions on LIBERO frames: plain vs speculative decoding")]
@@ -77,24 +80,6 @@ struct FrameEntry {
     unnorm_key: Option<String>,
     #[serde(default)]
     expert_action: Option<Vec<f64>>,
-}
-
-fn device(name: &str) -> Result<Device> {
-    Ok(match name {
-        "cpu" => Device::Cpu,
-        "cuda" => Device::new_cuda(0).context("CUDA device (build with --features cuda)")?,
-        "metal" => Device::new_metal(0).context("Metal device (build with --features metal)")?,
-        other => bail!("unknown device `{other}`: use cpu, cuda or metal"),
-    })
-}
-
-fn dtype(name: &str) -> Result<DType> {
-    Ok(match name {
-        "f32" => DType::F32,
-        "bf16" => DType::BF16,
-        "f16" => DType::F16,
-        other => bail!("unknown dtype `{other}`: use f32, bf16 or f16"),
-    })
 }
 
 fn manifest(dir: &Path) -> Result<Vec<FrameEntry>> {
