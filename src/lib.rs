@@ -4,6 +4,7 @@ pub mod action;
 pub mod checkpoint;
 pub mod config;
 pub mod decode;
+pub mod dense;
 pub mod draft;
 pub mod embedded;
 pub mod error;

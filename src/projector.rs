@@ -1,16 +1,17 @@
 //! The MLP that maps vision features into the language model's embedding space.
 
-use candle_core::{Module, Tensor};
-use candle_nn::{Linear, VarBuilder};
+use candle_core::Tensor;
+use candle_nn::VarBuilder;
 
 use crate::checkpoint::get;
 use crate::config::{OpenVlaConfig, ProjectorKind};
+use crate::dense::Dense;
 use crate::error::Result;
 
 /// `projector.fc{1,2,3}` with exact GELU between them, as named by `arch_specifier`.
 #[derive(Debug, Clone)]
 pub struct Projector {
-    layers: Vec<Linear>,
+    layers: Vec<Dense>,
 }
 
 impl Projector {
@@ -27,10 +28,10 @@ impl Projector {
             .enumerate()
             .map(|(i, &(inp, out))| {
                 let vb = vb.pp(format!("fc{}", i + 1));
-                Ok(Linear::new(
+                Dense::for_many_rows(
                     get(&vb, (out, inp), "weight")?,
                     Some(get(&vb, out, "bias")?),
-                ))
+                )
             })
             .collect::<Result<Vec<_>>>()?;
         Ok(Self { layers })

@@ -8,12 +8,13 @@
 
 use std::path::Path;
 
-use candle_core::{DType, Device, Module, Tensor, D};
-use candle_nn::{Linear, VarBuilder};
+use candle_core::{DType, Device, Tensor, D};
+use candle_nn::VarBuilder;
 use serde::{Deserialize, Serialize};
 
 use crate::checkpoint::get;
 use crate::config::{read_text, LlamaConfig};
+use crate::dense::Dense;
 use crate::error::{Error, Result};
 use crate::kv_cache::KvCache;
 use crate::llama::{AttentionMask, DecoderLayer, KvSource, Llama, Positions, RotaryTable};
@@ -32,7 +33,10 @@ pub enum DraftLmHeadKind {
 /// The LM head the draft uses, `[rows, hidden]`, and the token id of row 0.
 #[derive(Debug, Clone)]
 pub struct DraftLmHead {
+    /// `[rows, hidden]`, for inputs that carry a gradient (training).
     weight: Tensor,
+    /// The same rows as a [`Dense`] layer, for inference.
+    dense: Dense,
     first_id: u32,
 }
 
@@ -45,23 +49,29 @@ impl DraftLmHead {
         action_count: u32,
     ) -> Result<Self> {
         let full = llm.lm_head_weight();
-        match kind {
-            DraftLmHeadKind::FullVocab => Ok(Self {
-                weight: full.clone(),
-                first_id: 0,
-            }),
-            DraftLmHeadKind::ActionIds => Ok(Self {
-                weight: full
-                    .narrow(0, action_first_id as usize, action_count as usize)?
+        let (weight, first_id) = match kind {
+            DraftLmHeadKind::FullVocab => (full.clone(), 0),
+            DraftLmHeadKind::ActionIds => (
+                full.narrow(0, action_first_id as usize, action_count as usize)?
                     .contiguous()?,
-                first_id: action_first_id,
-            }),
-        }
+                action_first_id,
+            ),
+        };
+        Ok(Self {
+            dense: Dense::new(weight.clone(), None)?,
+            weight,
+            first_id,
+        })
     }
 
     /// `features` `[n, hidden]` -> log-probs `[n, rows]` (f32) over this head's ids.
     pub fn log_probs(&self, features: &Tensor) -> Result<Tensor> {
-        let logits = features.matmul(&self.weight.t()?)?.to_dtype(DType::F32)?;
+        let logits = if features.track_op() {
+            features.matmul(&self.weight.t()?)?
+        } else {
+            self.dense.forward(features)?
+        };
+        let logits = logits.to_dtype(DType::F32)?;
         Ok(candle_nn::ops::log_softmax(&logits, D::Minus1)?)
     }
 
@@ -108,7 +118,8 @@ impl DraftConfig {
 /// The draft head's trained weights: `fc` and `layers.0`.
 #[derive(Debug, Clone)]
 pub struct EagleDraft {
-    fc: Linear,
+    fc: Dense,
+    dtype: DType,
     layer: DecoderLayer,
     rope: RotaryTable,
     config: DraftConfig,
@@ -121,10 +132,10 @@ impl EagleDraft {
     pub fn load(vb: &VarBuilder, config: &DraftConfig, verifier: &LlamaConfig) -> Result<Self> {
         config.check_against(verifier)?;
         let h = config.llama.hidden_size;
-        let fc = Linear::new(
+        let fc = Dense::new(
             get(&vb.pp("fc"), (h, 2 * h), "weight")?,
             Some(get(&vb.pp("fc"), h, "bias")?),
-        );
+        )?;
         let layer = DecoderLayer::load(&vb.pp("layers.0"), &config.llama, false)?;
         let rope = RotaryTable::new(
             config.llama.head_dim(),
@@ -135,6 +146,7 @@ impl EagleDraft {
         )?;
         Ok(Self {
             fc,
+            dtype: vb.dtype(),
             layer,
             rope,
             config: config.clone(),
@@ -188,7 +200,7 @@ impl EagleDraft {
     ) -> Result<Tensor> {
         let n = features.dim(0)?;
         cache.ensure_room(n)?;
-        let dtype = self.fc.weight().dtype();
+        let dtype = self.dtype;
         let xs = Tensor::cat(
             &[next_embeds.to_dtype(dtype)?, features.to_dtype(dtype)?],
             1,
@@ -211,7 +223,7 @@ impl EagleDraft {
     /// training). `next_embeds`, `features`: `[n, hidden]` at positions `0..n`.
     pub fn forward_sequence(&self, next_embeds: &Tensor, features: &Tensor) -> Result<Tensor> {
         let n = features.dim(0)?;
-        let dtype = self.fc.weight().dtype();
+        let dtype = self.dtype;
         let xs = Tensor::cat(
             &[next_embeds.to_dtype(dtype)?, features.to_dtype(dtype)?],
             1,

@@ -5,6 +5,7 @@ use candle_nn::{RmsNorm, VarBuilder};
 
 use crate::checkpoint::get;
 use crate::config::LlamaConfig;
+use crate::dense::Dense;
 use crate::error::Result;
 use crate::kv_cache::KvCache;
 use crate::vision::softmax_f32;
@@ -20,39 +21,6 @@ pub enum KvSource<'a> {
     /// Used directly, not stored: attention over the new rows only. This path keeps the
     /// autograd graph intact (a cache write is an in-place copy), so training uses it.
     Ephemeral,
-}
-
-/// Weights up to this many elements are kept transposed in memory on the CPU (see [`Dense`]).
-const TRANSPOSE_MAX_ELEMENTS: usize = 1 << 22;
-
-/// A bias-free linear layer holding its weight as `[in, out]`.
-///
-/// On the CPU, small weights (up to [`TRANSPOSE_MAX_ELEMENTS`]) get their transpose
-/// materialised once at load: at width 256 the CPU gemm runs few-row matmuls 1.3-2x faster on a
-/// row-major `[in, out]` matrix than on a transposed view. At 7B width the view is 2-3x faster
-/// for 8-50 rows, so large weights, and every non-CPU device, keep the free view.
-#[derive(Debug, Clone)]
-pub struct Dense {
-    weight_t: Tensor,
-}
-
-impl Dense {
-    /// `weight`: `[out, in]`, as checkpoints store it.
-    pub fn new(weight: Tensor) -> Result<Self> {
-        let small = weight.elem_count() <= TRANSPOSE_MAX_ELEMENTS;
-        let t = weight.t()?;
-        let weight_t = if weight.device().is_cpu() && small {
-            t.contiguous()?
-        } else {
-            t
-        };
-        Ok(Self { weight_t })
-    }
-
-    /// `xs`: `[n, in]` -> `[n, out]`.
-    pub fn forward(&self, xs: &Tensor) -> Result<Tensor> {
-        Ok(xs.matmul(&self.weight_t)?)
-    }
 }
 
 /// Self-attention with q, k and v fused into one matmul; grouped-query ready.
@@ -76,8 +44,8 @@ impl Attention {
         let v = get(&vb.pp("v_proj"), (nkv * hd, h), "weight")?;
         let o = get(&vb.pp("o_proj"), (h, nh * hd), "weight")?;
         Ok(Self {
-            qkv: Dense::new(Tensor::cat(&[q, k, v], 0)?)?,
-            o_proj: Dense::new(o)?,
+            qkv: Dense::new(Tensor::cat(&[q, k, v], 0)?, None)?,
+            o_proj: Dense::new(o, None)?,
             num_heads: nh,
             num_kv_heads: nkv,
             head_dim: hd,
@@ -149,8 +117,8 @@ impl Mlp {
         let up = get(&vb.pp("up_proj"), (i, h), "weight")?;
         let down = get(&vb.pp("down_proj"), (h, i), "weight")?;
         Ok(Self {
-            gate_up: Dense::new(Tensor::cat(&[gate, up], 0)?)?,
-            down: Dense::new(down)?,
+            gate_up: Dense::new(Tensor::cat(&[gate, up], 0)?, None)?,
+            down: Dense::new(down, None)?,
             intermediate: i,
         })
     }

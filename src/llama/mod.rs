@@ -9,10 +9,11 @@ pub use layer::{Attention, DecoderLayer, KvSource, Mlp};
 pub use rope::{Positions, RotaryTable};
 
 use candle_core::{DType, Device, Module, Tensor};
-use candle_nn::{Linear, RmsNorm, VarBuilder};
+use candle_nn::{RmsNorm, VarBuilder};
 
 use crate::checkpoint::get;
 use crate::config::LlamaConfig;
+use crate::dense::Dense;
 use crate::error::{Error, Result};
 use crate::kv_cache::KvCache;
 
@@ -83,7 +84,9 @@ pub struct Llama {
     embed_tokens: Tensor,
     layers: Vec<DecoderLayer>,
     norm: RmsNorm,
-    lm_head: Linear,
+    /// `[vocab, hidden]`, shared with draft heads.
+    lm_head_weight: Tensor,
+    lm_head: Dense,
     rope: RotaryTable,
     cfg: LlamaConfig,
 }
@@ -114,7 +117,8 @@ impl Llama {
             embed_tokens,
             layers,
             norm,
-            lm_head: Linear::new(lm_head, None),
+            lm_head: Dense::new(lm_head.clone(), None)?,
+            lm_head_weight: lm_head,
             rope,
             cfg: cfg.clone(),
         })
@@ -139,7 +143,7 @@ impl Llama {
 
     /// The LM head weight `[vocab, hidden]` (shared with an EAGLE draft head).
     pub fn lm_head_weight(&self) -> &Tensor {
-        self.lm_head.weight()
+        &self.lm_head_weight
     }
 
     pub fn rotary(&self) -> &RotaryTable {

@@ -6,16 +6,17 @@
 //! norm, and drops the prefix tokens, as OpenVLA's `get_intermediate_layers` call does.
 
 use candle_core::{DType, Module, Tensor, D};
-use candle_nn::{LayerNorm, Linear, VarBuilder};
+use candle_nn::{LayerNorm, VarBuilder};
 
 use crate::checkpoint::get;
 use crate::config::VitConfig;
+use crate::dense::Dense;
 use crate::error::Result;
 
-fn linear(vb: &VarBuilder, inp: usize, out: usize, name: &str) -> Result<Linear> {
+fn linear(vb: &VarBuilder, inp: usize, out: usize, name: &str) -> Result<Dense> {
     let w = get(&vb.pp(name), (out, inp), "weight")?;
     let b = get(&vb.pp(name), out, "bias")?;
-    Ok(Linear::new(w, Some(b)))
+    Dense::for_many_rows(w, Some(b))
 }
 
 fn layer_norm(vb: &VarBuilder, dim: usize, eps: f64, name: &str) -> Result<LayerNorm> {
@@ -27,8 +28,8 @@ fn layer_norm(vb: &VarBuilder, dim: usize, eps: f64, name: &str) -> Result<Layer
 /// Multi-head self-attention with one fused qkv projection.
 #[derive(Debug, Clone)]
 struct Attention {
-    qkv: Linear,
-    proj: Linear,
+    qkv: Dense,
+    proj: Dense,
     num_heads: usize,
     scale: f64,
 }
@@ -75,8 +76,8 @@ pub(crate) fn softmax_f32(xs: &Tensor) -> Result<Tensor> {
 
 #[derive(Debug, Clone)]
 struct Mlp {
-    fc1: Linear,
-    fc2: Linear,
+    fc1: Dense,
+    fc2: Dense,
 }
 
 impl Mlp {

@@ -1,0 +1,225 @@
+//! Dense (fully connected) layers, `y = x W^T + b`, with a fast path for f32 on x86-64 CPUs.
+//!
+//! Checkpoints store `W` as `[out, in]`. Two CPU layouts serve two kinds of caller:
+//! - [`Dense::new`], for layers that see a few rows per call (the language model while decoding
+//!   or verifying a tree, the draft head): where the CPU has AVX-512 and the model runs in f32,
+//!   the weight is packed once at load for our own micro-kernel (`packed`). Measured side by side
+//!   on a 2-core Sapphire Rapids machine: 1 x 256 x 256 in 4 us against candle's 37 us,
+//!   7 x 256 x 768 in 22 us against 58 us, 1 x 4096 x 4096 in 3.4 ms against 6.3 ms.
+//! - [`Dense::for_many_rows`], for layers that always see hundreds of rows (the vision towers,
+//!   the projector): the weight is transposed in memory to `[in, out]`, on which candle's gemm
+//!   (with its AVX-512 kernels enabled) reaches 170-230 GFLOP/s on 261 x 1024 x 3072, where
+//!   the packed kernel reaches 125-190.
+//!
+//! Everywhere else (GPUs, other dtypes, CPUs without AVX-512, weights being trained) candle's
+//! matmul runs on the checkpoint's layout.
+
+#[cfg(target_arch = "x86_64")]
+mod packed;
+
+use candle_core::{DType, Device, Storage, Tensor};
+
+use crate::error::{Error, Result};
+
+/// On the CPU without the packed path, weights up to this many elements are kept transposed in
+/// memory: at width 256 candle's gemm runs few-row matmuls 1.3-2x faster on a row-major
+/// `[in, out]` matrix than on a transposed view, while at 7B width the view is 2-3x faster.
+const TRANSPOSE_MAX_ELEMENTS: usize = 1 << 22;
+
+/// Threads for the packed kernel: candle's count (`RAYON_NUM_THREADS` or the available cores),
+/// read once, since asking the OS costs tens of microseconds per call.
+#[cfg(target_arch = "x86_64")]
+fn cpu_threads() -> usize {
+    static THREADS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *THREADS.get_or_init(candle_core::utils::get_num_threads)
+}
+
+fn check_bias(out_dim: usize, bias: Option<&Tensor>) -> Result<()> {
+    match bias {
+        Some(bias) if bias.dims() != [out_dim] => Err(Error::ShapeMismatch {
+            name: "bias".to_string(),
+            expected: vec![out_dim],
+            found: bias.dims().to_vec(),
+        }),
+        _ => Ok(()),
+    }
+}
+
+/// A linear layer with an optional bias.
+#[derive(Debug, Clone)]
+pub struct Dense {
+    inner: Inner,
+}
+
+#[derive(Debug, Clone)]
+enum Inner {
+    #[cfg(target_arch = "x86_64")]
+    Packed {
+        weight: packed::PackedWeight,
+        device: Device,
+    },
+    Candle {
+        /// `[in, out]`: a view of the checkpoint's `[out, in]`, or its transpose in memory.
+        weight_t: Tensor,
+        bias: Option<Tensor>,
+    },
+}
+
+impl Dense {
+    /// A layer that sees a few rows per call. `weight`: `[out, in]`, as checkpoints store it;
+    /// `bias`: `[out]`.
+    ///
+    /// A weight that is trained (a variable, or built from variables) keeps candle's matmul, so gradients flow.
+    pub fn new(weight: Tensor, bias: Option<Tensor>) -> Result<Self> {
+        let (out_dim, in_dim) = weight.dims2()?;
+        check_bias(out_dim, bias.as_ref())?;
+        #[cfg(target_arch = "x86_64")]
+        if weight.device().is_cpu()
+            && weight.dtype() == DType::F32
+            && !weight.track_op()
+            && bias.as_ref().is_none_or(|b| !b.track_op())
+            && packed::supported()
+        {
+            let values = weight.flatten_all()?.to_vec1::<f32>()?;
+            let bias = bias.map(|b| b.to_vec1::<f32>()).transpose()?;
+            return Ok(Self {
+                inner: Inner::Packed {
+                    weight: packed::PackedWeight::new(&values, out_dim, in_dim, bias),
+                    device: weight.device().clone(),
+                },
+            });
+        }
+        let small = weight.elem_count() <= TRANSPOSE_MAX_ELEMENTS;
+        Self::candle(weight, bias, small)
+    }
+
+    /// A layer that sees hundreds of rows per call (vision towers, projector): candle's gemm on
+    /// a weight transposed in memory on the CPU.
+    pub fn for_many_rows(weight: Tensor, bias: Option<Tensor>) -> Result<Self> {
+        let (out_dim, _) = weight.dims2()?;
+        check_bias(out_dim, bias.as_ref())?;
+        Self::candle(weight, bias, true)
+    }
+
+    fn candle(weight: Tensor, bias: Option<Tensor>, transpose_on_cpu: bool) -> Result<Self> {
+        let t = weight.t()?;
+        let weight_t = if weight.device().is_cpu() && transpose_on_cpu && !weight.track_op() {
+            t.contiguous()?
+        } else {
+            t
+        };
+        Ok(Self {
+            inner: Inner::Candle { weight_t, bias },
+        })
+    }
+
+    /// `xs`: `[..., in]` -> `[..., out]`.
+    pub fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+        match &self.inner {
+            #[cfg(target_arch = "x86_64")]
+            Inner::Packed { weight, device } => {
+                let dims = xs.dims();
+                let Some((&in_dim, lead)) = dims.split_last() else {
+                    return Err(Error::InvalidConfig(
+                        "a dense layer needs an input with at least one axis".to_string(),
+                    ));
+                };
+                if in_dim != weight.in_dim() {
+                    return Err(candle_core::Error::ShapeMismatchBinaryOp {
+                        lhs: xs.shape().clone(),
+                        rhs: (weight.out_dim(), weight.in_dim()).into(),
+                        op: "dense",
+                    }
+                    .into());
+                }
+                if xs.track_op() {
+                    return Err(Error::Unavailable(
+                        "a dense layer packed for inference cannot pass a gradient to its input"
+                            .to_string(),
+                    ));
+                }
+                let rows: usize = lead.iter().product();
+                let xs = xs.to_dtype(DType::F32)?.contiguous()?;
+                let out = {
+                    let (storage, layout) = xs.storage_and_layout();
+                    let Storage::Cpu(cpu) = &*storage else {
+                        return Err(Error::Unavailable(
+                            "a CPU-packed dense layer got an input on another device".to_string(),
+                        ));
+                    };
+                    let start = layout.start_offset();
+                    let values = &cpu.as_slice::<f32>()?[start..start + rows * in_dim];
+                    weight.matmul(values, rows, cpu_threads())
+                };
+                let mut out_dims = lead.to_vec();
+                out_dims.push(weight.out_dim());
+                Ok(Tensor::from_vec(out, out_dims, device)?)
+            }
+            Inner::Candle { weight_t, bias } => {
+                let ys = match xs.rank() {
+                    2 => xs.matmul(weight_t)?,
+                    _ => xs.broadcast_matmul(weight_t)?,
+                };
+                Ok(match bias {
+                    Some(bias) => ys.broadcast_add(bias)?,
+                    None => ys,
+                })
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Var;
+
+    fn close(a: &Tensor, b: &Tensor, tol: f32) -> bool {
+        let diff = (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        diff <= tol
+    }
+
+    #[test]
+    fn the_packed_and_candle_paths_agree() -> Result<()> {
+        let dev = Device::Cpu;
+        let w = Tensor::randn(0f32, 1.0, (70, 300), &dev)?;
+        let b = Tensor::randn(0f32, 1.0, 70, &dev)?;
+        let x = Tensor::randn(0f32, 1.0, (2, 9, 300), &dev)?;
+        let fast = Dense::new(w.clone(), Some(b.clone()))?;
+        let expected = x.broadcast_matmul(&w.t()?)?.broadcast_add(&b)?;
+        let got = fast.forward(&x)?;
+        assert_eq!(got.dims(), &[2, 9, 70]);
+        // f32 sums of 300 products of N(0, 1) values, in different orders: |y| ~ 17.
+        assert!(close(&got, &expected, 1e-4));
+        let many = Dense::for_many_rows(w.clone(), Some(b.clone()))?;
+        assert!(close(&many.forward(&x)?, &expected, 1e-4));
+        // A variable keeps candle's matmul (and its gradient).
+        let var = Var::from_tensor(&w)?;
+        let trained = Dense::new(var.as_tensor().clone(), None)?;
+        assert!(matches!(trained.inner, Inner::Candle { .. }));
+        let grads = trained.forward(&x.get(0)?)?.sum_all()?.backward()?;
+        assert!(grads.get(var.as_tensor()).is_some());
+        Ok(())
+    }
+
+    #[test]
+    fn a_wrong_input_width_is_an_error() -> Result<()> {
+        let dev = Device::Cpu;
+        let dense = Dense::new(Tensor::zeros((4, 8), DType::F32, &dev)?, None)?;
+        assert!(dense
+            .forward(&Tensor::zeros((3, 7), DType::F32, &dev)?)
+            .is_err());
+        let weight = Tensor::zeros((4, 8), DType::F32, &dev)?;
+        let bias = Tensor::zeros(5, DType::F32, &dev)?;
+        assert!(Dense::new(weight.clone(), Some(bias.clone())).is_err());
+        assert!(Dense::for_many_rows(weight, Some(bias)).is_err());
+        Ok(())
+    }
+}
