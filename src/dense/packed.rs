@@ -8,8 +8,9 @@
 //! The path is built for few rows (decoding, verifying a tree): there the weight stream is the
 //! whole cost, and this kernel has none of a general gemm's per-call set-up.
 //!
-//! Threads split the panels (disjoint output columns), so the result does not depend on the
-//! thread count: every output is the same sequence of fused multiply-adds.
+//! Threads (rayon's pool, as candle's own CPU ops use) split the panels (disjoint output
+//! columns), so the result does not depend on the thread count: every output is the same
+//! sequence of fused multiply-adds, whatever the number of rows or threads.
 
 use std::arch::x86_64::{
     __m512, _mm512_add_ps, _mm512_fmadd_ps, _mm512_loadu_ps, _mm512_set1_ps, _mm512_setzero_ps,
@@ -23,9 +24,10 @@ const MR: usize = 14;
 /// Depth of one block of the reduction: the packed rows of a block stay in L2 while the
 /// panels stream past. Measured best among 64..4096 for the shapes this path serves.
 const KC: usize = 2048;
-/// Below this many multiply-adds a matmul runs on the calling thread only: spawning costs
-/// more than it saves.
-const PARALLEL_MIN_MACS: usize = 1 << 21;
+/// Below this many multiply-adds a matmul runs on the calling thread only. Measured on the
+/// embedded model (width 256), waking a second thread cost more than it saved for the 1-7 row
+/// matmuls of decoding (up to 2.5M multiply-adds); at 7B width one row is 16.7M.
+const PARALLEL_MIN_MACS: usize = 1 << 23;
 
 /// Whether this CPU can run the packed kernel.
 pub(crate) fn supported() -> bool {
@@ -94,12 +96,12 @@ impl PackedWeight {
                 job.run(0..num_panels);
             } else {
                 let per_thread = num_panels.div_ceil(threads);
-                std::thread::scope(|scope| {
+                rayon::scope(|scope| {
                     let job = &job;
                     for t in 1..threads {
                         let range = (t * per_thread).min(num_panels)
                             ..((t + 1) * per_thread).min(num_panels);
-                        scope.spawn(move || job.run(range));
+                        scope.spawn(move |_| job.run(range));
                     }
                     job.run(0..per_thread.min(num_panels));
                 });

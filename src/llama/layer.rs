@@ -1,6 +1,6 @@
 //! One Llama decoder layer: attention with a caller-owned cache and an additive mask, SwiGLU MLP.
 
-use candle_core::{Module, Tensor};
+use candle_core::{DType, Module, Tensor};
 use candle_nn::{RmsNorm, VarBuilder};
 
 use crate::checkpoint::get;
@@ -9,6 +9,9 @@ use crate::dense::Dense;
 use crate::error::Result;
 use crate::kv_cache::KvCache;
 use crate::vision::softmax_f32;
+
+#[cfg(target_arch = "x86_64")]
+use super::few_rows;
 
 /// Where a layer's keys and values go.
 #[derive(Debug)]
@@ -63,9 +66,49 @@ impl Attention {
         mask: Option<&Tensor>,
         kv: KvSource<'_>,
     ) -> Result<Tensor> {
-        let (n, _) = xs.dims2()?;
-        let (nh, nkv, hd) = (self.num_heads, self.num_kv_heads, self.head_dim);
         let qkv = self.qkv.forward(xs)?;
+        let out = match kv {
+            #[cfg(target_arch = "x86_64")]
+            KvSource::Cache { cache, layer } if self.few_rows_path(&qkv) => {
+                few_rows::attention(&qkv, cos, sin, mask, cache, layer, self.heads())?
+            }
+            kv => self.attend_with_candle(&qkv, cos, sin, mask, kv)?,
+        };
+        self.o_proj.forward(&out)
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    fn heads(&self) -> few_rows::Heads {
+        few_rows::Heads {
+            query: self.num_heads,
+            kv: self.num_kv_heads,
+            dim: self.head_dim,
+        }
+    }
+
+    /// Whether [`few_rows::attention`] serves this input: f32 on an AVX-512 CPU, a few rows, no
+    /// gradient to keep.
+    #[cfg(target_arch = "x86_64")]
+    fn few_rows_path(&self, qkv: &Tensor) -> bool {
+        qkv.device().is_cpu()
+            && qkv.dtype() == DType::F32
+            && qkv.dim(0).is_ok_and(|n| n <= few_rows::MAX_ROWS)
+            && !qkv.track_op()
+            && few_rows::supported(self.head_dim)
+    }
+
+    /// Attention with candle's ops: `qkv` `[n, (heads + 2 kv_heads) * head_dim]` ->
+    /// `[n, heads * head_dim]`.
+    fn attend_with_candle(
+        &self,
+        qkv: &Tensor,
+        cos: &Tensor,
+        sin: &Tensor,
+        mask: Option<&Tensor>,
+        kv: KvSource<'_>,
+    ) -> Result<Tensor> {
+        let (n, _) = qkv.dims2()?;
+        let (nh, nkv, hd) = (self.num_heads, self.num_kv_heads, self.head_dim);
         let heads = |offset: usize, count: usize| -> Result<Tensor> {
             Ok(qkv
                 .narrow(1, offset * hd, count * hd)?
@@ -98,7 +141,7 @@ impl Attention {
             .reshape((nh, n, hd))?
             .transpose(0, 1)?
             .reshape((n, nh * hd))?;
-        self.o_proj.forward(&out)
+        Ok(out)
     }
 }
 
@@ -185,5 +228,111 @@ impl DecoderLayer {
         let h = (xs + self.attn.forward(&normed, cos, sin, mask, kv)?)?;
         let out = self.mlp.forward(&self.post_norm.forward(&h)?)?;
         Ok((h + out)?)
+    }
+}
+
+#[cfg(all(test, target_arch = "x86_64"))]
+mod tests {
+    use candle_core::{DType, Device, Tensor};
+    use candle_nn::VarBuilder;
+
+    use super::*;
+    use crate::config::LlamaConfig;
+    use crate::synthetic::random_draft_weights;
+
+    fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
+        (a - b)
+            .and_then(|d| d.abs())
+            .and_then(|d| d.flatten_all())
+            .and_then(|d| d.max(0))
+            .and_then(|d| d.to_scalar::<f32>())
+            .unwrap_or(f32::INFINITY)
+    }
+
+    /// The few-row path and candle's path agree on outputs and cache contents, with GQA, a
+    /// tree mask over the cache and one unmasked row.
+    #[test]
+    fn few_row_attention_matches_candle() -> Result<()> {
+        if !few_rows::supported(32) {
+            return Ok(());
+        }
+        let dev = Device::Cpu;
+        let cfg = LlamaConfig {
+            hidden_size: 128,
+            intermediate_size: 160,
+            num_attention_heads: 4,
+            num_key_value_heads: Some(2),
+            max_position_embeddings: 256,
+            ..LlamaConfig::default()
+        };
+        let weights = random_draft_weights(&cfg, 11, DType::F32, &dev)?;
+        let vb = VarBuilder::from_tensors(weights, DType::F32, &dev);
+        let attn = Attention::load(&vb.pp("layers.0.self_attn"), &cfg)?;
+        let rope = super::super::RotaryTable::new(32, 10_000.0, 256, DType::F32, &dev)?;
+        let mut fast = KvCache::new(1, 2, 32, 64, DType::F32, &dev)?;
+        let mut slow = KvCache::new(1, 2, 32, 64, DType::F32, &dev)?;
+        // A shared past of 40 positions, written by candle's path into both caches.
+        let past = Tensor::randn(0f32, 1.0, (40, 128), &dev)?;
+        let (cos, sin) = rope.select(&super::super::Positions::Contiguous { start: 0 }, 40)?;
+        let causal = super::super::AttentionMask::Causal.build(0, 40, DType::F32, &dev)?;
+        for cache in [&mut fast, &mut slow] {
+            let qkv = attn.qkv.forward(&past)?;
+            let kv = KvSource::Cache { cache, layer: 0 };
+            attn.attend_with_candle(&qkv, &cos, &sin, causal.as_ref(), kv)?;
+            cache.advance(40)?;
+        }
+        for n in [1usize, 5, 13] {
+            let xs = Tensor::randn(0f32, 1.0, (n, 128), &dev)?;
+            let positions: Vec<usize> = (0..n).map(|i| 40 + i / 2).collect();
+            let (cos, sin) = rope.select(&super::super::Positions::Explicit(positions), n)?;
+            // Row i sees the cache and new rows j <= i with j % 3 != 1 (and itself).
+            let mask = (n > 1).then(|| {
+                let mut m = vec![0f32; n * (40 + n)];
+                for i in 0..n {
+                    for j in 0..n {
+                        if j > i || (j % 3 == 1 && j != i) {
+                            m[i * (40 + n) + 40 + j] = f32::NEG_INFINITY;
+                        }
+                    }
+                }
+                Tensor::from_vec(m, (n, 40 + n), &dev)
+            });
+            let mask = mask.transpose()?;
+            let qkv = attn.qkv.forward(&xs)?;
+            let heads = few_rows::Heads {
+                query: 4,
+                kv: 2,
+                dim: 32,
+            };
+            let got = few_rows::attention(&qkv, &cos, &sin, mask.as_ref(), &mut fast, 0, heads)?;
+            let kv = KvSource::Cache {
+                cache: &mut slow,
+                layer: 0,
+            };
+            let want = attn.attend_with_candle(&qkv, &cos, &sin, mask.as_ref(), kv)?;
+            // f32 with different summation orders and our exp (within 4 ulp): |out| ~ 1.
+            let diff = max_abs_diff(&got, &want);
+            assert!(diff < 1e-5, "n={n}: attention outputs differ by {diff}");
+            fast.advance(n)?;
+            slow.advance(n)?;
+            let (kf, vf) = fast.write(
+                0,
+                &Tensor::zeros((2, 0, 32), DType::F32, &dev)?,
+                &Tensor::zeros((2, 0, 32), DType::F32, &dev)?,
+            )?;
+            let (ks, vs) = slow.write(
+                0,
+                &Tensor::zeros((2, 0, 32), DType::F32, &dev)?,
+                &Tensor::zeros((2, 0, 32), DType::F32, &dev)?,
+            )?;
+            assert_eq!(kf.dims(), &[2, 40 + n, 32]);
+            // Rotary embedding computed by two codes: equal up to rounding.
+            assert!(max_abs_diff(&kf, &ks) < 1e-6, "n={n}: cached keys differ");
+            assert_eq!(max_abs_diff(&vf, &vs), 0.0, "n={n}: cached values differ");
+            // Keep the cache at the shared past for the next case.
+            fast.truncate(40);
+            slow.truncate(40);
+        }
+        Ok(())
     }
 }

@@ -2,6 +2,8 @@
 //! caller-owned [`KvCache`]. (candle-transformers' Llama returns last-position logits only,
 //! assumes contiguous positions and cannot take a tree mask.)
 
+#[cfg(target_arch = "x86_64")]
+mod few_rows;
 mod layer;
 mod rope;
 
