@@ -22,8 +22,10 @@ use candle_core::{Storage, Tensor};
 use crate::error::{Error, Result};
 use crate::kv_cache::KvCache;
 
-/// Most query rows this path takes; longer inputs (prefill) go through candle's gemm.
-pub(crate) const MAX_ROWS: usize = 64;
+/// Most multiply-adds (rows x visible positions x query heads x head size, for the scores) this
+/// path takes on one thread; larger inputs (a 7B prefill) go through candle's threaded gemm. The
+/// embedded model's whole prefill (93 rows, 8 heads of 32) is 2.2M and runs here 3x faster.
+pub(crate) const MAX_WORK: usize = 1 << 25;
 
 const LANES: usize = 16;
 

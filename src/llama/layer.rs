@@ -69,7 +69,7 @@ impl Attention {
         let qkv = self.qkv.forward(xs)?;
         let out = match kv {
             #[cfg(target_arch = "x86_64")]
-            KvSource::Cache { cache, layer } if self.few_rows_path(&qkv) => {
+            KvSource::Cache { cache, layer } if self.few_rows_path(&qkv, cache.len()) => {
                 few_rows::attention(&qkv, cos, sin, mask, cache, layer, self.heads())?
             }
             kv => self.attend_with_candle(&qkv, cos, sin, mask, kv)?,
@@ -86,13 +86,14 @@ impl Attention {
         }
     }
 
-    /// Whether [`few_rows::attention`] serves this input: f32 on an AVX-512 CPU, a few rows, no
-    /// gradient to keep.
+    /// Whether [`few_rows::attention`] serves this input: f32 on an AVX-512 CPU, little work
+    /// (`cached` positions before the new rows), no gradient to keep.
     #[cfg(target_arch = "x86_64")]
-    fn few_rows_path(&self, qkv: &Tensor) -> bool {
+    fn few_rows_path(&self, qkv: &Tensor, cached: usize) -> bool {
+        let work = |n: usize| n * (cached + n) * self.num_heads * self.head_dim;
         qkv.device().is_cpu()
             && qkv.dtype() == DType::F32
-            && qkv.dim(0).is_ok_and(|n| n <= few_rows::MAX_ROWS)
+            && qkv.dim(0).is_ok_and(|n| work(n) <= few_rows::MAX_WORK)
             && !qkv.track_op()
             && few_rows::supported(self.head_dim)
     }
