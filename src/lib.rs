@@ -15,6 +15,7 @@ pub mod llama;
 pub mod policy;
 pub mod processor;
 pub mod projector;
+pub mod simd;
 pub mod synthetic;
 pub mod train;
 pub mod verifier;

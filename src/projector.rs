@@ -42,7 +42,7 @@ impl Projector {
         let mut xs = features.clone();
         for (i, layer) in self.layers.iter().enumerate() {
             if i > 0 {
-                xs = xs.gelu_erf()?;
+                xs = crate::simd::gelu_erf(&xs)?;
             }
             xs = layer.forward(&xs)?;
         }

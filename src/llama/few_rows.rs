@@ -11,16 +11,15 @@
 //! max-subtracted softmax, then `p v`, each in f32.
 
 use std::arch::x86_64::{
-    __m512, _mm512_add_ps, _mm512_cmp_ps_mask, _mm512_fmadd_ps, _mm512_loadu_ps,
-    _mm512_mask_blend_ps, _mm512_max_ps, _mm512_mul_ps, _mm512_reduce_add_ps, _mm512_reduce_max_ps,
-    _mm512_roundscale_ps, _mm512_scalef_ps, _mm512_set1_ps, _mm512_setzero_ps, _mm512_storeu_ps,
-    _mm512_sub_ps, _CMP_LT_OQ, _MM_FROUND_NO_EXC, _MM_FROUND_TO_NEAREST_INT,
+    __m512, _mm512_fmadd_ps, _mm512_loadu_ps, _mm512_reduce_add_ps, _mm512_set1_ps,
+    _mm512_setzero_ps, _mm512_storeu_ps,
 };
 
 use candle_core::{Storage, Tensor};
 
 use crate::error::{Error, Result};
 use crate::kv_cache::KvCache;
+use crate::simd::x86::softmax_in_place;
 
 /// Most multiply-adds (rows x visible positions x query heads x head size, for the scores) this
 /// path takes on one thread; larger inputs (a 7B prefill) go through candle's threaded gemm. The
@@ -32,7 +31,7 @@ const LANES: usize = 16;
 /// Whether this CPU runs the path, for this head size (a multiple of 32: the rotary halves
 /// must fill whole vectors).
 pub(crate) fn supported(head_dim: usize) -> bool {
-    head_dim % (2 * LANES) == 0 && std::arch::is_x86_feature_detected!("avx512f")
+    head_dim % (2 * LANES) == 0 && crate::simd::supported()
 }
 
 /// Head counts and sizes of one attention layer.
@@ -195,73 +194,6 @@ unsafe fn scores(
     }
 }
 
-/// Softmax of `xs` in place (max-subtracted; `-inf` entries become exactly 0).
-#[target_feature(enable = "avx512f")]
-unsafe fn softmax_in_place(xs: &mut [f32]) {
-    let n = xs.len();
-    let body = n - n % LANES;
-    let mut maxv = _mm512_set1_ps(f32::NEG_INFINITY);
-    for i in (0..body).step_by(LANES) {
-        maxv = _mm512_max_ps(maxv, _mm512_loadu_ps(xs.as_ptr().add(i)));
-    }
-    let mut max = _mm512_reduce_max_ps(maxv);
-    for &x in &xs[body..] {
-        max = max.max(x);
-    }
-    let m = _mm512_set1_ps(max);
-    let mut sumv = _mm512_setzero_ps();
-    for i in (0..body).step_by(LANES) {
-        let e = exp(_mm512_sub_ps(_mm512_loadu_ps(xs.as_ptr().add(i)), m));
-        _mm512_storeu_ps(xs.as_mut_ptr().add(i), e);
-        sumv = _mm512_add_ps(sumv, e);
-    }
-    let mut sum = _mm512_reduce_add_ps(sumv);
-    for x in &mut xs[body..] {
-        *x = (*x - max).exp();
-        sum += *x;
-    }
-    let inv = 1.0 / sum;
-    let invv = _mm512_set1_ps(inv);
-    for i in (0..body).step_by(LANES) {
-        let p = xs.as_mut_ptr().add(i);
-        _mm512_storeu_ps(p, _mm512_mul_ps(_mm512_loadu_ps(p), invv));
-    }
-    for x in &mut xs[body..] {
-        *x *= inv;
-    }
-}
-
-/// `e^x` for `x <= 0` to about 2 ulp: `x = n ln2 + r`, a degree-6 polynomial in `r`, scaled by
-/// `2^n`. Inputs below `-87.3` (including `-inf`) give exactly 0.
-#[target_feature(enable = "avx512f")]
-unsafe fn exp(x: __m512) -> __m512 {
-    const LOG2E: f32 = std::f32::consts::LOG2_E;
-    const LN2_HI: f32 = 0.693_359_4;
-    const LN2_LO: f32 = -2.121_944_4e-4;
-    let underflow = _mm512_cmp_ps_mask::<_CMP_LT_OQ>(x, _mm512_set1_ps(-87.3));
-    let x = _mm512_max_ps(x, _mm512_set1_ps(-87.3));
-    let n = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(
-        _mm512_mul_ps(x, _mm512_set1_ps(LOG2E)),
-    );
-    let r = _mm512_sub_ps(x, _mm512_mul_ps(n, _mm512_set1_ps(LN2_HI)));
-    let r = _mm512_sub_ps(r, _mm512_mul_ps(n, _mm512_set1_ps(LN2_LO)));
-    // Cephes' expf minimax coefficients.
-    let mut p = _mm512_set1_ps(1.987_569_1e-4);
-    for c in [
-        1.398_199_9e-3,
-        8.333_452e-3,
-        4.166_579_6e-2,
-        1.666_666_5e-1,
-        5.000_000_1e-1,
-    ] {
-        p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(c));
-    }
-    let r2 = _mm512_mul_ps(r, r);
-    let y = _mm512_add_ps(_mm512_fmadd_ps(p, r2, r), _mm512_set1_ps(1.0));
-    let y = _mm512_scalef_ps(y, n);
-    _mm512_mask_blend_ps(underflow, y, _mm512_setzero_ps())
-}
-
 /// `out = sum_t probs[t] * values[t]`.
 #[target_feature(enable = "avx512f")]
 unsafe fn weighted_sum(probs: &[f32], values: &[f32], dim: usize, out: &mut [f32]) {
@@ -279,42 +211,5 @@ unsafe fn weighted_sum(probs: &[f32], values: &[f32], dim: usize, out: &mut [f32
     }
     for (c, a) in acc.iter().enumerate() {
         _mm512_storeu_ps(out.as_mut_ptr().add(c * LANES), *a);
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn exp_is_accurate_and_underflows_to_zero() {
-        if !supported(32) {
-            return;
-        }
-        let xs: Vec<f32> = (0..4000)
-            .map(|i| -90.0 + i as f32 * 0.0225)
-            .chain([f32::NEG_INFINITY, 0.0])
-            .collect();
-        for chunk in xs.chunks(LANES) {
-            let mut buf = [0f32; LANES];
-            buf[..chunk.len()].copy_from_slice(chunk);
-            let mut got = [0f32; LANES];
-            // SAFETY: AVX-512F checked above; both buffers hold 16 floats.
-            unsafe {
-                _mm512_storeu_ps(got.as_mut_ptr(), exp(_mm512_loadu_ps(buf.as_ptr())));
-            }
-            for (x, y) in chunk.iter().zip(got) {
-                let want = (*x as f64).exp();
-                if *x < -87.3 {
-                    assert_eq!(y, 0.0, "exp({x})");
-                } else {
-                    // 4 ulp relative, plus the subnormal range near the cut-off.
-                    assert!(
-                        (y as f64 - want).abs() <= 4.0 * f32::EPSILON as f64 * want + 1e-37,
-                        "exp({x}) = {y}, want {want}"
-                    );
-                }
-            }
-        }
     }
 }

@@ -70,7 +70,7 @@ impl Attention {
 /// Softmax over the last axis, computed in f32 whatever the model dtype.
 pub(crate) fn softmax_f32(xs: &Tensor) -> Result<Tensor> {
     let dtype = xs.dtype();
-    let probs = candle_nn::ops::softmax_last_dim(&xs.to_dtype(DType::F32)?)?;
+    let probs = crate::simd::softmax_last_dim(&xs.to_dtype(DType::F32)?)?;
     Ok(probs.to_dtype(dtype)?)
 }
 
@@ -82,7 +82,8 @@ struct Mlp {
 
 impl Mlp {
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
-        Ok(self.fc2.forward(&self.fc1.forward(xs)?.gelu_erf()?)?)
+        self.fc2
+            .forward(&crate::simd::gelu_erf(&self.fc1.forward(xs)?)?)
     }
 }
 
