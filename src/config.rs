@@ -93,7 +93,10 @@ impl VitConfig {
 
     fn validate(&self, which: usize) -> Result<()> {
         let bad = |m: String| Err(Error::InvalidConfig(format!("vision tower {which}: {m}")));
-        if self.embed_dim == 0 || self.num_heads == 0 || self.embed_dim % self.num_heads != 0 {
+        if self.embed_dim == 0
+            || self.num_heads == 0
+            || !self.embed_dim.is_multiple_of(self.num_heads)
+        {
             return bad(format!(
                 "embed_dim {} is not a positive multiple of num_heads {}",
                 self.embed_dim, self.num_heads
@@ -105,7 +108,7 @@ impl VitConfig {
                 self.depth
             ));
         }
-        if self.patch_size == 0 || self.image_size % self.patch_size != 0 {
+        if self.patch_size == 0 || !self.image_size.is_multiple_of(self.patch_size) {
             return bad(format!(
                 "image_size {} is not a multiple of patch_size {}",
                 self.image_size, self.patch_size
@@ -202,13 +205,16 @@ impl LlamaConfig {
     pub(crate) fn validate(&self) -> Result<()> {
         let heads = self.num_attention_heads;
         let kv = self.num_kv_heads();
-        if heads == 0 || self.hidden_size % heads != 0 || self.head_dim() % 2 != 0 {
+        if heads == 0
+            || !self.hidden_size.is_multiple_of(heads)
+            || !self.head_dim().is_multiple_of(2)
+        {
             return Err(Error::InvalidConfig(format!(
                 "hidden_size {} must split into {} heads of an even size",
                 self.hidden_size, heads
             )));
         }
-        if kv == 0 || heads % kv != 0 {
+        if kv == 0 || !heads.is_multiple_of(kv) {
             return Err(Error::InvalidConfig(format!(
                 "num_attention_heads {heads} is not a multiple of num_key_value_heads {kv}"
             )));

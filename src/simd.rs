@@ -52,17 +52,15 @@ pub fn softmax_last_dim(xs: &Tensor) -> Result<Tensor> {
     #[cfg(target_arch = "x86_64")]
     if eligible(xs) && xs.rank() > 0 {
         let row = xs.dim(candle_core::D::Minus1)?;
-        if row > 0 {
+        if let Some(rows_per_chunk) = PARALLEL_CHUNK.checked_div(row) {
             let mut values = xs.flatten_all()?.to_vec1::<f32>()?;
-            let rows_per_chunk = (PARALLEL_CHUNK / row).max(1);
-            values
-                .par_chunks_mut(rows_per_chunk * row)
-                .for_each(|chunk| {
-                    for r in chunk.chunks_exact_mut(row) {
-                        // SAFETY: `eligible` checked AVX-512F.
-                        unsafe { x86::softmax_in_place(r) }
-                    }
-                });
+            let chunk = rows_per_chunk.max(1) * row;
+            values.par_chunks_mut(chunk).for_each(|chunk| {
+                for r in chunk.chunks_exact_mut(row) {
+                    // SAFETY: `eligible` checked AVX-512F.
+                    unsafe { x86::softmax_in_place(r) }
+                }
+            });
             return Ok(Tensor::from_vec(values, xs.shape(), &Device::Cpu)?);
         }
     }
@@ -95,7 +93,7 @@ pub(crate) mod x86 {
             8.333_452e-3,
             4.166_579_6e-2,
             1.666_666_5e-1,
-            5.000_000_1e-1,
+            5e-1,
         ] {
             p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(c));
         }
@@ -116,7 +114,7 @@ pub(crate) mod x86 {
             _mm512_fmadd_ps(a, _mm512_set1_ps(0.327_591_1), _mm512_set1_ps(1.0)),
         );
         let mut p = _mm512_set1_ps(1.061_405_4);
-        for c in [-1.453_152_0, 1.421_413_7, -0.284_496_74, 0.254_829_6] {
+        for c in [-1.453_152, 1.421_413_7, -0.284_496_74, 0.254_829_6] {
             p = _mm512_fmadd_ps(p, t, _mm512_set1_ps(c));
         }
         let e = exp(_mm512_sub_ps(_mm512_setzero_ps(), _mm512_mul_ps(a, a)));

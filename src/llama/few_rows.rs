@@ -31,7 +31,7 @@ const LANES: usize = 16;
 /// Whether this CPU runs the path, for this head size (a multiple of 32: the rotary halves
 /// must fill whole vectors).
 pub(crate) fn supported(head_dim: usize) -> bool {
-    head_dim % (2 * LANES) == 0 && crate::simd::supported()
+    head_dim.is_multiple_of(2 * LANES) && crate::simd::supported()
 }
 
 /// Head counts and sizes of one attention layer.

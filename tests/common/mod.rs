@@ -83,7 +83,7 @@ pub fn random_case(seed: u64) -> Result<RandomCase> {
     let dev = Device::Cpu;
     let mut rng = SeededRng::new(seed ^ 0xABCD);
     let heads = [2usize, 4][(rng.next_u64() % 2) as usize];
-    let kv_heads = if rng.next_u64() % 2 == 0 {
+    let kv_heads = if rng.next_u64().is_multiple_of(2) {
         heads
     } else {
         heads / 2
