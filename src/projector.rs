@@ -40,11 +40,13 @@ impl Projector {
     /// `features`: [patches, vision_dim] -> [patches, hidden].
     pub fn forward(&self, features: &Tensor) -> Result<Tensor> {
         let mut xs = features.clone();
+        let last = self.layers.len().saturating_sub(1);
         for (i, layer) in self.layers.iter().enumerate() {
-            if i > 0 {
-                xs = crate::simd::gelu_erf(&xs)?;
-            }
-            xs = layer.forward(&xs)?;
+            xs = if i < last {
+                layer.forward_gelu(&xs)?
+            } else {
+                layer.forward(&xs)?
+            };
         }
         Ok(xs)
     }

@@ -7,13 +7,11 @@
 //! kernels do the same arithmetic 16 lanes at a time, split over rayon's threads.
 
 use candle_core::{Device, Tensor};
-#[cfg(target_arch = "x86_64")]
 use rayon::prelude::*;
 
 use crate::error::Result;
 
 /// Elements per thread below which a kernel stays on the calling thread.
-#[cfg(target_arch = "x86_64")]
 const PARALLEL_CHUNK: usize = 1 << 16;
 
 /// Whether this CPU runs the kernels.
@@ -47,6 +45,72 @@ pub fn gelu_erf(xs: &Tensor) -> Result<Tensor> {
     Ok(xs.gelu_erf()?)
 }
 
+/// Exact GELU on `values` in place, when this CPU runs the kernels; `false` (and `values`
+/// untouched) otherwise.
+pub(crate) fn gelu_erf_in_place(values: &mut [f32]) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    if supported() {
+        values
+            .par_chunks_mut(PARALLEL_CHUNK)
+            // SAFETY: AVX-512F checked above.
+            .for_each(|chunk| unsafe { x86::gelu_erf_in_place(chunk) });
+        return true;
+    }
+    let _ = values;
+    false
+}
+
+/// LayerNorm over the last axis, `(x - mean) / sqrt(var + eps) * weight + bias`, as
+/// candle's `LayerNorm` (biased variance).
+pub fn layer_norm(xs: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> Result<Tensor> {
+    let width = xs.dim(candle_core::D::Minus1)?;
+    if eligible(xs) && weight.dims() == [width] && bias.dims() == [width] && width > 0 {
+        let w = weight.to_dtype(candle_core::DType::F32)?.to_vec1::<f32>()?;
+        let b = bias.to_dtype(candle_core::DType::F32)?.to_vec1::<f32>()?;
+        let mut values = xs.flatten_all()?.to_vec1::<f32>()?;
+        let rows_per_chunk = (PARALLEL_CHUNK / width).max(1);
+        values
+            .par_chunks_mut(rows_per_chunk * width)
+            .for_each(|chunk| {
+                for row in chunk.chunks_exact_mut(width) {
+                    normalise_row(row, &w, &b, eps as f32);
+                }
+            });
+        return Ok(Tensor::from_vec(values, xs.shape(), &Device::Cpu)?);
+    }
+    let norm = candle_nn::LayerNorm::new(weight.clone(), bias.clone(), eps);
+    Ok(candle_core::Module::forward(&norm, xs)?)
+}
+
+/// One row of [`layer_norm`]: f32 sums in 16 interleaved lanes (the compiler vectorises them).
+fn normalise_row(row: &mut [f32], weight: &[f32], bias: &[f32], eps: f32) {
+    let n = row.len() as f32;
+    let mut lanes = [0f32; 16];
+    let mut chunks = row.chunks_exact(16);
+    for chunk in &mut chunks {
+        for (l, x) in lanes.iter_mut().zip(chunk) {
+            *l += x;
+        }
+    }
+    let mean = (lanes.iter().sum::<f32>() + chunks.remainder().iter().sum::<f32>()) / n;
+    let mut lanes = [0f32; 16];
+    let mut chunks = row.chunks_exact(16);
+    for chunk in &mut chunks {
+        for (l, x) in lanes.iter_mut().zip(chunk) {
+            *l += (x - mean) * (x - mean);
+        }
+    }
+    let tail: f32 = chunks
+        .remainder()
+        .iter()
+        .map(|x| (x - mean) * (x - mean))
+        .sum();
+    let inv = 1.0 / ((lanes.iter().sum::<f32>() + tail) / n + eps).sqrt();
+    for ((x, w), b) in row.iter_mut().zip(weight).zip(bias) {
+        *x = (*x - mean) * inv * w + b;
+    }
+}
+
 /// Softmax over the last axis, as candle's `softmax_last_dim`.
 pub fn softmax_last_dim(xs: &Tensor) -> Result<Tensor> {
     #[cfg(target_arch = "x86_64")]
@@ -65,6 +129,33 @@ pub fn softmax_last_dim(xs: &Tensor) -> Result<Tensor> {
         }
     }
     Ok(candle_nn::ops::softmax_last_dim(xs)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layer_norm_matches_candle() -> Result<()> {
+        let dev = Device::Cpu;
+        // Offset rows (mean 3) exercise the two-pass variance; widths around the 16 lanes.
+        for width in [1usize, 15, 16, 33, 1024] {
+            let xs = (Tensor::randn(0f32, 1.0, (5, width), &dev)? + 3.0)?;
+            let w = Tensor::randn(0f32, 1.0, width, &dev)?;
+            let b = Tensor::randn(0f32, 1.0, width, &dev)?;
+            let ours = layer_norm(&xs, &w, &b, 1e-6)?;
+            let norm = candle_nn::LayerNorm::new(w, b, 1e-6);
+            let want = candle_core::Module::forward(&norm, &xs)?;
+            let diff = (ours - want)?
+                .abs()?
+                .flatten_all()?
+                .max(0)?
+                .to_scalar::<f32>()?;
+            // f32 with different summation orders, |y| up to ~10.
+            assert!(diff < 1e-4, "width {width}: {diff}");
+        }
+        Ok(())
+    }
 }
 
 #[cfg(target_arch = "x86_64")]

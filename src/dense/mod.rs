@@ -28,7 +28,6 @@ const TRANSPOSE_MAX_ELEMENTS: usize = 1 << 22;
 
 /// Threads for the packed kernel: candle's count (`RAYON_NUM_THREADS` or the available cores),
 /// read once, since asking the OS costs tens of microseconds per call.
-#[cfg(target_arch = "x86_64")]
 fn cpu_threads() -> usize {
     static THREADS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
     *THREADS.get_or_init(candle_core::utils::get_num_threads)
@@ -56,6 +55,14 @@ enum Inner {
     #[cfg(target_arch = "x86_64")]
     Packed {
         weight: packed::PackedWeight,
+        device: Device,
+    },
+    /// candle's gemm crate called directly on `[in, out]`, the bias pre-filled in the output.
+    Gemm {
+        weight_t: Vec<f32>,
+        bias: Option<Vec<f32>>,
+        in_dim: usize,
+        out_dim: usize,
         device: Device,
     },
     Candle {
@@ -96,8 +103,23 @@ impl Dense {
     /// A layer that sees hundreds of rows per call (vision towers, projector): candle's gemm on
     /// a weight transposed in memory on the CPU.
     pub fn for_many_rows(weight: Tensor, bias: Option<Tensor>) -> Result<Self> {
-        let (out_dim, _) = weight.dims2()?;
+        let (out_dim, in_dim) = weight.dims2()?;
         check_bias(out_dim, bias.as_ref())?;
+        if weight.device().is_cpu()
+            && weight.dtype() == DType::F32
+            && !weight.track_op()
+            && bias.as_ref().is_none_or(|b| !b.track_op())
+        {
+            return Ok(Self {
+                inner: Inner::Gemm {
+                    weight_t: weight.t()?.contiguous()?.flatten_all()?.to_vec1::<f32>()?,
+                    bias: bias.map(|b| b.to_vec1::<f32>()).transpose()?,
+                    in_dim,
+                    out_dim,
+                    device: weight.device().clone(),
+                },
+            });
+        }
         Self::candle(weight, bias, true)
     }
 
@@ -115,58 +137,141 @@ impl Dense {
 
     /// `xs`: `[..., in]` -> `[..., out]`.
     pub fn forward(&self, xs: &Tensor) -> Result<Tensor> {
-        match &self.inner {
+        self.forward_then(xs, false)
+    }
+
+    /// `gelu_erf(forward(xs))`, with the activation applied in place where the layer runs its
+    /// own CPU kernel.
+    pub fn forward_gelu(&self, xs: &Tensor) -> Result<Tensor> {
+        self.forward_then(xs, true)
+    }
+
+    fn forward_then(&self, xs: &Tensor, gelu: bool) -> Result<Tensor> {
+        let (in_dim, out_dim, device) = match &self.inner {
             #[cfg(target_arch = "x86_64")]
-            Inner::Packed { weight, device } => {
-                let dims = xs.dims();
-                let Some((&in_dim, lead)) = dims.split_last() else {
-                    return Err(Error::InvalidConfig(
-                        "a dense layer needs an input with at least one axis".to_string(),
-                    ));
-                };
-                if in_dim != weight.in_dim() {
-                    return Err(candle_core::Error::ShapeMismatchBinaryOp {
-                        lhs: xs.shape().clone(),
-                        rhs: (weight.out_dim(), weight.in_dim()).into(),
-                        op: "dense",
-                    }
-                    .into());
-                }
-                if xs.track_op() {
-                    return Err(Error::Unavailable(
-                        "a dense layer packed for inference cannot pass a gradient to its input"
-                            .to_string(),
-                    ));
-                }
-                let rows: usize = lead.iter().product();
-                let xs = xs.to_dtype(DType::F32)?.contiguous()?;
-                let out = {
-                    let (storage, layout) = xs.storage_and_layout();
-                    let Storage::Cpu(cpu) = &*storage else {
-                        return Err(Error::Unavailable(
-                            "a CPU-packed dense layer got an input on another device".to_string(),
-                        ));
-                    };
-                    let start = layout.start_offset();
-                    let values = &cpu.as_slice::<f32>()?[start..start + rows * in_dim];
-                    weight.matmul(values, rows, cpu_threads())
-                };
-                let mut out_dims = lead.to_vec();
-                out_dims.push(weight.out_dim());
-                Ok(Tensor::from_vec(out, out_dims, device)?)
-            }
+            Inner::Packed { weight, device } => (weight.in_dim(), weight.out_dim(), device),
+            Inner::Gemm {
+                in_dim,
+                out_dim,
+                device,
+                ..
+            } => (*in_dim, *out_dim, device),
             Inner::Candle { weight_t, bias } => {
                 let ys = match xs.rank() {
                     2 => xs.matmul(weight_t)?,
                     _ => xs.broadcast_matmul(weight_t)?,
                 };
-                Ok(match bias {
+                let ys = match bias {
                     Some(bias) => ys.broadcast_add(bias)?,
                     None => ys,
-                })
+                };
+                return if gelu {
+                    crate::simd::gelu_erf(&ys)
+                } else {
+                    Ok(ys)
+                };
             }
+        };
+        let dims = xs.dims();
+        let Some((&width, lead)) = dims.split_last() else {
+            return Err(Error::InvalidConfig(
+                "a dense layer needs an input with at least one axis".to_string(),
+            ));
+        };
+        if width != in_dim {
+            return Err(candle_core::Error::ShapeMismatchBinaryOp {
+                lhs: xs.shape().clone(),
+                rhs: (out_dim, in_dim).into(),
+                op: "dense",
+            }
+            .into());
+        }
+        if xs.track_op() {
+            return Err(Error::Unavailable(
+                "a dense layer packed for inference cannot pass a gradient to its input"
+                    .to_string(),
+            ));
+        }
+        let rows: usize = lead.iter().product();
+        let xs = xs.to_dtype(DType::F32)?.contiguous()?;
+        let mut out = {
+            let (storage, layout) = xs.storage_and_layout();
+            let Storage::Cpu(cpu) = &*storage else {
+                return Err(Error::Unavailable(
+                    "a CPU dense layer got an input on another device".to_string(),
+                ));
+            };
+            let start = layout.start_offset();
+            let values = &cpu.as_slice::<f32>()?[start..start + rows * in_dim];
+            self.cpu_matmul(values, rows)
+        };
+        let mut out_dims = lead.to_vec();
+        out_dims.push(out_dim);
+        if gelu && !crate::simd::gelu_erf_in_place(&mut out) {
+            return Ok(Tensor::from_vec(out, out_dims, device)?.gelu_erf()?);
+        }
+        Ok(Tensor::from_vec(out, out_dims, device)?)
+    }
+
+    /// `x` `[rows, in]` (row-major) through a CPU variant; the candle variant never gets here.
+    fn cpu_matmul(&self, x: &[f32], rows: usize) -> Vec<f32> {
+        match &self.inner {
+            #[cfg(target_arch = "x86_64")]
+            Inner::Packed { weight, .. } => weight.matmul(x, rows, cpu_threads()),
+            Inner::Gemm {
+                weight_t,
+                bias,
+                in_dim,
+                out_dim,
+                ..
+            } => gemm_rows(x, rows, weight_t, bias.as_deref(), *in_dim, *out_dim),
+            Inner::Candle { .. } => Vec::new(),
         }
     }
+}
+
+/// `x [m, k] . w [k, n] + bias` with the gemm crate (candle's CPU gemm), the bias pre-filled in
+/// the output so that the gemm accumulates onto it.
+fn gemm_rows(x: &[f32], m: usize, w: &[f32], bias: Option<&[f32]>, k: usize, n: usize) -> Vec<f32> {
+    let mut out = match bias {
+        Some(bias) => bias.repeat(m),
+        None => vec![0f32; m * n],
+    };
+    if m == 0 || n == 0 || k == 0 {
+        return out;
+    }
+    let threads = cpu_threads();
+    let parallelism = if threads > 1 {
+        gemm::Parallelism::Rayon(threads)
+    } else {
+        gemm::Parallelism::None
+    };
+    // SAFETY: `out` is `m x n`, `x` is `m x k` and `w` is `k x n`, all row-major and
+    // contiguous (checked by the caller's slicing and by construction); no aliasing.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            out.as_mut_ptr(),
+            1,
+            n as isize,
+            bias.is_some(),
+            x.as_ptr(),
+            1,
+            k as isize,
+            w.as_ptr(),
+            1,
+            n as isize,
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
+            parallelism,
+        );
+    }
+    out
 }
 
 #[cfg(test)]
@@ -200,6 +305,10 @@ mod tests {
         assert!(close(&got, &expected, 1e-4));
         let many = Dense::for_many_rows(w.clone(), Some(b.clone()))?;
         assert!(close(&many.forward(&x)?, &expected, 1e-4));
+        // The fused activation equals candle's GELU after the layer (our erf: 1.5e-7 absolute).
+        let gelu = expected.gelu_erf()?;
+        assert!(close(&many.forward_gelu(&x)?, &gelu, 1e-4));
+        assert!(close(&fast.forward_gelu(&x)?, &gelu, 1e-4));
         // A variable keeps candle's matmul (and its gradient).
         let var = Var::from_tensor(&w)?;
         let trained = Dense::new(var.as_tensor().clone(), None)?;

@@ -5,8 +5,8 @@
 //! and LayerNorm eps 1e-6. The featurizer stops after the second-to-last block, applies no final
 //! norm, and drops the prefix tokens, as OpenVLA's `get_intermediate_layers` call does.
 
-use candle_core::{DType, Module, Tensor, D};
-use candle_nn::{LayerNorm, VarBuilder};
+use candle_core::{DType, Tensor, D};
+use candle_nn::VarBuilder;
 
 use crate::checkpoint::get;
 use crate::config::VitConfig;
@@ -19,10 +19,26 @@ fn linear(vb: &VarBuilder, inp: usize, out: usize, name: &str) -> Result<Dense> 
     Dense::for_many_rows(w, Some(b))
 }
 
+/// LayerNorm with weight and bias.
+#[derive(Debug, Clone)]
+struct LayerNorm {
+    weight: Tensor,
+    bias: Tensor,
+    eps: f64,
+}
+
+impl LayerNorm {
+    fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+        crate::simd::layer_norm(xs, &self.weight, &self.bias, self.eps)
+    }
+}
+
 fn layer_norm(vb: &VarBuilder, dim: usize, eps: f64, name: &str) -> Result<LayerNorm> {
-    let w = get(&vb.pp(name), dim, "weight")?;
-    let b = get(&vb.pp(name), dim, "bias")?;
-    Ok(LayerNorm::new(w, b, eps))
+    Ok(LayerNorm {
+        weight: get(&vb.pp(name), dim, "weight")?,
+        bias: get(&vb.pp(name), dim, "bias")?,
+        eps,
+    })
 }
 
 /// Multi-head self-attention with one fused qkv projection.
