@@ -65,6 +65,18 @@ impl Attention {
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
         let (n, d) = xs.dims2()?;
         let hd = d / self.num_heads;
+        #[cfg(target_arch = "x86_64")]
+        if xs.device().is_cpu()
+            && xs.dtype() == DType::F32
+            && !xs.track_op()
+            && crate::simd::supported()
+        {
+            let qkv = self.qkv.forward(xs)?.flatten_all()?.to_vec1::<f32>()?;
+            let out = super::cpu_attention::attention(&qkv, n, self.num_heads, hd);
+            return self
+                .proj
+                .forward(&Tensor::from_vec(out, (n, d), xs.device())?);
+        }
         // [n, 3, heads, hd] -> [3, heads, n, hd]
         let qkv = self
             .qkv
