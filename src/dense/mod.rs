@@ -203,7 +203,7 @@ impl Dense {
             };
             let start = layout.start_offset();
             let values = &cpu.as_slice::<f32>()?[start..start + rows * in_dim];
-            self.cpu_matmul(values, rows)
+            self.cpu_matmul(values, rows)?
         };
         let mut out_dims = lead.to_vec();
         out_dims.push(out_dim);
@@ -213,9 +213,9 @@ impl Dense {
         Ok(Tensor::from_vec(out, out_dims, device)?)
     }
 
-    /// `x` `[rows, in]` (row-major) through a CPU variant; the candle variant never gets here.
-    fn cpu_matmul(&self, x: &[f32], rows: usize) -> Vec<f32> {
-        match &self.inner {
+    /// `x` `[rows, in]` (row-major) through a CPU variant.
+    fn cpu_matmul(&self, x: &[f32], rows: usize) -> Result<Vec<f32>> {
+        Ok(match &self.inner {
             #[cfg(target_arch = "x86_64")]
             Inner::Packed { weight, .. } => weight.matmul(x, rows, cpu_threads()),
             Inner::Gemm {
@@ -225,8 +225,12 @@ impl Dense {
                 out_dim,
                 ..
             } => gemm_rows(x, rows, weight_t, bias.as_deref(), *in_dim, *out_dim),
-            Inner::Candle { .. } => Vec::new(),
-        }
+            Inner::Candle { .. } => {
+                return Err(Error::Unavailable(
+                    "a candle dense layer has no CPU kernel".to_string(),
+                ))
+            }
+        })
     }
 }
 

@@ -63,6 +63,13 @@ pub(crate) fn attention(
         )));
     }
     let device = qkv.device().clone();
+    if n == 0 {
+        return Ok(Tensor::zeros(
+            (0, query * dim),
+            candle_core::DType::F32,
+            &device,
+        )?);
+    }
     let qkv = to_vec(qkv)?;
     let cos = to_vec(cos)?;
     let sin = to_vec(sin)?;

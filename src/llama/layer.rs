@@ -282,6 +282,20 @@ mod tests {
             attn.attend_with_candle(&qkv, &cos, &sin, causal.as_ref(), kv)?;
             cache.advance(40)?;
         }
+        // No rows: an empty output, the cache untouched.
+        let empty = Tensor::zeros((0, 256), DType::F32, &dev)?;
+        let (c0, s0) = (
+            Tensor::zeros((0, 16), DType::F32, &dev)?,
+            Tensor::zeros((0, 16), DType::F32, &dev)?,
+        );
+        let heads = few_rows::Heads {
+            query: 4,
+            kv: 2,
+            dim: 32,
+        };
+        let out = few_rows::attention(&empty, &c0, &s0, None, &mut fast, 0, heads)?;
+        assert_eq!(out.dims(), &[0, 128]);
+        assert_eq!(fast.len(), 40);
         for n in [1usize, 5, 13] {
             let xs = Tensor::randn(0f32, 1.0, (n, 128), &dev)?;
             let positions: Vec<usize> = (0..n).map(|i| 40 + i / 2).collect();
