@@ -76,9 +76,10 @@ impl Dense {
     /// A layer that sees a few rows per call. `weight`: `[out, in]`, as checkpoints store it;
     /// `bias`: `[out]`.
     ///
-    /// A weight that is trained (a variable, or built from variables) keeps candle's matmul, so gradients flow.
+    /// A weight that is trained (a variable, or built from variables) keeps candle's matmul, so
+    /// gradients flow.
     pub fn new(weight: Tensor, bias: Option<Tensor>) -> Result<Self> {
-        let (out_dim, in_dim) = weight.dims2()?;
+        let (out_dim, _) = weight.dims2()?;
         check_bias(out_dim, bias.as_ref())?;
         #[cfg(target_arch = "x86_64")]
         if weight.device().is_cpu()
@@ -91,7 +92,7 @@ impl Dense {
             let bias = bias.map(|b| b.to_vec1::<f32>()).transpose()?;
             return Ok(Self {
                 inner: Inner::Packed {
-                    weight: packed::PackedWeight::new(&values, out_dim, in_dim, bias),
+                    weight: packed::PackedWeight::new(&values, out_dim, weight.dim(1)?, bias),
                     device: weight.device().clone(),
                 },
             });

@@ -1,6 +1,6 @@
 //! One Llama decoder layer: attention with a caller-owned cache and an additive mask, SwiGLU MLP.
 
-use candle_core::{DType, Module, Tensor};
+use candle_core::{Module, Tensor};
 use candle_nn::{RmsNorm, VarBuilder};
 
 use crate::checkpoint::get;
@@ -92,7 +92,7 @@ impl Attention {
     fn few_rows_path(&self, qkv: &Tensor, cached: usize) -> bool {
         let work = |n: usize| n * (cached + n) * self.num_heads * self.head_dim;
         qkv.device().is_cpu()
-            && qkv.dtype() == DType::F32
+            && qkv.dtype() == candle_core::DType::F32
             && qkv.dim(0).is_ok_and(|n| work(n) <= few_rows::MAX_WORK)
             && !qkv.track_op()
             && few_rows::supported(self.head_dim)
