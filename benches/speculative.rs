@@ -30,10 +30,31 @@ use spec_vla::decode::{Decoder, GreedyDecoder};
 use spec_vla::draft::drafter::Drafter;
 use spec_vla::draft::eagle::DraftLmHead;
 use spec_vla::draft::TreeSettings;
-use spec_vla::VlaPolicy;
+use spec_vla::{ActionOutput, VlaPolicy};
 
 /// Frames used by `one_action` (each iteration predicts one action per frame).
 const FRAMES: usize = 3;
+
+/// One action per frame with `decoder`.
+fn act_on_all(
+    policy: &mut VlaPolicy,
+    decoder: &mut dyn Decoder,
+    frames: &[support::Frame],
+) -> Vec<ActionOutput> {
+    frames
+        .iter()
+        .map(|f| {
+            policy
+                .predict_action_with(
+                    decoder,
+                    &f.image,
+                    &f.entry.instruction,
+                    f.unnorm_key.as_deref(),
+                )
+                .expect("action")
+        })
+        .collect()
+}
 
 fn trees() -> [(&'static str, TreeSettings); 2] {
     [
@@ -77,15 +98,7 @@ fn one_action(c: &mut Criterion) {
     // One untimed pass per decoder: context for the timings below.
     for (name, decoder) in &mut decoders {
         let (mut accept, mut passes) = (0.0, 0.0);
-        for f in &frames {
-            let out = policy
-                .predict_action_with(
-                    decoder.as_mut(),
-                    &f.image,
-                    &f.entry.instruction,
-                    f.unnorm_key.as_deref(),
-                )
-                .expect("action");
+        for out in act_on_all(&mut policy, decoder.as_mut(), &frames) {
             accept += out.stats.acceptance_length().unwrap_or(0.0);
             passes += out.stats.verifier_passes as f64;
         }
@@ -104,18 +117,7 @@ fn one_action(c: &mut Criterion) {
     group.throughput(Throughput::Elements(frames.len() as u64));
     for (name, decoder) in &mut decoders {
         group.bench_function(*name, |b| {
-            b.iter(|| {
-                for f in &frames {
-                    policy
-                        .predict_action_with(
-                            decoder.as_mut(),
-                            &f.image,
-                            &f.entry.instruction,
-                            f.unnorm_key.as_deref(),
-                        )
-                        .expect("action");
-                }
-            })
+            b.iter(|| act_on_all(&mut policy, decoder.as_mut(), &frames))
         });
     }
     group.finish();

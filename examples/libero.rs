@@ -8,17 +8,17 @@
 //! For each configuration (plain greedy, strict speculative, relaxed speculative at each `r`)
 //! it prints one line per frame, then a `SUMMARY` line that scripts can read.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use clap::Parser;
 
 #[path = "support/mod.rs"]
 mod support;
-use spec_vla::accept::{Acceptance, ActionIds, RadiusSpec, RelaxedBinDistance};
-use spec_vla::decode::{Decoder, GreedyDecoder, SpecDecoder};
-use spec_vla::draft::eagle::{DraftLmHead, EagleDraft};
+use spec_vla::accept::{Acceptance, RadiusSpec, RelaxedBinDistance};
+use spec_vla::decode::{Decoder, GreedyDecoder};
+use spec_vla::draft::eagle::EagleDraft;
 use spec_vla::{ActionOutput, VlaPolicy};
 use support::{device, dtype};
 
@@ -70,29 +70,6 @@ struct Args {
     threads: usize,
 }
 
-#[derive(serde::Deserialize, Debug, Clone)]
-struct FrameEntry {
-    file: String,
-    instruction: String,
-    #[serde(default)]
-    suite: Option<String>,
-    #[serde(default)]
-    unnorm_key: Option<String>,
-    #[serde(default)]
-    expert_action: Option<Vec<f64>>,
-}
-
-fn manifest(dir: &Path) -> Result<Vec<FrameEntry>> {
-    let path = dir.join("manifest.json");
-    let text = std::fs::read_to_string(&path).with_context(|| {
-        format!(
-            "{} has no manifest.json (a list of {{file, instruction}})",
-            dir.display()
-        )
-    })?;
-    serde_json::from_str(&text).with_context(|| format!("malformed {}", path.display()))
-}
-
 /// Results of one configuration over all frames.
 struct Run {
     name: String,
@@ -120,35 +97,12 @@ fn main() -> Result<()> {
     }
     let device = device(&args.device)?;
     let dtype = dtype(&args.dtype)?;
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let mut policy = match (&args.model, &args.hub) {
         (Some(dir), _) => VlaPolicy::from_dir(dir, dtype, &device)?,
         (None, Some(id)) => VlaPolicy::from_hub(id, None, dtype, &device)?,
         (None, None) => VlaPolicy::embedded(dtype, &device)?,
     };
-    let frames_dir = args
-        .frames
-        .clone()
-        .unwrap_or_else(|| root.join(spec_vla::embedded::HELDOUT_FRAMES));
-    let mut entries = manifest(&frames_dir)?;
-    if args.limit > 0 {
-        entries.truncate(args.limit);
-    }
-    let frames = entries
-        .iter()
-        .map(|e| image::open(frames_dir.join(&e.file)).with_context(|| format!("frame {}", e.file)))
-        .collect::<Result<Vec<_>>>()?;
-    let keys = policy.unnorm_keys();
-    let key_of = |e: &FrameEntry| -> Option<String> {
-        let wanted = e
-            .unnorm_key
-            .clone()
-            .or_else(|| e.suite.as_ref().map(|s| format!("{s}_no_noops")));
-        match wanted {
-            Some(k) if keys.contains(&k) => Some(k),
-            _ => keys.first().cloned(),
-        }
-    };
+    let frames = support::load_frames(&policy, args.frames.as_deref(), args.limit)?;
 
     let draft = match &args.draft {
         Some(dir) => Some(EagleDraft::from_dir(
@@ -159,8 +113,7 @@ fn main() -> Result<()> {
         )?),
         None => spec_vla::embedded::draft_head(&policy.config().text, dtype, &device)?,
     };
-    let actions = policy.action_tokenizer().clone();
-    let ids = ActionIds::new(actions.first_action_token(), actions.n_bins())?;
+    let ids = support::action_ids(&policy)?;
     let mut tree = spec_vla::embedded::default_tree_settings(&device);
     tree.top_k = args.top_k.unwrap_or(tree.top_k);
     tree.depth = args.depth.unwrap_or(tree.depth);
@@ -191,10 +144,11 @@ fn main() -> Result<()> {
     }
 
     // Warm-up (allocations, caches) outside the measurements.
+    let first = &frames[0];
     policy.predict_action(
-        &frames[0],
-        &entries[0].instruction,
-        key_of(&entries[0]).as_deref(),
+        &first.image,
+        &first.entry.instruction,
+        first.unnorm_key.as_deref(),
     )?;
 
     // Every configuration runs on every frame, interleaved frame by frame in a rotating order,
@@ -203,15 +157,7 @@ fn main() -> Result<()> {
     let mut runs: Vec<Run> = Vec::new();
     for (name, acceptance) in configs {
         decoders.push(match (acceptance, &draft) {
-            (Some(acc), Some(draft)) => {
-                let head = DraftLmHead::new(
-                    policy.model().llm(),
-                    draft.config().lm_head,
-                    ids.first(),
-                    ids.count(),
-                )?;
-                Box::new(SpecDecoder::new(draft.clone(), head, tree, acc)?)
-            }
+            (Some(acc), Some(draft)) => Box::new(support::spec_decoder(&policy, draft, tree, acc)?),
             _ => Box::new(GreedyDecoder),
         });
         runs.push(Run {
@@ -219,25 +165,25 @@ fn main() -> Result<()> {
             outputs: Vec::new(),
         });
     }
-    for (i, (entry, frame)) in entries.iter().zip(&frames).enumerate() {
+    for (i, frame) in frames.iter().enumerate() {
         for k in 0..runs.len() {
             let c = (i + k) % runs.len();
             let out = policy.predict_action_with(
                 decoders[c].as_mut(),
-                frame,
-                &entry.instruction,
-                key_of(entry).as_deref(),
+                &frame.image,
+                &frame.entry.instruction,
+                frame.unnorm_key.as_deref(),
             )?;
             runs[c].outputs.push(out);
         }
     }
     if !args.quiet {
         for run in &runs {
-            for (entry, out) in entries.iter().zip(&run.outputs) {
+            for (frame, out) in frames.iter().zip(&run.outputs) {
                 println!(
                     "[{}] {:<70} action {:?} tokens {:?} passes {}",
                     run.name,
-                    entry.instruction,
+                    frame.entry.instruction,
                     out.action
                         .iter()
                         .map(|x| (x * 1e4).round() / 1e4)
@@ -262,8 +208,8 @@ fn main() -> Result<()> {
             let with: Vec<f64> = run
                 .outputs
                 .iter()
-                .zip(&entries)
-                .filter_map(|(o, e)| e.expert_action.as_ref().map(|x| l1(&o.action, x)))
+                .zip(&frames)
+                .filter_map(|(o, f)| f.entry.expert_action.as_ref().map(|x| l1(&o.action, x)))
                 .collect();
             if with.is_empty() {
                 f64::NAN

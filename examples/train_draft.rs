@@ -12,11 +12,13 @@
 //!    length on held-out frames every `--eval-every` steps. 3. Exports `<out>/config.json` and
 //!    `<out>/model.safetensors`.
 
+#[path = "support/mod.rs"]
+mod support;
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Instant;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use candle_core::{DType, Device};
 use clap::Parser;
 use spec_vla::accept::Acceptance;
@@ -71,36 +73,6 @@ struct Args {
     full_vocab_head: bool,
 }
 
-#[derive(serde::Deserialize)]
-struct Entry {
-    file: String,
-    instruction: String,
-}
-
-fn read_frames(dir: &Path, limit: usize) -> Result<Vec<(image::DynamicImage, String)>> {
-    let path = dir.join("manifest.json");
-    let text = std::fs::read_to_string(&path).with_context(|| {
-        format!(
-            "{} has no manifest.json (a list of {{file, instruction}})",
-            dir.display()
-        )
-    })?;
-    let mut entries: Vec<Entry> =
-        serde_json::from_str(&text).with_context(|| format!("malformed {}", path.display()))?;
-    if limit > 0 {
-        entries.truncate(limit);
-    }
-    entries
-        .into_iter()
-        .map(|e| {
-            Ok((
-                image::open(dir.join(&e.file)).with_context(|| e.file.clone())?,
-                e.instruction,
-            ))
-        })
-        .collect()
-}
-
 fn main() -> Result<()> {
     let args = Args::parse();
     let device = Device::Cpu;
@@ -129,12 +101,12 @@ fn main() -> Result<()> {
         );
         s
     } else {
-        let frames = read_frames(&args.frames, args.max_samples)?;
+        let frames = support::load_frames(&policy, Some(&args.frames), args.max_samples)?;
         let start = Instant::now();
         let mut samples = Vec::with_capacity(frames.len());
-        for (i, (frame, instruction)) in frames.iter().enumerate() {
-            let pixels = policy.processor().pixel_values(frame, &device)?;
-            let ids = policy.processor().prompt_ids(instruction)?;
+        for (i, frame) in frames.iter().enumerate() {
+            let pixels = policy.processor().pixel_values(&frame.image, &device)?;
+            let ids = policy.processor().prompt_ids(&frame.entry.instruction)?;
             samples.push(DraftSample::collect(model, &pixels, &ids, n_tokens)?);
             if i % 50 == 0 || i + 1 == frames.len() {
                 eprint!(
@@ -161,15 +133,16 @@ fn main() -> Result<()> {
         .heldout
         .clone()
         .unwrap_or_else(|| spec_vla::embedded::path(spec_vla::embedded::HELDOUT_FRAMES));
-    let eval: Vec<EvalExample> = read_frames(&heldout_dir, args.eval_count)?
-        .iter()
-        .map(|(frame, instruction)| {
-            Ok(EvalExample {
-                pixel_values: policy.processor().pixel_values(frame, &device)?,
-                input_ids: policy.processor().prompt_ids(instruction)?,
+    let eval: Vec<EvalExample> =
+        support::load_frames(&policy, Some(&heldout_dir), args.eval_count)?
+            .iter()
+            .map(|frame| {
+                Ok(EvalExample {
+                    pixel_values: policy.processor().pixel_values(&frame.image, &device)?,
+                    input_ids: policy.processor().prompt_ids(&frame.entry.instruction)?,
+                })
             })
-        })
-        .collect::<Result<_>>()?;
+            .collect::<Result<_>>()?;
 
     // 2. Train.
     let verifier: &LlamaConfig = &model.config().text;

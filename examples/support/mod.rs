@@ -1,5 +1,5 @@
-//! Helpers shared by the measurement tools (`examples/sweep.rs`, `examples/cost_model.rs`,
-//! `benches/speculative.rs`), included with `#[path]`: frames and their manifest, the draft head
+//! Helpers shared by the examples (`libero.rs`, `train_draft.rs`, `sweep/`, `cost_model.rs`) and
+//! `benches/speculative.rs`, included with `#[path]`: frames and their manifest, the draft head
 //! (embedded, from a folder, or random), decoders, and synthetic draft trees.
 //!
 //! Cargo does not build this folder as an example (it has no `main.rs`).

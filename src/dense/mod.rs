@@ -86,7 +86,7 @@ impl Dense {
             && weight.dtype() == DType::F32
             && !weight.track_op()
             && bias.as_ref().is_none_or(|b| !b.track_op())
-            && packed::supported()
+            && crate::simd::supported()
         {
             let values = weight.flatten_all()?.to_vec1::<f32>()?;
             let bias = bias.map(|b| b.to_vec1::<f32>()).transpose()?;

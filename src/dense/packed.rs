@@ -29,11 +29,6 @@ const KC: usize = 2048;
 /// matmuls of decoding (up to 2.5M multiply-adds); at 7B width one row is 16.7M.
 const PARALLEL_MIN_MACS: usize = 1 << 23;
 
-/// Whether this CPU can run the packed kernel.
-pub(crate) fn supported() -> bool {
-    std::arch::is_x86_feature_detected!("avx512f")
-}
-
 /// A weight `[n, k]` packed into `NR`-column panels.
 #[derive(Debug, Clone)]
 pub(crate) struct PackedWeight {
@@ -66,7 +61,8 @@ impl PackedWeight {
         self.k
     }
 
-    /// `x`: row-major `[m, k]` -> row-major `[m, n]`. Needs [`supported`] to be true.
+    /// `x`: row-major `[m, k]` -> row-major `[m, n]`. Needs AVX-512F
+    /// ([`crate::simd::supported`]).
     pub(crate) fn matmul(&self, x: &[f32], m: usize, threads: usize) -> Vec<f32> {
         let (n, k) = (self.n, self.k);
         let num_panels = n.div_ceil(NR);
@@ -254,7 +250,7 @@ mod tests {
 
     #[test]
     fn matches_a_float64_reference_on_ragged_shapes() {
-        if !supported() {
+        if !crate::simd::supported() {
             return;
         }
         // Rows around the strip height, columns around the panel width, depth around KC.
@@ -292,7 +288,7 @@ mod tests {
 
     #[test]
     fn results_do_not_depend_on_the_thread_count() {
-        if !supported() {
+        if !crate::simd::supported() {
             return;
         }
         let (m, n, k) = (40, 200, 700);
