@@ -11,8 +11,8 @@
 //! max-subtracted softmax, then `p v`, each in f32.
 
 use std::arch::x86_64::{
-    __m512, _mm512_fmadd_ps, _mm512_loadu_ps, _mm512_reduce_add_ps, _mm512_set1_ps,
-    _mm512_setzero_ps, _mm512_storeu_ps,
+    _mm512_fmadd_ps, _mm512_loadu_ps, _mm512_reduce_add_ps, _mm512_set1_ps, _mm512_setzero_ps,
+    _mm512_storeu_ps,
 };
 
 use candle_core::{Storage, Tensor};
@@ -31,8 +31,11 @@ const LANES: usize = 16;
 /// Whether this CPU runs the path, for this head size (a multiple of 32: the rotary halves
 /// must fill whole vectors).
 pub(crate) fn supported(head_dim: usize) -> bool {
-    head_dim.is_multiple_of(2 * LANES) && crate::simd::supported()
+    head_dim.is_multiple_of(2 * LANES) && head_dim <= MAX_CHUNKS * LANES && crate::simd::supported()
 }
+
+/// Vectors per head row the kernels hold in registers (head size up to 256).
+const MAX_CHUNKS: usize = 16;
 
 /// Head counts and sizes of one attention layer.
 #[derive(Debug, Clone, Copy)]
@@ -188,13 +191,14 @@ unsafe fn scores(
     out: &mut [f32],
 ) {
     let chunks = dim / LANES;
-    let qv: Vec<__m512> = (0..chunks)
-        .map(|c| _mm512_loadu_ps(q.as_ptr().add(c * LANES)))
-        .collect();
+    let mut qv = [_mm512_setzero_ps(); MAX_CHUNKS];
+    for (c, v) in qv[..chunks].iter_mut().enumerate() {
+        *v = _mm512_loadu_ps(q.as_ptr().add(c * LANES));
+    }
     for (t, score) in out.iter_mut().enumerate() {
         let row = keys.as_ptr().add(t * dim);
         let mut acc = _mm512_setzero_ps();
-        for (c, qc) in qv.iter().enumerate() {
+        for (c, qc) in qv[..chunks].iter().enumerate() {
             acc = _mm512_fmadd_ps(*qc, _mm512_loadu_ps(row.add(c * LANES)), acc);
         }
         *score = _mm512_reduce_add_ps(acc) * scale + mask.map_or(0.0, |m| m[t]);
@@ -205,18 +209,18 @@ unsafe fn scores(
 #[target_feature(enable = "avx512f")]
 unsafe fn weighted_sum(probs: &[f32], values: &[f32], dim: usize, out: &mut [f32]) {
     let chunks = dim / LANES;
-    let mut acc: Vec<__m512> = vec![_mm512_setzero_ps(); chunks];
+    let mut acc = [_mm512_setzero_ps(); MAX_CHUNKS];
     for (t, &p) in probs.iter().enumerate() {
         if p == 0.0 {
             continue;
         }
         let pv = _mm512_set1_ps(p);
         let row = values.as_ptr().add(t * dim);
-        for (c, a) in acc.iter_mut().enumerate() {
+        for (c, a) in acc[..chunks].iter_mut().enumerate() {
             *a = _mm512_fmadd_ps(pv, _mm512_loadu_ps(row.add(c * LANES)), *a);
         }
     }
-    for (c, a) in acc.iter().enumerate() {
+    for (c, a) in acc[..chunks].iter().enumerate() {
         _mm512_storeu_ps(out.as_mut_ptr().add(c * LANES), *a);
     }
 }
