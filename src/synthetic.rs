@@ -227,6 +227,16 @@ fn llama_tensors(out: &mut Vec<(String, Vec<usize>, Fill)>, p: &str, c: &LlamaCo
     ));
 }
 
+/// An f32 tensor of `shape` with values uniform in `[-1, 1)` from `seed`: reproducible test
+/// inputs (candle's `randn` on the CPU is seeded from the OS).
+pub fn seeded_tensor(shape: &[usize], seed: u64, device: &Device) -> Result<Tensor> {
+    let mut rng = SeededRng::new(seed);
+    let data: Vec<f32> = (0..shape.iter().product::<usize>())
+        .map(|_| rng.symmetric())
+        .collect();
+    Ok(Tensor::from_vec(data, shape, device)?)
+}
+
 fn materialise(
     specs: Vec<(String, Vec<usize>, Fill)>,
     seed: u64,

@@ -273,7 +273,7 @@ mod tests {
         let mut fast = KvCache::new(1, 2, 32, 64, DType::F32, &dev)?;
         let mut slow = KvCache::new(1, 2, 32, 64, DType::F32, &dev)?;
         // A shared past of 40 positions, written by candle's path into both caches.
-        let past = Tensor::randn(0f32, 1.0, (40, 128), &dev)?;
+        let past = crate::synthetic::seeded_tensor(&[40, 128], 12, &dev)?;
         let (cos, sin) = rope.select(&super::super::Positions::Contiguous { start: 0 }, 40)?;
         let causal = super::super::AttentionMask::Causal.build(0, 40, DType::F32, &dev)?;
         for cache in [&mut fast, &mut slow] {
@@ -297,7 +297,7 @@ mod tests {
         assert_eq!(out.dims(), &[0, 128]);
         assert_eq!(fast.len(), 40);
         for n in [1usize, 5, 13] {
-            let xs = Tensor::randn(0f32, 1.0, (n, 128), &dev)?;
+            let xs = crate::synthetic::seeded_tensor(&[n, 128], 13 + n as u64, &dev)?;
             let positions: Vec<usize> = (0..n).map(|i| 40 + i / 2).collect();
             let (cos, sin) = rope.select(&super::super::Positions::Explicit(positions), n)?;
             // Row i sees the cache and new rows j <= i with j % 3 != 1 (and itself).
