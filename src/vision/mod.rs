@@ -9,6 +9,7 @@ pub use vit::VisionTransformer;
 
 use candle_core::Tensor;
 use candle_nn::VarBuilder;
+use rayon::prelude::*;
 
 use crate::config::OpenVlaConfig;
 use crate::error::{Error, Result};
@@ -47,21 +48,24 @@ impl VisionBackbone {
                 self.in_channels()
             )));
         }
-        let features = self
-            .towers
-            .iter()
-            .enumerate()
-            .map(|(i, tower)| tower.forward(&pixel_values.narrow(0, 3 * i, 3)?))
-            .collect::<Result<Vec<_>>>()?;
+        let features = self.tower_features(pixel_values)?;
         Ok(Tensor::cat(&features, 1)?)
     }
 
-    /// Features of each tower separately, for tests and inspection.
+    /// Features of each tower separately (what [`VisionBackbone::forward`] concatenates).
+    ///
+    /// On the CPU the towers run concurrently on rayon's pool: each tower is a chain of matmuls
+    /// whose two halves wait for each other, and a thread that finishes its half early picks up
+    /// work from the other tower instead of idling. Measured on a 2-core machine with the
+    /// full-size towers: 1.77 s per frame against 2.2-2.5 s one tower after the other.
     pub fn tower_features(&self, pixel_values: &Tensor) -> Result<Vec<Tensor>> {
-        self.towers
-            .iter()
-            .enumerate()
-            .map(|(i, tower)| tower.forward(&pixel_values.narrow(0, 3 * i, 3)?))
-            .collect()
+        let run = |(i, tower): (usize, &VisionTransformer)| {
+            tower.forward(&pixel_values.narrow(0, 3 * i, 3)?)
+        };
+        if pixel_values.device().is_cpu() {
+            self.towers.par_iter().enumerate().map(run).collect()
+        } else {
+            self.towers.iter().enumerate().map(run).collect()
+        }
     }
 }

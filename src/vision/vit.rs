@@ -110,8 +110,7 @@ struct Mlp {
 
 impl Mlp {
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
-        self.fc2
-            .forward(&crate::simd::gelu_erf(&self.fc1.forward(xs)?)?)
+        self.fc2.forward(&self.fc1.forward_gelu(xs)?)
     }
 }
 
