@@ -96,6 +96,9 @@ fn strict_speculative_equals_greedy() -> Result<()> {
                 random_tree_settings(&mut rng),
                 Acceptance::Strict,
             )?;
+            // Half the cases take the first token from a plain step beside the draft prefill,
+            // half draft the first tree right after it (EAGLE's schedule).
+            spec.set_overlap_first_step(variant < 2);
             let (tokens, stats) = run(&case.model, &mut spec, &case.image_embeds, &case.ids)?;
             cases += 1;
             drafted += stats.drafted_tokens;
@@ -104,6 +107,16 @@ fn strict_speculative_equals_greedy() -> Result<()> {
                 stats.tokens_per_pass.iter().sum::<usize>() + 1,
                 7,
                 "seed {seed}: tokens per pass"
+            );
+            assert_eq!(
+                stats.drafts_per_pass.len(),
+                stats.tokens_per_pass.len(),
+                "seed {seed}: one draft count per pass"
+            );
+            assert_eq!(
+                stats.drafts_per_pass.iter().sum::<usize>(),
+                stats.drafted_tokens,
+                "seed {seed}: drafted tokens"
             );
             if tokens != greedy {
                 let first = tokens

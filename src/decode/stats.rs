@@ -32,7 +32,9 @@ impl StageTimes {
 ///
 /// *Acceptance length* follows the Spec-VLA / EAGLE definition: the tokens gained per
 /// draft-verify cycle, i.e. accepted draft tokens plus the verifier's bonus token, averaged over
-/// the verifier passes after the prefill. Plain greedy decoding gains exactly one token per pass.
+/// the verifier passes after the prefill that verified a draft. Plain steps (no draft) are
+/// counted in `verifier_passes` but not in the acceptance length; plain greedy decoding, which
+/// has only those, gains exactly one token per pass.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct DecodeStats {
     /// Verifier passes after the prefill.
@@ -42,16 +44,57 @@ pub struct DecodeStats {
     pub tokens_per_pass: Vec<usize>,
     /// Draft tokens proposed to the verifier (tree nodes other than the root), summed over passes.
     pub drafted_tokens: usize,
+    /// Draft tokens each pass verified, in the order of `tokens_per_pass`; 0 for a plain step
+    /// (no draft), which a speculative decoder also takes now and then. Plain decoding leaves
+    /// it empty.
+    pub drafts_per_pass: Vec<usize>,
     pub times: StageTimes,
 }
 
 impl DecodeStats {
-    /// Mean tokens gained per verifier pass after the prefill; `None` before any pass.
+    /// Mean tokens gained per draft-verify cycle (per verifier pass, when no pass verified a
+    /// draft); `None` before any pass.
     pub fn acceptance_length(&self) -> Option<f64> {
-        if self.tokens_per_pass.is_empty() {
+        let drafted: Vec<usize> = self
+            .tokens_per_pass
+            .iter()
+            .zip(&self.drafts_per_pass)
+            .filter(|(_, &drafts)| drafts > 0)
+            .map(|(&tokens, _)| tokens)
+            .collect();
+        let counted = if drafted.is_empty() {
+            &self.tokens_per_pass
+        } else {
+            &drafted
+        };
+        if counted.is_empty() {
             return None;
         }
-        let gained: usize = self.tokens_per_pass.iter().sum();
-        Some(gained as f64 / self.tokens_per_pass.len() as f64)
+        Some(counted.iter().sum::<usize>() as f64 / counted.len() as f64)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn acceptance_length_counts_draft_verify_cycles_only() {
+        let stats = DecodeStats {
+            verifier_passes: 4,
+            // A plain step, two cycles (4 and 2 tokens), a plain step for the last token.
+            tokens_per_pass: vec![1, 4, 2, 1],
+            drafts_per_pass: vec![0, 5, 3, 0],
+            drafted_tokens: 8,
+            ..Default::default()
+        };
+        assert_eq!(stats.acceptance_length(), Some(3.0));
+        let plain = DecodeStats {
+            verifier_passes: 6,
+            tokens_per_pass: vec![1; 6],
+            ..Default::default()
+        };
+        assert_eq!(plain.acceptance_length(), Some(1.0));
+        assert_eq!(DecodeStats::default().acceptance_length(), None);
     }
 }
