@@ -11,8 +11,8 @@
 //! max-subtracted softmax, then `p v`, each in f32.
 
 use std::arch::x86_64::{
-    _mm512_fmadd_ps, _mm512_loadu_ps, _mm512_reduce_add_ps, _mm512_set1_ps, _mm512_setzero_ps,
-    _mm512_storeu_ps,
+    _mm512_add_ps, _mm512_fmadd_ps, _mm512_loadu_ps, _mm512_reduce_add_ps, _mm512_set1_ps,
+    _mm512_setzero_ps, _mm512_storeu_ps,
 };
 
 use candle_core::{Storage, Tensor};
@@ -206,18 +206,39 @@ unsafe fn scores(
 }
 
 /// `out = sum_t probs[t] * values[t]`.
+///
+/// Consecutive positions accumulate into separate registers (at least 8 independent sums in
+/// flight), so the loop is bound by loads rather than by the latency of one chain of
+/// fused multiply-adds; the partial sums are added at the end in a fixed order.
 #[target_feature(enable = "avx512f")]
 unsafe fn weighted_sum(probs: &[f32], values: &[f32], dim: usize, out: &mut [f32]) {
     let chunks = dim / LANES;
+    // Positions per round: enough that `ways * chunks` sums are in flight, at most MAX_CHUNKS.
+    let ways = (8 / chunks).max(1);
     let mut acc = [_mm512_setzero_ps(); MAX_CHUNKS];
-    for (t, &p) in probs.iter().enumerate() {
-        if p == 0.0 {
-            continue;
+    let mut t = 0;
+    while t + ways <= probs.len() {
+        for w in 0..ways {
+            let p = probs[t + w];
+            let pv = _mm512_set1_ps(p);
+            let row = values.as_ptr().add((t + w) * dim);
+            for c in 0..chunks {
+                let a = &mut acc[w * chunks + c];
+                *a = _mm512_fmadd_ps(pv, _mm512_loadu_ps(row.add(c * LANES)), *a);
+            }
         }
+        t += ways;
+    }
+    for (rest, &p) in probs[t..].iter().enumerate() {
         let pv = _mm512_set1_ps(p);
-        let row = values.as_ptr().add(t * dim);
+        let row = values.as_ptr().add((t + rest) * dim);
         for (c, a) in acc[..chunks].iter_mut().enumerate() {
             *a = _mm512_fmadd_ps(pv, _mm512_loadu_ps(row.add(c * LANES)), *a);
+        }
+    }
+    for w in 1..ways {
+        for c in 0..chunks {
+            acc[c] = _mm512_add_ps(acc[c], acc[w * chunks + c]);
         }
     }
     for (c, a) in acc[..chunks].iter().enumerate() {

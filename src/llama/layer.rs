@@ -169,9 +169,8 @@ impl Mlp {
 
     pub fn forward(&self, xs: &Tensor) -> Result<Tensor> {
         let gate_up = self.gate_up.forward(xs)?;
-        let gate = gate_up.narrow(1, 0, self.intermediate)?;
-        let up = gate_up.narrow(1, self.intermediate, self.intermediate)?;
-        self.down.forward(&(candle_nn::ops::silu(&gate)? * up)?)
+        self.down
+            .forward(&crate::simd::silu_mul(&gate_up, self.intermediate)?)
     }
 }
 
