@@ -89,17 +89,9 @@ fn one_action(c: &mut Criterion) {
     let ids = support::action_ids(&policy).expect("action ids");
     let tree = spec_vla::embedded::default_tree_settings(&dev);
     let mut decoders: Vec<(&str, Box<dyn Decoder>)> = vec![("plain", Box::new(GreedyDecoder))];
-    // `_eagle`: the first tree drafted right after the draft prefill; otherwise the first token
-    // comes from a plain step run beside the draft prefill (the CPU default).
-    for (name, r, overlap) in [
-        ("spec_strict", 0, true),
-        ("spec_relaxed_r9", 9, true),
-        ("spec_relaxed_r9_eagle", 9, false),
-    ] {
+    for (name, r) in [("spec_strict", 0), ("spec_relaxed_r9", 9)] {
         let acceptance = support::acceptance(ids, r).expect("acceptance");
-        let mut decoder =
-            support::spec_decoder(&policy, &draft, tree, acceptance).expect("decoder");
-        decoder.set_overlap_first_step(overlap);
+        let decoder = support::spec_decoder(&policy, &draft, tree, acceptance).expect("decoder");
         decoders.push((name, Box::new(decoder)));
     }
 

@@ -64,11 +64,6 @@ struct Args {
     /// Print only the SUMMARY lines.
     #[arg(long)]
     quiet: bool,
-    /// Draft the first tree right after the draft head's prefill (EAGLE's schedule), instead of
-    /// taking the first token from a plain verifier step run beside the draft prefill (the
-    /// default on the CPU, see `SpecDecoder::set_overlap_first_step`).
-    #[arg(long)]
-    no_overlap: bool,
     /// CPU threads for candle's kernels (0 = candle's default, all cores). Small models on few
     /// cores often run faster on one thread: per-op synchronisation costs more than it saves.
     #[arg(long, default_value_t = 0)]
@@ -162,11 +157,7 @@ fn main() -> Result<()> {
     let mut runs: Vec<Run> = Vec::new();
     for (name, acceptance) in configs {
         decoders.push(match (acceptance, &draft) {
-            (Some(acc), Some(draft)) => {
-                let mut spec = support::spec_decoder(&policy, draft, tree, acc)?;
-                spec.set_overlap_first_step(!args.no_overlap);
-                Box::new(spec)
-            }
+            (Some(acc), Some(draft)) => Box::new(support::spec_decoder(&policy, draft, tree, acc)?),
             _ => Box::new(GreedyDecoder),
         });
         runs.push(Run {

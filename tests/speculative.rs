@@ -96,9 +96,6 @@ fn strict_speculative_equals_greedy() -> Result<()> {
                 random_tree_settings(&mut rng),
                 Acceptance::Strict,
             )?;
-            // Half the cases take the first token from a plain step beside the draft prefill,
-            // half draft the first tree right after it (EAGLE's schedule).
-            spec.set_overlap_first_step(variant < 2);
             let (tokens, stats) = run(&case.model, &mut spec, &case.image_embeds, &case.ids)?;
             cases += 1;
             drafted += stats.drafted_tokens;

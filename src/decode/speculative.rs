@@ -15,17 +15,12 @@ use crate::verifier::{OpenVla, Prefill};
 
 /// The speculative decoder: a draft head, its LM head, the tree shape and the acceptance policy,
 /// plus the draft cache it reuses from one action to the next.
-///
-/// On the CPU the first token after the prefill comes from a plain verifier step that runs side
-/// by side with the draft head's prefill (see [`SpecDecoder::set_overlap_first_step`]); every
-/// later token comes from draft-verify cycles.
 #[derive(Debug)]
 pub struct SpecDecoder {
     draft: EagleDraft,
     lm_head: DraftLmHead,
     tree: TreeSettings,
     acceptance: Acceptance,
-    overlap_first_step: bool,
     state: Option<DraftState>,
 }
 
@@ -44,28 +39,8 @@ impl SpecDecoder {
             lm_head,
             tree,
             acceptance,
-            overlap_first_step: true,
             state: None,
         })
-    }
-
-    /// Whether, on the CPU, the verifier's first decode step runs on one core while the draft
-    /// head's prefill runs on the others (on by default).
-    ///
-    /// The two share no state: the step needs only the verifier's cache, the draft prefill only
-    /// the prefill's hidden states. A plain decoder leaves the second core idle during decoding
-    /// (one row per step is too little work to split), so here the draft prefill, the largest
-    /// fixed cost of speculation on a small model, costs little more than the step it hides
-    /// behind. The step's token is the verifier's greedy choice, so with strict acceptance the
-    /// action is unchanged; the draft then catches up on that token before the first tree.
-    /// Off, or on other devices (one queue, nothing to overlap), the first tree is drafted
-    /// right after the draft prefill, as in EAGLE.
-    pub fn set_overlap_first_step(&mut self, overlap: bool) {
-        self.overlap_first_step = overlap;
-    }
-
-    pub fn overlaps_first_step(&self) -> bool {
-        self.overlap_first_step
     }
 
     pub fn tree_settings(&self) -> TreeSettings {
@@ -133,28 +108,15 @@ impl Decoder for SpecDecoder {
             lm_head: &self.lm_head,
             verifier: model.llm(),
         };
+        let start = Instant::now();
+        drafter.prefill(
+            &mut state,
+            &prefill.input_embeds,
+            &prefill.hidden,
+            tokens[0],
+        )?;
+        stats.times.draft += start.elapsed();
         let result = (|| -> Result<()> {
-            if self.overlap_first_step && model.device().is_cpu() {
-                first_step_beside_draft_prefill(
-                    model,
-                    &drafter,
-                    prefill,
-                    cache,
-                    &mut state,
-                    &mut tokens,
-                    n_tokens,
-                    &mut stats,
-                )?;
-            } else {
-                let start = Instant::now();
-                drafter.prefill(
-                    &mut state,
-                    &prefill.input_embeds,
-                    &prefill.hidden,
-                    tokens[0],
-                )?;
-                stats.times.draft += start.elapsed();
-            }
             while tokens.len() < n_tokens {
                 let root = tokens[tokens.len() - 1];
                 let needed = n_tokens - tokens.len();
@@ -221,47 +183,4 @@ impl Decoder for SpecDecoder {
         result?;
         Ok((tokens, stats))
     }
-}
-
-/// The verifier's step on `tokens[0]` on this thread while the draft head's prefill runs on
-/// rayon's pool; then the draft catches up on the step's token. Wall time is split so the stages
-/// still add up: the step's own time counts as verifying, the rest of the wall time (the part of
-/// the draft prefill the step did not hide) as drafting.
-#[allow(clippy::too_many_arguments)]
-fn first_step_beside_draft_prefill(
-    model: &OpenVla,
-    drafter: &Drafter<'_>,
-    prefill: &Prefill,
-    cache: &mut KvCache,
-    state: &mut DraftState,
-    tokens: &mut Vec<u32>,
-    n_tokens: usize,
-    stats: &mut DecodeStats,
-) -> Result<()> {
-    let first = tokens[0];
-    let start = Instant::now();
-    let ((step, step_time), prefilled) = rayon::join(
-        || {
-            let start = Instant::now();
-            let step = model.decode(first, cache);
-            (step, start.elapsed())
-        },
-        || drafter.prefill(state, &prefill.input_embeds, &prefill.hidden, first),
-    );
-    let wall = start.elapsed();
-    prefilled?;
-    let step = step?;
-    let next = argmax(&step.logits.squeeze(0)?)?;
-    tokens.push(next);
-    stats.verifier_passes += 1;
-    stats.tokens_per_pass.push(1);
-    stats.drafts_per_pass.push(0);
-    stats.times.verify += step_time;
-    stats.times.draft += wall.saturating_sub(step_time);
-    if tokens.len() < n_tokens {
-        let start = Instant::now();
-        drafter.commit(state, &step.hidden, &[next])?;
-        stats.times.draft += start.elapsed();
-    }
-    Ok(())
 }

@@ -366,8 +366,6 @@ pub fn acceptance_length(
     n_tokens: usize,
 ) -> Result<f64> {
     let mut decoder = SpecDecoder::new(draft, lm_head, tree, acceptance)?;
-    // Score the draft on EAGLE's schedule: every token after the prefill from a drafted tree.
-    decoder.set_overlap_first_step(false);
     let mut total = 0.0;
     for ex in examples {
         let image = model.encode_image(&ex.pixel_values)?;
