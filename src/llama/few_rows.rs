@@ -16,6 +16,7 @@ use std::arch::x86_64::{
 };
 
 use candle_core::{Storage, Tensor};
+use rayon::prelude::*;
 
 use crate::error::{Error, Result};
 use crate::kv_cache::KvCache;
@@ -27,6 +28,14 @@ use crate::simd::x86::softmax_in_place;
 pub(crate) const MAX_WORK: usize = 1 << 25;
 
 const LANES: usize = 16;
+
+/// From this many rows on, each head's scores and weighted sum are two small gemms; below it,
+/// one row at a time (a decode step, a small tree), where a gemm's set-up costs more.
+const GEMM_MIN_ROWS: usize = 4;
+
+/// Attention work (rows x positions x query heads x head size) from which the heads are shared
+/// among rayon's threads (a prefill; a tree verification stays on the calling thread).
+const PARALLEL_MIN_WORK: usize = 1 << 20;
 
 /// Whether this CPU runs the path, for this head size (a multiple of 32: the rotary halves
 /// must fill whole vectors).
@@ -142,26 +151,141 @@ pub(crate) fn attention(
         let v_all = v_cpu.as_slice::<f32>()?;
         let rep = query / kv;
         let scale = 1.0 / (dim as f32).sqrt();
-        let mut probs = vec![0f32; total];
-        for h in 0..query {
+        let head_kv = |h: usize| {
             let g = h / rep;
-            let keys = &k_all[k_start + g * k_stride..][..(total - 1) * dim + dim];
-            let values = &v_all[v_start + g * v_stride..][..(total - 1) * dim + dim];
-            for row in 0..n {
-                let q_row = &q[(h * n + row) * dim..][..dim];
-                let mask_row = mask.as_ref().map(|m| &m[row * total..][..total]);
-                let out_row = &mut out[row * query * dim + h * dim..][..dim];
-                // SAFETY: `supported()` was checked by the caller (AVX-512F); every slice has
-                // the length the kernel reads (`total` rows of `dim`, `dim`, `total`).
-                unsafe {
-                    scores(q_row, keys, dim, scale, mask_row, &mut probs);
-                    softmax_in_place(&mut probs);
-                    weighted_sum(&probs, values, dim, out_row);
+            (
+                &k_all[k_start + g * k_stride..][..total * dim],
+                &v_all[v_start + g * v_stride..][..total * dim],
+            )
+        };
+        if n >= GEMM_MIN_ROWS {
+            // Per head: scores = scale q k^T and out = p v as two small gemms, heads on rayon's
+            // pool when there is enough work to share.
+            let mut per_head = vec![0f32; query * n * dim];
+            let run_head = |(h, head_out): (usize, &mut [f32])| {
+                let (keys, values) = head_kv(h);
+                let q_head = &q[h * n * dim..][..n * dim];
+                head_attention(
+                    q_head,
+                    keys,
+                    values,
+                    mask.as_deref(),
+                    n,
+                    total,
+                    dim,
+                    scale,
+                    head_out,
+                );
+            };
+            if n * total * query * dim >= PARALLEL_MIN_WORK {
+                per_head
+                    .par_chunks_mut(n * dim)
+                    .enumerate()
+                    .for_each(run_head);
+            } else {
+                per_head.chunks_mut(n * dim).enumerate().for_each(run_head);
+            }
+            for (h, block) in per_head.chunks_exact(n * dim).enumerate() {
+                for (row, values) in block.chunks_exact(dim).enumerate() {
+                    out[row * query * dim + h * dim..][..dim].copy_from_slice(values);
+                }
+            }
+        } else {
+            let mut probs = vec![0f32; total];
+            for h in 0..query {
+                let (keys, values) = head_kv(h);
+                for row in 0..n {
+                    let q_row = &q[(h * n + row) * dim..][..dim];
+                    let mask_row = mask.as_ref().map(|m| &m[row * total..][..total]);
+                    let out_row = &mut out[row * query * dim + h * dim..][..dim];
+                    // SAFETY: `supported()` was checked by the caller (AVX-512F); every slice
+                    // has the length the kernel reads (`total` rows of `dim`, `dim`, `total`).
+                    unsafe {
+                        scores(q_row, keys, dim, scale, mask_row, &mut probs);
+                        softmax_in_place(&mut probs);
+                        weighted_sum(&probs, values, dim, out_row);
+                    }
                 }
             }
         }
     }
     Ok(Tensor::from_vec(out, (n, query * dim), &device)?)
+}
+
+/// One query head over `n` rows: `q` `[n, dim]`, `keys` and `values` `[total, dim]`, `mask`
+/// `[n, total]` (additive) -> `out` `[n, dim]`.
+#[allow(clippy::too_many_arguments)]
+fn head_attention(
+    q: &[f32],
+    keys: &[f32],
+    values: &[f32],
+    mask: Option<&[f32]>,
+    n: usize,
+    total: usize,
+    dim: usize,
+    scale: f32,
+    out: &mut [f32],
+) {
+    let mut scores = vec![0f32; n * total];
+    // SAFETY: `q` is `n x dim`, `keys` and `values` are `total x dim`, `scores` is `n x total`
+    // and `out` is `n x dim`, all contiguous row-major, as the strides below say.
+    unsafe {
+        // scores = scale * q k^T, k^T read through k's strides.
+        gemm::gemm(
+            n,
+            total,
+            dim,
+            scores.as_mut_ptr(),
+            1,
+            total as isize,
+            false,
+            q.as_ptr(),
+            1,
+            dim as isize,
+            keys.as_ptr(),
+            dim as isize,
+            1,
+            0.0,
+            scale,
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
+        );
+    }
+    for (row, line) in scores.chunks_exact_mut(total).enumerate() {
+        if let Some(mask) = mask {
+            for (s, m) in line.iter_mut().zip(&mask[row * total..][..total]) {
+                *s += m;
+            }
+        }
+        // SAFETY: the caller checked AVX-512F (`supported`).
+        unsafe { softmax_in_place(line) };
+    }
+    // SAFETY: as above; out = p v with p `n x total` and v `total x dim`.
+    unsafe {
+        gemm::gemm(
+            n,
+            dim,
+            total,
+            out.as_mut_ptr(),
+            1,
+            dim as isize,
+            false,
+            scores.as_ptr(),
+            1,
+            total as isize,
+            values.as_ptr(),
+            1,
+            dim as isize,
+            0.0,
+            1.0,
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
+        );
+    }
 }
 
 /// The values of a small f32 tensor, in row-major order.
