@@ -65,14 +65,8 @@ impl Drafter<'_> {
         }
         next.push(self.verifier.embed(&[first_token])?);
         let next = Tensor::cat(&next, 0)?;
-        let out = self.head.forward(
-            &next,
-            hidden,
-            &Positions::Contiguous { start: 0 },
-            &AttentionMask::Causal,
-            &mut state.cache,
-        )?;
-        state.root_feature = Some(out.narrow(0, t - 1, 1)?);
+        let root = self.head.forward_last(&next, hidden, 0, &mut state.cache)?;
+        state.root_feature = Some(root);
         Ok(())
     }
 
@@ -92,14 +86,13 @@ impl Drafter<'_> {
             )));
         }
         let start = state.cache.len();
-        let out = self.head.forward(
+        let root = self.head.forward_last(
             &self.verifier.embed(next_tokens)?,
             features,
-            &Positions::Contiguous { start },
-            &AttentionMask::Causal,
+            start,
             &mut state.cache,
         )?;
-        state.root_feature = Some(out.narrow(0, k - 1, 1)?);
+        state.root_feature = Some(root);
         Ok(())
     }
 

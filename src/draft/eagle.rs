@@ -219,6 +219,62 @@ impl EagleDraft {
         Ok(out)
     }
 
+    /// A causal pass over `n` new rows at positions `start..start + n` that returns only the
+    /// last row's predicted feature `[1, hidden]`, as [`EagleDraft::forward`] would, and appends
+    /// all `n` rows to `cache`. With one decoder layer, the rows before the last are needed only
+    /// for their keys and values, so their attention, output projection and MLP are skipped: for
+    /// a draft prefill over a 93-row prompt that is most of the work.
+    pub fn forward_last(
+        &self,
+        next_embeds: &Tensor,
+        features: &Tensor,
+        start: usize,
+        cache: &mut KvCache,
+    ) -> Result<Tensor> {
+        let n = features.dim(0)?;
+        if n == 0 || next_embeds.dim(0)? != n {
+            return Err(Error::InvalidSpecSettings(format!(
+                "a draft pass over {n} features and {} embeddings",
+                next_embeds.dim(0)?
+            )));
+        }
+        cache.ensure_room(n)?;
+        if cache.len() != start {
+            return Err(Error::InvalidSpecSettings(format!(
+                "draft rows at position {start} but the draft cache holds {}",
+                cache.len()
+            )));
+        }
+        let dtype = self.dtype;
+        let xs = Tensor::cat(
+            &[next_embeds.to_dtype(dtype)?, features.to_dtype(dtype)?],
+            1,
+        )?;
+        let xs = self.fc.forward(&xs)?;
+        let (cos, sin) = self.rope.select(&Positions::Contiguous { start }, n)?;
+        if n > 1 {
+            let before = n - 1;
+            self.layer.fill_cache(
+                &xs.narrow(0, 0, before)?,
+                &cos.narrow(0, 0, before)?,
+                &sin.narrow(0, 0, before)?,
+                cache,
+                0,
+            )?;
+            cache.advance(before)?;
+        }
+        // The last row sees every cached row and itself: no mask.
+        let out = self.layer.forward(
+            &xs.narrow(0, n - 1, 1)?,
+            &cos.narrow(0, n - 1, 1)?,
+            &sin.narrow(0, n - 1, 1)?,
+            None,
+            KvSource::Cache { cache, layer: 0 },
+        )?;
+        cache.advance(1)?;
+        Ok(out)
+    }
+
     /// A causal pass over a whole sequence without a cache, keeping the autograd graph (for
     /// training). `next_embeds`, `features`: `[n, hidden]` at positions `0..n`.
     pub fn forward_sequence(&self, next_embeds: &Tensor, features: &Tensor) -> Result<Tensor> {
@@ -233,5 +289,85 @@ impl EagleDraft {
         let mask = AttentionMask::Causal.build(0, n, dtype, xs.device())?;
         self.layer
             .forward(&xs, &cos, &sin, mask.as_ref(), KvSource::Ephemeral)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use candle_core::{DType, Device, Tensor};
+    use candle_nn::VarBuilder;
+
+    use super::*;
+    use crate::synthetic::{random_draft_weights, seeded_tensor};
+
+    fn max_abs_diff(a: &Tensor, b: &Tensor) -> Result<f32> {
+        let d = (a - b)?.flatten_all()?.to_vec1::<f32>()?;
+        Ok(d.iter().fold(0f32, |m, x| {
+            if x.is_nan() {
+                f32::INFINITY
+            } else {
+                m.max(x.abs())
+            }
+        }))
+    }
+
+    /// `forward_last` gives `forward`'s last row and leaves the same keys and values in the
+    /// cache, for a prefill-sized pass, a commit-sized pass after it, and a single row.
+    #[test]
+    fn forward_last_matches_the_last_row_of_forward() -> Result<()> {
+        let dev = Device::Cpu;
+        let llama = LlamaConfig {
+            hidden_size: 128,
+            intermediate_size: 176,
+            num_attention_heads: 4,
+            num_key_value_heads: Some(2),
+            num_hidden_layers: 1,
+            max_position_embeddings: 256,
+            ..LlamaConfig::default()
+        };
+        let config = DraftConfig {
+            llama: llama.clone(),
+            lm_head: DraftLmHeadKind::ActionIds,
+        };
+        let weights = random_draft_weights(&llama, 21, DType::F32, &dev)?;
+        let vb = VarBuilder::from_tensors(weights, DType::F32, &dev);
+        let draft = EagleDraft::load(&vb, &config, &llama)?;
+        let mut full = draft.new_cache(128, DType::F32, &dev)?;
+        let mut last = draft.new_cache(128, DType::F32, &dev)?;
+        for (step, n) in [93usize, 4, 1].into_iter().enumerate() {
+            let embeds = seeded_tensor(&[n, 128], 30 + step as u64, &dev)?;
+            let features = seeded_tensor(&[n, 128], 40 + step as u64, &dev)?;
+            let start = full.len();
+            let want = draft
+                .forward(
+                    &embeds,
+                    &features,
+                    &Positions::Contiguous { start },
+                    &AttentionMask::Causal,
+                    &mut full,
+                )?
+                .narrow(0, n - 1, 1)?;
+            let got = draft.forward_last(&embeds, &features, start, &mut last)?;
+            assert_eq!(got.dims(), &[1, 128]);
+            // f32, two summation orders for the attention: |out| ~ 1.
+            let diff = max_abs_diff(&got, &want)?;
+            assert!(diff < 1e-4, "{n} rows: last row differs by {diff}");
+            assert_eq!(last.len(), full.len());
+            let empty = Tensor::zeros((2, 0, 32), DType::F32, &dev)?;
+            let (kf, vf) = full.write(0, &empty, &empty)?;
+            let (kl, vl) = last.write(0, &empty, &empty)?;
+            assert!(
+                max_abs_diff(&kf, &kl)? < 1e-5,
+                "{n} rows: cached keys differ"
+            );
+            assert!(
+                max_abs_diff(&vf, &vl)? < 1e-5,
+                "{n} rows: cached values differ"
+            );
+        }
+        // A pass that does not start where the cache ends is refused.
+        let one = seeded_tensor(&[1, 128], 50, &dev)?;
+        assert!(draft.forward_last(&one, &one, 0, &mut last).is_err());
+        Ok(())
     }
 }

@@ -98,6 +98,44 @@ impl Attention {
             && few_rows::supported(self.head_dim)
     }
 
+    /// Heads `offset..offset + count` of `qkv` as `[1, count, n, head_dim]`.
+    fn head_block(&self, qkv: &Tensor, offset: usize, count: usize) -> Result<Tensor> {
+        let (n, _) = qkv.dims2()?;
+        let hd = self.head_dim;
+        Ok(qkv
+            .narrow(1, offset * hd, count * hd)?
+            .reshape((n, count, hd))?
+            .transpose(0, 1)?
+            .contiguous()?
+            .unsqueeze(0)?)
+    }
+
+    /// The rotated keys and the values of `qkv`, `[kv_heads, n, head_dim]` each.
+    fn rotated_kv(&self, qkv: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<(Tensor, Tensor)> {
+        let (nh, nkv) = (self.num_heads, self.num_kv_heads);
+        let k =
+            candle_nn::rotary_emb::rope(&self.head_block(qkv, nh, nkv)?, cos, sin)?.squeeze(0)?;
+        let v = self.head_block(qkv, nh + nkv, nkv)?.squeeze(0)?;
+        Ok((k, v))
+    }
+
+    /// Writes the keys and values of `xs` `[n, hidden]` (at the rotary rows `cos`, `sin`) to
+    /// `layer` of `cache` at `cache.len()..`, computing no attention: for rows whose outputs
+    /// nobody reads.
+    pub fn fill_cache(
+        &self,
+        xs: &Tensor,
+        cos: &Tensor,
+        sin: &Tensor,
+        cache: &mut KvCache,
+        layer: usize,
+    ) -> Result<()> {
+        let qkv = self.qkv.forward(xs)?;
+        let (k, v) = self.rotated_kv(&qkv, cos, sin)?;
+        cache.write(layer, &k, &v)?;
+        Ok(())
+    }
+
     /// Attention with candle's ops: `qkv` `[n, (heads + 2 kv_heads) * head_dim]` ->
     /// `[n, heads * head_dim]`.
     fn attend_with_candle(
@@ -110,17 +148,8 @@ impl Attention {
     ) -> Result<Tensor> {
         let (n, _) = qkv.dims2()?;
         let (nh, nkv, hd) = (self.num_heads, self.num_kv_heads, self.head_dim);
-        let heads = |offset: usize, count: usize| -> Result<Tensor> {
-            Ok(qkv
-                .narrow(1, offset * hd, count * hd)?
-                .reshape((n, count, hd))?
-                .transpose(0, 1)?
-                .contiguous()?
-                .unsqueeze(0)?)
-        };
-        let q = candle_nn::rotary_emb::rope(&heads(0, nh)?, cos, sin)?.squeeze(0)?;
-        let k = candle_nn::rotary_emb::rope(&heads(nh, nkv)?, cos, sin)?.squeeze(0)?;
-        let v = heads(nh + nkv, nkv)?.squeeze(0)?;
+        let q = candle_nn::rotary_emb::rope(&self.head_block(qkv, 0, nh)?, cos, sin)?.squeeze(0)?;
+        let (k, v) = self.rotated_kv(qkv, cos, sin)?;
         let (keys, values) = match kv {
             KvSource::Cache { cache, layer } => cache.write(layer, &k, &v)?,
             KvSource::Ephemeral => (k, v),
@@ -228,6 +257,23 @@ impl DecoderLayer {
         let h = (xs + self.attn.forward(&normed, cos, sin, mask, kv)?)?;
         let out = self.mlp.forward(&self.post_norm.forward(&h)?)?;
         Ok((h + out)?)
+    }
+
+    /// Writes this layer's keys and values for `xs` `[n, hidden]` to `layer` of `cache`,
+    /// without computing the layer's outputs (see [`Attention::fill_cache`]).
+    pub fn fill_cache(
+        &self,
+        xs: &Tensor,
+        cos: &Tensor,
+        sin: &Tensor,
+        cache: &mut KvCache,
+        layer: usize,
+    ) -> Result<()> {
+        let normed = match &self.input_norm {
+            Some(norm) => norm.forward(xs)?,
+            None => xs.clone(),
+        };
+        self.attn.fill_cache(&normed, cos, sin, cache, layer)
     }
 }
 
