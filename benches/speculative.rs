@@ -59,7 +59,7 @@ fn act_on_all(
 fn trees() -> [(&'static str, TreeSettings); 2] {
     [
         (
-            "cpu_4x6x24",
+            "cpu_default_1x6x7",
             spec_vla::embedded::default_tree_settings(&Device::Cpu),
         ),
         (
