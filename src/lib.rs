@@ -8,6 +8,8 @@ pub mod dense;
 pub mod draft;
 pub mod embedded;
 pub mod error;
+#[cfg(target_arch = "x86_64")]
+mod head_attention;
 #[cfg(feature = "hub")]
 pub mod hub;
 pub mod kv_cache;

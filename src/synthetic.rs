@@ -349,3 +349,17 @@ pub fn tiny_config(sizes: TinySizes) -> OpenVlaConfig {
         norm_stats: Default::default(),
     }
 }
+
+/// Largest absolute element-wise difference of two f32 tensors of one shape; infinite when any
+/// difference is NaN (candle's `max` can pass a NaN over), so a test comparing it to a bound fails.
+#[cfg(test)]
+pub(crate) fn max_abs_diff(a: &Tensor, b: &Tensor) -> Result<f32> {
+    let d = (a - b)?.flatten_all()?.to_vec1::<f32>()?;
+    Ok(d.iter().fold(0f32, |m, x| {
+        if x.is_nan() {
+            f32::INFINITY
+        } else {
+            m.max(x.abs())
+        }
+    }))
+}

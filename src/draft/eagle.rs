@@ -298,18 +298,7 @@ mod tests {
     use candle_nn::VarBuilder;
 
     use super::*;
-    use crate::synthetic::{random_draft_weights, seeded_tensor};
-
-    fn max_abs_diff(a: &Tensor, b: &Tensor) -> Result<f32> {
-        let d = (a - b)?.flatten_all()?.to_vec1::<f32>()?;
-        Ok(d.iter().fold(0f32, |m, x| {
-            if x.is_nan() {
-                f32::INFINITY
-            } else {
-                m.max(x.abs())
-            }
-        }))
-    }
+    use crate::synthetic::{max_abs_diff, random_draft_weights, seeded_tensor};
 
     /// `forward_last` gives `forward`'s last row and leaves the same keys and values in the
     /// cache, for a prefill-sized pass, a commit-sized pass after it, and a single row.

@@ -19,6 +19,7 @@ use candle_core::{Storage, Tensor};
 use rayon::prelude::*;
 
 use crate::error::{Error, Result};
+use crate::head_attention::{head_attention, Rows};
 use crate::kv_cache::KvCache;
 use crate::simd::x86::softmax_in_place;
 
@@ -165,17 +166,23 @@ pub(crate) fn attention(
             let run_head = |(h, head_out): (usize, &mut [f32])| {
                 let (keys, values) = head_kv(h);
                 let q_head = &q[h * n * dim..][..n * dim];
-                head_attention(
-                    q_head,
-                    keys,
-                    values,
-                    mask.as_deref(),
-                    n,
-                    total,
-                    dim,
-                    scale,
-                    head_out,
-                );
+                let rows = |start: *const f32| Rows { start, stride: dim };
+                // SAFETY: `supported()` was checked by the caller (AVX-512F); `q_head` and
+                // `head_out` hold `n` rows of `dim`, `keys` and `values` `total` rows of `dim`.
+                unsafe {
+                    head_attention(
+                        rows(q_head.as_ptr()),
+                        rows(keys.as_ptr()),
+                        rows(values.as_ptr()),
+                        mask.as_deref(),
+                        (n, total, dim),
+                        scale,
+                        Rows {
+                            start: head_out.as_mut_ptr(),
+                            stride: dim,
+                        },
+                    )
+                };
             };
             if n * total * query * dim >= PARALLEL_MIN_WORK {
                 per_head
@@ -210,82 +217,6 @@ pub(crate) fn attention(
         }
     }
     Ok(Tensor::from_vec(out, (n, query * dim), &device)?)
-}
-
-/// One query head over `n` rows: `q` `[n, dim]`, `keys` and `values` `[total, dim]`, `mask`
-/// `[n, total]` (additive) -> `out` `[n, dim]`.
-#[allow(clippy::too_many_arguments)]
-fn head_attention(
-    q: &[f32],
-    keys: &[f32],
-    values: &[f32],
-    mask: Option<&[f32]>,
-    n: usize,
-    total: usize,
-    dim: usize,
-    scale: f32,
-    out: &mut [f32],
-) {
-    let mut scores = vec![0f32; n * total];
-    // SAFETY: `q` is `n x dim`, `keys` and `values` are `total x dim`, `scores` is `n x total`
-    // and `out` is `n x dim`, all contiguous row-major, as the strides below say.
-    unsafe {
-        // scores = scale * q k^T, k^T read through k's strides.
-        gemm::gemm(
-            n,
-            total,
-            dim,
-            scores.as_mut_ptr(),
-            1,
-            total as isize,
-            false,
-            q.as_ptr(),
-            1,
-            dim as isize,
-            keys.as_ptr(),
-            dim as isize,
-            1,
-            0.0,
-            scale,
-            false,
-            false,
-            false,
-            gemm::Parallelism::None,
-        );
-    }
-    for (row, line) in scores.chunks_exact_mut(total).enumerate() {
-        if let Some(mask) = mask {
-            for (s, m) in line.iter_mut().zip(&mask[row * total..][..total]) {
-                *s += m;
-            }
-        }
-        // SAFETY: the caller checked AVX-512F (`supported`).
-        unsafe { softmax_in_place(line) };
-    }
-    // SAFETY: as above; out = p v with p `n x total` and v `total x dim`.
-    unsafe {
-        gemm::gemm(
-            n,
-            dim,
-            total,
-            out.as_mut_ptr(),
-            1,
-            dim as isize,
-            false,
-            scores.as_ptr(),
-            1,
-            total as isize,
-            values.as_ptr(),
-            1,
-            dim as isize,
-            0.0,
-            1.0,
-            false,
-            false,
-            false,
-            gemm::Parallelism::None,
-        );
-    }
 }
 
 /// The values of a small f32 tensor, in row-major order.

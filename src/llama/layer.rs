@@ -284,24 +284,7 @@ mod tests {
 
     use super::*;
     use crate::config::LlamaConfig;
-    use crate::synthetic::random_draft_weights;
-
-    /// Largest absolute difference; infinite when any difference is NaN (or on error).
-    fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
-        (a - b)
-            .and_then(|d| d.flatten_all())
-            .and_then(|d| d.to_vec1::<f32>())
-            .map(|d| {
-                d.iter().fold(0f32, |m, x| {
-                    if x.is_nan() {
-                        f32::INFINITY
-                    } else {
-                        m.max(x.abs())
-                    }
-                })
-            })
-            .unwrap_or(f32::INFINITY)
-    }
+    use crate::synthetic::{max_abs_diff, random_draft_weights};
 
     /// The few-row path and candle's path agree on outputs and cache contents, with GQA, a
     /// tree mask over the cache and one unmasked row.
@@ -380,7 +363,7 @@ mod tests {
             };
             let want = attn.attend_with_candle(&qkv, &cos, &sin, mask.as_ref(), kv)?;
             // f32 with different summation orders and our exp (within 4 ulp): |out| ~ 1.
-            let diff = max_abs_diff(&got, &want);
+            let diff = max_abs_diff(&got, &want)?;
             assert!(diff < 1e-5, "n={n}: attention outputs differ by {diff}");
             fast.advance(n)?;
             slow.advance(n)?;
@@ -396,8 +379,8 @@ mod tests {
             )?;
             assert_eq!(kf.dims(), &[2, 40 + n, 32]);
             // Rotary embedding computed by two codes: equal up to rounding.
-            assert!(max_abs_diff(&kf, &ks) < 1e-6, "n={n}: cached keys differ");
-            assert_eq!(max_abs_diff(&vf, &vs), 0.0, "n={n}: cached values differ");
+            assert!(max_abs_diff(&kf, &ks)? < 1e-6, "n={n}: cached keys differ");
+            assert_eq!(max_abs_diff(&vf, &vs)?, 0.0, "n={n}: cached values differ");
             // Keep the cache at the shared past for the next case.
             fast.truncate(40);
             slow.truncate(40);

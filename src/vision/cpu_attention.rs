@@ -10,6 +10,8 @@
 
 use rayon::prelude::*;
 
+use crate::head_attention::{head_attention, Rows};
+
 /// `qkv`: row-major `[n, 3 * heads * head_dim]` (q, k, v blocks, heads contiguous within each) ->
 /// attention output `[n, heads * head_dim]`, heads concatenated. Needs AVX-512F
 /// ([`crate::simd::supported`]).
@@ -21,66 +23,27 @@ pub(crate) fn attention(qkv: &[f32], n: usize, heads: usize, head_dim: usize) ->
         .par_chunks_mut(n * head_dim)
         .enumerate()
         .for_each(|(h, out)| {
-            let mut scores = vec![0f32; n * n];
-            let q = qkv[h * head_dim..].as_ptr();
-            let k = qkv[d + h * head_dim..].as_ptr();
-            let v = qkv[2 * d + h * head_dim..].as_ptr();
-            let row = 3 * d as isize;
+            let in_qkv = |offset: usize| Rows {
+                start: qkv[offset + h * head_dim..].as_ptr(),
+                stride: 3 * d,
+            };
             // SAFETY: q, k and v address `n` rows of `head_dim` values with row stride `3d`
-            // inside `qkv` (`n * 3d` values); `scores` is `n x n` and `out` is `n x head_dim`,
-            // both contiguous and owned by this task.
+            // inside `qkv` (`n * 3d` values); `out` is this task's own `n x head_dim` block. The
+            // caller checked AVX-512F.
             unsafe {
-                // scores = scale * q k^T: lhs q [n, hd], rhs k^T [hd, n] read through k's strides.
-                gemm::gemm(
-                    n,
-                    n,
-                    head_dim,
-                    scores.as_mut_ptr(),
-                    1,
-                    n as isize,
-                    false,
-                    q,
-                    1,
-                    row,
-                    k,
-                    row,
-                    1,
-                    0.0,
+                head_attention(
+                    in_qkv(0),
+                    in_qkv(d),
+                    in_qkv(2 * d),
+                    None,
+                    (n, n, head_dim),
                     scale,
-                    false,
-                    false,
-                    false,
-                    gemm::Parallelism::None,
-                );
-            }
-            for r in scores.chunks_exact_mut(n) {
-                // SAFETY: the caller checked AVX-512F.
-                unsafe { crate::simd::x86::softmax_in_place(r) };
-            }
-            // SAFETY: as above; out = p v with p [n, n] and v [n, hd].
-            unsafe {
-                gemm::gemm(
-                    n,
-                    head_dim,
-                    n,
-                    out.as_mut_ptr(),
-                    1,
-                    head_dim as isize,
-                    false,
-                    scores.as_ptr(),
-                    1,
-                    n as isize,
-                    v,
-                    1,
-                    row,
-                    0.0,
-                    1.0,
-                    false,
-                    false,
-                    false,
-                    gemm::Parallelism::None,
-                );
-            }
+                    Rows {
+                        start: out.as_mut_ptr(),
+                        stride: head_dim,
+                    },
+                )
+            };
         });
     let mut out = vec![0f32; n * d];
     for (h, block) in per_head.chunks_exact(n * head_dim).enumerate() {
