@@ -2,6 +2,8 @@
 //! row softmax, then `out = p v`. Rows are read and written through row strides, so the vision
 //! towers read q, k and v in place from their fused qkv projection and the Llama reads its cache.
 
+use rayon::prelude::*;
+
 /// Rows of a matrix: where row 0 starts and how many elements apart the rows are.
 #[derive(Clone, Copy)]
 pub(crate) struct Rows<P> {
@@ -79,4 +81,30 @@ pub(crate) unsafe fn head_attention(
         false,
         gemm::Parallelism::None,
     );
+}
+
+/// Runs `head(h, block)` for every head `h`, each filling its own `[n, dim]` block, on rayon's
+/// pool when `parallel`; returns the heads' outputs concatenated per row, `[n, heads * dim]`.
+pub(crate) fn concat_heads(
+    heads: usize,
+    n: usize,
+    dim: usize,
+    parallel: bool,
+    head: impl Fn(usize, &mut [f32]) + Sync,
+) -> Vec<f32> {
+    let mut per_head = vec![0f32; heads * n * dim];
+    let run = |(h, block): (usize, &mut [f32])| head(h, block);
+    if parallel {
+        per_head.par_chunks_mut(n * dim).enumerate().for_each(run);
+    } else {
+        per_head.chunks_mut(n * dim).enumerate().for_each(run);
+    }
+    let width = heads * dim;
+    let mut out = vec![0f32; n * width];
+    for (h, block) in per_head.chunks_exact(n * dim).enumerate() {
+        for (row, values) in block.chunks_exact(dim).enumerate() {
+            out[row * width + h * dim..][..dim].copy_from_slice(values);
+        }
+    }
+    out
 }

@@ -186,6 +186,18 @@ impl EagleDraft {
         KvCache::new(1, c.num_kv_heads(), c.head_dim(), capacity, dtype, device)
     }
 
+    /// The decoder layer's input, `fc(concat(next_embeds, features))`, in the draft's dtype.
+    fn fc_input(&self, next_embeds: &Tensor, features: &Tensor) -> Result<Tensor> {
+        let xs = Tensor::cat(
+            &[
+                next_embeds.to_dtype(self.dtype)?,
+                features.to_dtype(self.dtype)?,
+            ],
+            1,
+        )?;
+        self.fc.forward(&xs)
+    }
+
     /// One draft pass. `next_embeds` `[n, hidden]` (embeddings of the tokens *after* each row's
     /// feature), `features` `[n, hidden]` (verifier hidden states, or the draft's own predicted
     /// features inside a tree), at `positions`, under `mask`. Returns the predicted features
@@ -200,14 +212,9 @@ impl EagleDraft {
     ) -> Result<Tensor> {
         let n = features.dim(0)?;
         cache.ensure_room(n)?;
-        let dtype = self.dtype;
-        let xs = Tensor::cat(
-            &[next_embeds.to_dtype(dtype)?, features.to_dtype(dtype)?],
-            1,
-        )?;
-        let xs = self.fc.forward(&xs)?;
+        let xs = self.fc_input(next_embeds, features)?;
         let (cos, sin) = self.rope.select(positions, n)?;
-        let mask = mask.build(cache.len(), n, dtype, xs.device())?;
+        let mask = mask.build(cache.len(), n, self.dtype, xs.device())?;
         let out = self.layer.forward(
             &xs,
             &cos,
@@ -245,12 +252,7 @@ impl EagleDraft {
                 cache.len()
             )));
         }
-        let dtype = self.dtype;
-        let xs = Tensor::cat(
-            &[next_embeds.to_dtype(dtype)?, features.to_dtype(dtype)?],
-            1,
-        )?;
-        let xs = self.fc.forward(&xs)?;
+        let xs = self.fc_input(next_embeds, features)?;
         let (cos, sin) = self.rope.select(&Positions::Contiguous { start }, n)?;
         if n > 1 {
             let before = n - 1;
@@ -279,14 +281,9 @@ impl EagleDraft {
     /// training). `next_embeds`, `features`: `[n, hidden]` at positions `0..n`.
     pub fn forward_sequence(&self, next_embeds: &Tensor, features: &Tensor) -> Result<Tensor> {
         let n = features.dim(0)?;
-        let dtype = self.dtype;
-        let xs = Tensor::cat(
-            &[next_embeds.to_dtype(dtype)?, features.to_dtype(dtype)?],
-            1,
-        )?;
-        let xs = self.fc.forward(&xs)?;
+        let xs = self.fc_input(next_embeds, features)?;
         let (cos, sin) = self.rope.select(&Positions::Contiguous { start: 0 }, n)?;
-        let mask = AttentionMask::Causal.build(0, n, dtype, xs.device())?;
+        let mask = AttentionMask::Causal.build(0, n, self.dtype, xs.device())?;
         self.layer
             .forward(&xs, &cos, &sin, mask.as_ref(), KvSource::Ephemeral)
     }

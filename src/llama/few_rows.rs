@@ -16,10 +16,9 @@ use std::arch::x86_64::{
 };
 
 use candle_core::{Storage, Tensor};
-use rayon::prelude::*;
 
 use crate::error::{Error, Result};
-use crate::head_attention::{head_attention, Rows};
+use crate::head_attention::{concat_heads, head_attention, Rows};
 use crate::kv_cache::KvCache;
 use crate::simd::x86::softmax_in_place;
 
@@ -127,8 +126,7 @@ pub(crate) fn attention(
         }
         None => None,
     };
-    let mut out = vec![0f32; n * query * dim];
-    {
+    let out = {
         let (k_storage, k_layout) = keys.storage_and_layout();
         let (v_storage, v_layout) = values.storage_and_layout();
         let (Storage::Cpu(k_cpu), Storage::Cpu(v_cpu)) = (&*k_storage, &*v_storage) else {
@@ -162,8 +160,8 @@ pub(crate) fn attention(
         if n >= GEMM_MIN_ROWS {
             // Per head: scores = scale q k^T and out = p v as two small gemms, heads on rayon's
             // pool when there is enough work to share.
-            let mut per_head = vec![0f32; query * n * dim];
-            let run_head = |(h, head_out): (usize, &mut [f32])| {
+            let parallel = n * total * query * dim >= PARALLEL_MIN_WORK;
+            concat_heads(query, n, dim, parallel, |h, head_out| {
                 let (keys, values) = head_kv(h);
                 let q_head = &q[h * n * dim..][..n * dim];
                 let rows = |start: *const f32| Rows { start, stride: dim };
@@ -183,21 +181,9 @@ pub(crate) fn attention(
                         },
                     )
                 };
-            };
-            if n * total * query * dim >= PARALLEL_MIN_WORK {
-                per_head
-                    .par_chunks_mut(n * dim)
-                    .enumerate()
-                    .for_each(run_head);
-            } else {
-                per_head.chunks_mut(n * dim).enumerate().for_each(run_head);
-            }
-            for (h, block) in per_head.chunks_exact(n * dim).enumerate() {
-                for (row, values) in block.chunks_exact(dim).enumerate() {
-                    out[row * query * dim + h * dim..][..dim].copy_from_slice(values);
-                }
-            }
+            })
         } else {
+            let mut out = vec![0f32; n * query * dim];
             let mut probs = vec![0f32; total];
             for h in 0..query {
                 let (keys, values) = head_kv(h);
@@ -214,8 +200,9 @@ pub(crate) fn attention(
                     }
                 }
             }
+            out
         }
-    }
+    };
     Ok(Tensor::from_vec(out, (n, query * dim), &device)?)
 }
 

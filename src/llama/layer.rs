@@ -250,10 +250,7 @@ impl DecoderLayer {
         mask: Option<&Tensor>,
         kv: KvSource<'_>,
     ) -> Result<Tensor> {
-        let normed = match &self.input_norm {
-            Some(norm) => norm.forward(xs)?,
-            None => xs.clone(),
-        };
+        let normed = self.input_normed(xs)?;
         let h = (xs + self.attn.forward(&normed, cos, sin, mask, kv)?)?;
         let out = self.mlp.forward(&self.post_norm.forward(&h)?)?;
         Ok((h + out)?)
@@ -269,11 +266,16 @@ impl DecoderLayer {
         cache: &mut KvCache,
         layer: usize,
     ) -> Result<()> {
-        let normed = match &self.input_norm {
+        self.attn
+            .fill_cache(&self.input_normed(xs)?, cos, sin, cache, layer)
+    }
+
+    /// The attention's input: `xs` through the input norm, when the layer has one.
+    fn input_normed(&self, xs: &Tensor) -> Result<Tensor> {
+        Ok(match &self.input_norm {
             Some(norm) => norm.forward(xs)?,
             None => xs.clone(),
-        };
-        self.attn.fill_cache(&normed, cos, sin, cache, layer)
+        })
     }
 }
 
