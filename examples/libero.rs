@@ -52,6 +52,10 @@ struct Args {
     depth: Option<usize>,
     #[arg(long)]
     total_tokens: Option<usize>,
+    /// Stop drafting once no draft path's estimated acceptance probability reaches this
+    /// (0 = draft every level the tree allows).
+    #[arg(long, value_delimiter = ',', default_values_t = vec![0.0f32])]
+    min_confidence: Vec<f32>,
     /// cpu, cuda or metal.
     #[arg(long, default_value = "cpu")]
     device: String,
@@ -119,28 +123,41 @@ fn main() -> Result<()> {
     tree.depth = args.depth.unwrap_or(tree.depth);
     tree.total_tokens = args.total_tokens.unwrap_or(tree.total_tokens);
 
-    let mut configs: Vec<(String, Option<Acceptance>)> =
+    let configs: Vec<(String, Option<Acceptance>)> =
         vec![("decoder=ar policy=strict r=0".into(), None)];
+    let mut spec_configs: Vec<(String, Acceptance)> = Vec::new();
     let want = |p: &str| args.policy == "all" || args.policy == p;
     if draft.is_some() {
         if want("strict") {
-            configs.push((
-                "decoder=spec policy=strict r=0".into(),
-                Some(Acceptance::Strict),
-            ));
+            spec_configs.push(("decoder=spec policy=strict r=0".into(), Acceptance::Strict));
         }
         if want("relaxed") {
             for &r in &args.r {
                 let exempt = if args.exempt_gripper { vec![6] } else { vec![] };
                 let relaxed = RelaxedBinDistance::new(RadiusSpec::Uniform(r), exempt, ids)?;
-                configs.push((
+                spec_configs.push((
                     format!("decoder=spec policy=relaxed r={r}"),
-                    Some(Acceptance::RelaxedBinDistance(relaxed)),
+                    Acceptance::RelaxedBinDistance(relaxed),
                 ));
             }
         }
     } else {
         eprintln!("no draft head: running the plain decoder only");
+    }
+    let mut cutoffs: Vec<(String, Option<Acceptance>, f32)> = configs
+        .into_iter()
+        .map(|(name, acc)| (name, acc, 0.0))
+        .collect();
+    for &c in &args.min_confidence {
+        for (name, acc) in &spec_configs {
+            // The SUMMARY form stays as documented unless several cut-offs are compared.
+            let name = if args.min_confidence.len() > 1 {
+                format!("{name} min_confidence={c}")
+            } else {
+                name.clone()
+            };
+            cutoffs.push((name, Some(acc.clone()), c));
+        }
     }
 
     // Warm-up (allocations, caches) outside the measurements.
@@ -155,9 +172,12 @@ fn main() -> Result<()> {
     // so that a change in machine load hits all configurations alike and the ratios stay fair.
     let mut decoders: Vec<Box<dyn Decoder>> = Vec::new();
     let mut runs: Vec<Run> = Vec::new();
-    for (name, acceptance) in configs {
+    for (name, acceptance, min_confidence) in cutoffs {
         decoders.push(match (acceptance, &draft) {
-            (Some(acc), Some(draft)) => Box::new(support::spec_decoder(&policy, draft, tree, acc)?),
+            (Some(acc), Some(draft)) => Box::new(
+                support::spec_decoder(&policy, draft, tree, acc)?
+                    .with_min_confidence(min_confidence)?,
+            ),
             _ => Box::new(GreedyDecoder),
         });
         runs.push(Run {

@@ -90,12 +90,15 @@ fn strict_speculative_equals_greedy() -> Result<()> {
             } else {
                 DraftLmHeadKind::FullVocab
             };
+            // Variants 2 and 3 also stop drafting early (the draft's confidence cut-off).
+            let min_confidence = if variant >= 2 { 0.3 } else { 0.0 };
             let mut spec = SpecDecoder::new(
                 case.draft.clone(),
                 case.lm_head(kind)?,
                 random_tree_settings(&mut rng),
                 Acceptance::Strict,
-            )?;
+            )?
+            .with_min_confidence(min_confidence)?;
             let (tokens, stats) = run(&case.model, &mut spec, &case.image_embeds, &case.ids)?;
             cases += 1;
             drafted += stats.drafted_tokens;
@@ -152,7 +155,8 @@ fn relaxed_tokens_stay_within_r_bins() -> Result<()> {
                 case.lm_head(DraftLmHeadKind::ActionIds)?,
                 random_tree_settings(&mut rng),
                 policy,
-            )?;
+            )?
+            .with_min_confidence(if r == 16 { 0.3 } else { 0.0 })?;
             let (tokens, _) = run(&case.model, &mut spec, &case.image_embeds, &case.ids)?;
             cases += 1;
             for i in 0..tokens.len() {
@@ -311,6 +315,16 @@ fn invalid_settings_are_typed_errors() -> Result<()> {
             matches!(err, Error::InvalidSpecSettings(_)),
             "{bad:?}: {err}"
         );
+    }
+    for bad in [-0.1, 1.5, f32::NAN] {
+        let spec = SpecDecoder::new(
+            case.draft.clone(),
+            head()?,
+            TreeSettings::default(),
+            Acceptance::Strict,
+        )?;
+        let err = spec.with_min_confidence(bad).unwrap_err();
+        assert!(matches!(err, Error::InvalidSpecSettings(_)), "{bad}: {err}");
     }
     let ids = ActionIds::new(case.action_first_id, 256)?;
     assert!(RelaxedBinDistance::new(RadiusSpec::Uniform(100_000), vec![], ids).is_err());

@@ -6,10 +6,10 @@ use candle_core::Tensor;
 
 use super::{argmax, DecodeStats, Decoder};
 use crate::accept::{best_path, Acceptance};
-use crate::draft::drafter::{DraftState, Drafter};
+use crate::draft::drafter::{DraftCutoff, DraftState, Drafter};
 use crate::draft::eagle::{DraftLmHead, EagleDraft};
 use crate::draft::TreeSettings;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::kv_cache::KvCache;
 use crate::verifier::{OpenVla, Prefill};
 
@@ -21,6 +21,8 @@ pub struct SpecDecoder {
     lm_head: DraftLmHead,
     tree: TreeSettings,
     acceptance: Acceptance,
+    /// Drafting stops below this estimated path acceptance probability; see [`DraftCutoff`].
+    min_confidence: f32,
     state: Option<DraftState>,
 }
 
@@ -39,8 +41,32 @@ impl SpecDecoder {
             lm_head,
             tree,
             acceptance,
+            min_confidence: 0.0,
             state: None,
         })
+    }
+
+    /// Stop drafting once no path's estimated acceptance probability reaches `min_confidence`
+    /// (see [`DraftCutoff`]); `0` (the default of [`new`](Self::new)) drafts every level the
+    /// tree settings allow. Errors unless `0 <= min_confidence <= 1`.
+    pub fn with_min_confidence(mut self, min_confidence: f32) -> Result<Self> {
+        self.set_min_confidence(min_confidence)?;
+        Ok(self)
+    }
+
+    /// See [`with_min_confidence`](Self::with_min_confidence).
+    pub fn set_min_confidence(&mut self, min_confidence: f32) -> Result<()> {
+        if !(0.0..=1.0).contains(&min_confidence) {
+            return Err(Error::InvalidSpecSettings(format!(
+                "draft min_confidence {min_confidence} is not in [0, 1]"
+            )));
+        }
+        self.min_confidence = min_confidence;
+        Ok(())
+    }
+
+    pub fn min_confidence(&self) -> f32 {
+        self.min_confidence
     }
 
     pub fn tree_settings(&self) -> TreeSettings {
@@ -133,7 +159,13 @@ impl Decoder for SpecDecoder {
                 }
                 // Never draft past the action: accepted drafts + the bonus fill `needed`.
                 let start = Instant::now();
-                let tree = drafter.build_tree(&mut state, root, self.tree, needed - 1)?;
+                let cutoff = (self.min_confidence > 0.0).then_some(DraftCutoff {
+                    policy: &self.acceptance,
+                    first_dim: tokens.len(),
+                    min_confidence: self.min_confidence,
+                });
+                let tree =
+                    drafter.build_tree_until(&mut state, root, self.tree, needed - 1, cutoff)?;
                 stats.times.draft += start.elapsed();
                 stats.drafted_tokens += tree.len() - 1;
                 stats.drafts_per_pass.push(tree.len() - 1);

@@ -6,6 +6,7 @@ use candle_core::{DType, Device, Tensor};
 use super::builder::{TreeBuilder, TreeSettings};
 use super::eagle::{DraftLmHead, EagleDraft};
 use super::tree::{DraftTree, NodeId};
+use crate::accept::{Acceptance, AcceptancePolicy};
 use crate::error::{Error, Result};
 use crate::kv_cache::KvCache;
 use crate::llama::{AttentionMask, Llama, Positions};
@@ -105,18 +106,35 @@ impl Drafter<'_> {
         settings: TreeSettings,
         max_depth: usize,
     ) -> Result<DraftTree> {
+        self.build_tree_until(state, root, settings, max_depth, None)
+    }
+
+    /// [`build_tree`](Self::build_tree) that also stops drafting once `cutoff` says no frontier
+    /// path is likely enough to be accepted.
+    pub fn build_tree_until(
+        &self,
+        state: &mut DraftState,
+        root: u32,
+        settings: TreeSettings,
+        max_depth: usize,
+        cutoff: Option<DraftCutoff<'_>>,
+    ) -> Result<DraftTree> {
         let root_feature = state.root_feature.clone().ok_or_else(|| {
             Error::InvalidSpecSettings("build_tree before the draft prefill".into())
         })?;
         let committed = state.cache.len();
         let mut builder = TreeBuilder::new(root, settings, max_depth)?;
+        // The estimated acceptance probability of every pool node's path (root = 1).
+        let mut confidence = vec![1f32];
         // Root children come from the committed state.
-        let first = top_k_rows(
-            &self.lm_head.log_probs(&root_feature)?,
-            settings.top_k,
-            self.lm_head,
-        )?;
+        let rows = self.lm_head.log_probs(&root_feature)?.to_vec2::<f32>()?;
+        let first = top_k_rows(&rows, settings.top_k, self.lm_head);
         builder.expand(&first)?;
+        if let Some(cutoff) = cutoff {
+            cutoff.score(&mut builder, &mut confidence, &rows, |j| {
+                self.lm_head.token(j)
+            });
+        }
         // Draft rows fed so far inside the tree: (builder node, predicted feature).
         let mut fed: Vec<(NodeId, Tensor)> = Vec::new();
         let result = (|| -> Result<()> {
@@ -160,12 +178,17 @@ impl Drafter<'_> {
                     &AttentionMask::Full(mask),
                     &mut state.cache,
                 )?;
-                let candidates =
-                    top_k_rows(&self.lm_head.log_probs(&out)?, settings.top_k, self.lm_head)?;
+                let rows = self.lm_head.log_probs(&out)?.to_vec2::<f32>()?;
+                let candidates = top_k_rows(&rows, settings.top_k, self.lm_head);
                 for (row, &id) in frontier.iter().enumerate() {
                     fed.push((id, out.narrow(0, row, 1)?));
                 }
                 builder.expand(&candidates)?;
+                if let Some(cutoff) = cutoff {
+                    cutoff.score(&mut builder, &mut confidence, &rows, |j| {
+                        self.lm_head.token(j)
+                    });
+                }
             }
             Ok(())
         })();
@@ -182,11 +205,9 @@ impl Drafter<'_> {
     }
 }
 
-/// The `k` best (token, log-prob) of every row of `log_probs` `[n, rows]`, best first.
-fn top_k_rows(log_probs: &Tensor, k: usize, head: &DraftLmHead) -> Result<Vec<Vec<(u32, f32)>>> {
-    let rows: Vec<Vec<f32>> = log_probs.to_vec2()?;
-    Ok(rows
-        .iter()
+/// The `k` best (token, log-prob) of every row of log-probs, best first.
+fn top_k_rows(rows: &[Vec<f32>], k: usize, head: &DraftLmHead) -> Vec<Vec<(u32, f32)>> {
+    rows.iter()
         .map(|row| {
             let mut idx: Vec<usize> = (0..row.len()).collect();
             let k = k.min(row.len());
@@ -198,5 +219,168 @@ fn top_k_rows(log_probs: &Tensor, k: usize, head: &DraftLmHead) -> Result<Vec<Ve
             idx.sort_by(by_score);
             idx.into_iter().map(|i| (head.token(i), row[i])).collect()
         })
-        .collect())
+        .collect()
+}
+
+/// When to stop drafting: the draft's own estimate that a path will be accepted.
+///
+/// A drafted token is accepted when the verifier's greedy token is one the policy accepts for it.
+/// Taking the draft's distribution `q` at that position as the guess for the verifier's greedy
+/// token, the estimate for a drafted token `t` is the sum of `q(v)` over the `v` the policy would
+/// accept for `t`: `q(t)` under strict acceptance, the mass of the bins within `r` of `t` under
+/// relaxed acceptance. A path's estimate is the product along it (the draft's chain rule, as
+/// EAGLE-2 scores paths). Drafting stops when no frontier path reaches `min_confidence`; the
+/// nodes drafted so far, that frontier included, are still verified (a verifier row costs less
+/// than a draft step and is accepted often enough to pay).
+#[derive(Debug, Clone, Copy)]
+pub struct DraftCutoff<'a> {
+    pub policy: &'a Acceptance,
+    /// The action dimension of the root's children (the number of action tokens emitted so far).
+    pub first_dim: usize,
+    /// In `[0, 1]`; `0` never stops early.
+    pub min_confidence: f32,
+}
+
+impl DraftCutoff<'_> {
+    /// Rates the nodes the last expansion added (`rows[i]`: the draft's log-probs under
+    /// `builder.last_expanded()[i]`, row `j` being token `token_of(j)`), extends `confidence`
+    /// (indexed by pool id, root = 1) to the whole pool, and stops the builder when no frontier
+    /// node reaches `min_confidence`.
+    fn score(
+        &self,
+        builder: &mut TreeBuilder,
+        confidence: &mut Vec<f32>,
+        rows: &[Vec<f32>],
+        token_of: impl Fn(usize) -> u32,
+    ) {
+        let parents = builder.last_expanded();
+        let mut added = Vec::new();
+        for node in builder.nodes().iter().skip(confidence.len()) {
+            let parent = node.parent.map_or(0, |p| p.0);
+            let row = parents
+                .iter()
+                .position(|p| p.0 == parent)
+                .and_then(|i| rows.get(i));
+            let dim = self.first_dim + node.depth.saturating_sub(1);
+            let mass: f32 = row.map_or(0.0, |row| {
+                row.iter()
+                    .enumerate()
+                    .filter(|&(j, _)| self.policy.accepts(node.token, token_of(j), dim))
+                    .map(|(_, lp)| lp.exp())
+                    .sum()
+            });
+            let before = confidence.get(parent).copied().unwrap_or(0.0);
+            added.push(before * mass.min(1.0));
+        }
+        confidence.extend(added);
+        let hopeless = builder.frontier().iter().all(|id| {
+            confidence
+                .get(id.0)
+                .is_none_or(|&c| c < self.min_confidence)
+        });
+        if hopeless {
+            builder.stop();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::accept::{ActionIds, RelaxedBinDistance};
+    use crate::draft::TreeSettings;
+
+    const CHAIN: TreeSettings = TreeSettings {
+        top_k: 1,
+        depth: 6,
+        total_tokens: 7,
+    };
+
+    /// Log-probs of a draft over ids 10..14 with probabilities `p`.
+    fn row(p: [f32; 4]) -> Vec<f32> {
+        p.iter().map(|x| x.ln()).collect()
+    }
+
+    /// Expands the chain's frontier with the best token of `probs` and scores it.
+    fn step(
+        cutoff: &DraftCutoff<'_>,
+        builder: &mut TreeBuilder,
+        confidence: &mut Vec<f32>,
+        probs: [f32; 4],
+    ) -> Result<()> {
+        let rows = vec![row(probs)];
+        let best = (0..4)
+            .max_by(|&a, &b| probs[a].total_cmp(&probs[b]))
+            .unwrap_or(0);
+        builder.expand(&[vec![(10 + best as u32, rows[0][best])]])?;
+        cutoff.score(builder, confidence, &rows, |j| 10 + j as u32);
+        Ok(())
+    }
+
+    #[test]
+    fn strict_cutoff_multiplies_draft_probabilities() -> Result<()> {
+        let cutoff = DraftCutoff {
+            policy: &Acceptance::Strict,
+            first_dim: 0,
+            min_confidence: 0.3,
+        };
+        let mut builder = TreeBuilder::new(1, CHAIN, 6)?;
+        let mut confidence = vec![1.0];
+        step(&cutoff, &mut builder, &mut confidence, [0.1, 0.6, 0.2, 0.1])?;
+        assert!((confidence[1] - 0.6).abs() < 1e-6, "{confidence:?}");
+        assert!(!builder.is_done());
+        // 0.6 * 0.6 = 0.36 still reaches 0.3; 0.36 * 0.5 = 0.18 does not.
+        step(&cutoff, &mut builder, &mut confidence, [0.6, 0.2, 0.1, 0.1])?;
+        assert!(!builder.is_done());
+        step(&cutoff, &mut builder, &mut confidence, [0.1, 0.1, 0.3, 0.5])?;
+        assert!((confidence[3] - 0.18).abs() < 1e-6, "{confidence:?}");
+        assert!(builder.is_done(), "drafting goes on below the cut-off");
+        // The level that fell below the cut-off is still in the tree.
+        assert_eq!(builder.finish().len(), 4);
+        Ok(())
+    }
+
+    #[test]
+    fn relaxed_cutoff_counts_the_bins_it_would_accept() -> Result<()> {
+        let ids = ActionIds::new(10, 4)?;
+        let relaxed = Acceptance::RelaxedBinDistance(RelaxedBinDistance::uniform(1, ids)?);
+        let probs = [0.3, 0.4, 0.2, 0.1];
+        let mut masses = Vec::new();
+        for policy in [&Acceptance::Strict, &relaxed] {
+            let cutoff = DraftCutoff {
+                policy,
+                first_dim: 0,
+                min_confidence: 0.5,
+            };
+            let mut builder = TreeBuilder::new(1, CHAIN, 6)?;
+            let mut confidence = vec![1.0];
+            step(&cutoff, &mut builder, &mut confidence, probs)?;
+            masses.push((confidence[1], builder.is_done()));
+        }
+        // Strict: q(11) = 0.4 < 0.5 stops; relaxed r=1: q(10..=12) = 0.9 goes on.
+        assert!(
+            (masses[0].0 - 0.4).abs() < 1e-6 && masses[0].1,
+            "{masses:?}"
+        );
+        assert!(
+            (masses[1].0 - 0.9).abs() < 1e-6 && !masses[1].1,
+            "{masses:?}"
+        );
+        // An exempt dimension needs the exact bin again.
+        let exempt = Acceptance::RelaxedBinDistance(RelaxedBinDistance::new(
+            crate::accept::RadiusSpec::Uniform(1),
+            vec![3],
+            ids,
+        )?);
+        let cutoff = DraftCutoff {
+            policy: &exempt,
+            first_dim: 3,
+            min_confidence: 0.5,
+        };
+        let mut builder = TreeBuilder::new(1, CHAIN, 6)?;
+        let mut confidence = vec![1.0];
+        step(&cutoff, &mut builder, &mut confidence, probs)?;
+        assert!((confidence[1] - 0.4).abs() < 1e-6, "{confidence:?}");
+        Ok(())
+    }
 }
