@@ -12,8 +12,8 @@
 //!
 //! It then predicts the 32-layer model by LINEAR SCALING of the measured per-layer costs plus
 //! the measured fixed costs (see `print_prediction` for the formula) for a range of acceptance
-//! lengths. Weights are random, so nothing here depends on what the model predicts: only the
-//! shapes matter for cost.
+//! lengths. Weights are random (rounded through bf16, the published dtype), so nothing here
+//! depends on what the model predicts: only the shapes matter for cost.
 //!
 //! ```sh
 //! cargo run --release --example cost_model
@@ -168,7 +168,8 @@ fn main() -> Result<()> {
         device
     );
     let start = Instant::now();
-    let weights = random_openvla_weights(&cfg, 7, dtype, &device)?;
+    // Rounded through bf16 like the published checkpoint, so the CPU runs its bf16 panels.
+    let weights = support::as_published(random_openvla_weights(&cfg, 7, dtype, &device)?)?;
     let model = OpenVla::load(&VarBuilder::from_tensors(weights, dtype, &device), &cfg)?;
     let draft = support::random_draft(&cfg.text, 8, dtype, &device)?;
     eprintln!("built the model in {:.1} s", start.elapsed().as_secs_f64());

@@ -53,8 +53,9 @@ struct Args {
     #[arg(long)]
     total_tokens: Option<usize>,
     /// Stop drafting once no draft path's estimated acceptance probability reaches this
-    /// (0 = draft every level the tree allows).
-    #[arg(long, value_delimiter = ',', default_values_t = vec![0.0f32])]
+    /// (0 = draft every level the tree allows; default: the device's measured cut-off). Several
+    /// comma-separated values run every speculative configuration once per value.
+    #[arg(long, value_delimiter = ',')]
     min_confidence: Vec<f32>,
     /// cpu, cuda or metal.
     #[arg(long, default_value = "cpu")]
@@ -148,10 +149,15 @@ fn main() -> Result<()> {
         .into_iter()
         .map(|(name, acc)| (name, acc, 0.0))
         .collect();
-    for &c in &args.min_confidence {
+    let min_confidence = if args.min_confidence.is_empty() {
+        vec![spec_vla::embedded::default_min_confidence(&device)]
+    } else {
+        args.min_confidence.clone()
+    };
+    for &c in &min_confidence {
         for (name, acc) in &spec_configs {
             // The SUMMARY form stays as documented unless several cut-offs are compared.
-            let name = if args.min_confidence.len() > 1 {
+            let name = if min_confidence.len() > 1 {
                 format!("{name} min_confidence={c}")
             } else {
                 name.clone()

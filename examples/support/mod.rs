@@ -137,7 +137,22 @@ pub fn random_draft_config(verifier: &LlamaConfig) -> DraftConfig {
     }
 }
 
-/// A random EAGLE draft head for `verifier`.
+/// Random weights rounded through bf16, the dtype OpenVLA's checkpoints (and Spec-VLA's draft
+/// heads) are published in, so that a cost measured on them is the cost of a real checkpoint
+/// (exact-bf16 weights run the CPU's bf16 panels; see `spec_vla::dense`).
+pub fn as_published(
+    weights: std::collections::HashMap<String, candle_core::Tensor>,
+) -> Result<std::collections::HashMap<String, candle_core::Tensor>> {
+    weights
+        .into_iter()
+        .map(|(name, t)| {
+            let dtype = t.dtype();
+            Ok((name, t.to_dtype(DType::BF16)?.to_dtype(dtype)?))
+        })
+        .collect()
+}
+
+/// A random EAGLE draft head for `verifier`, with weights rounded through bf16 as published.
 pub fn random_draft(
     verifier: &LlamaConfig,
     seed: u64,
@@ -145,7 +160,7 @@ pub fn random_draft(
     device: &Device,
 ) -> Result<EagleDraft> {
     let config = random_draft_config(verifier);
-    let weights = random_draft_weights(&config.llama, seed, dtype, device)?;
+    let weights = as_published(random_draft_weights(&config.llama, seed, dtype, device)?)?;
     Ok(EagleDraft::load(
         &VarBuilder::from_tensors(weights, dtype, device),
         &config,
@@ -196,7 +211,8 @@ pub fn acceptance(ids: ActionIds, r: u32) -> Result<Acceptance> {
     })
 }
 
-/// A speculative decoder for `policy` with the draft head's configured LM head.
+/// A speculative decoder for `policy` with the draft head's configured LM head and the draft
+/// cut-off measured for its device.
 pub fn spec_decoder(
     policy: &VlaPolicy,
     draft: &EagleDraft,
@@ -210,7 +226,9 @@ pub fn spec_decoder(
         ids.first(),
         ids.count(),
     )?;
-    Ok(SpecDecoder::new(draft.clone(), head, tree, acceptance)?)
+    let min_confidence = spec_vla::embedded::default_min_confidence(policy.model().device());
+    Ok(SpecDecoder::new(draft.clone(), head, tree, acceptance)?
+        .with_min_confidence(min_confidence)?)
 }
 
 /// `top_k x depth x total_tokens`, e.g. `4x6x24`.
