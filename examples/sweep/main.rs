@@ -55,6 +55,9 @@ struct Args {
     /// Seed of the random draft head (only used when there is no trained one).
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// Draft cut-off (see `SpecDecoder::with_min_confidence`); default: the device's.
+    #[arg(long)]
+    min_confidence: Option<f32>,
     /// cpu, cuda or metal.
     #[arg(long, default_value = "cpu")]
     device: String,
@@ -138,6 +141,9 @@ fn main() -> Result<()> {
         .map(|t| support::parse_tree(t))
         .collect::<Result<Vec<_>>>()?;
 
+    let min_confidence = args
+        .min_confidence
+        .unwrap_or_else(|| spec_vla::embedded::default_min_confidence(&device));
     let mut configs = Vec::new();
     for &tree in &trees {
         for &r in &args.r {
@@ -145,7 +151,8 @@ fn main() -> Result<()> {
             configs.push(Config {
                 tree,
                 r,
-                decoder: support::spec_decoder(&policy, &draft, tree, acceptance)?,
+                decoder: support::spec_decoder(&policy, &draft, tree, acceptance)?
+                    .with_min_confidence(min_confidence)?,
                 outputs: Vec::new(),
             });
         }
@@ -202,7 +209,7 @@ fn main() -> Result<()> {
         .map(|c| (c.tree, c.r, summarize(&c.outputs, &plain_ref)))
         .collect();
 
-    let table = markdown(&args, &frames, &source, plain, &rows);
+    let table = markdown(&args, &frames, &source, min_confidence, plain, &rows);
     print!("{table}");
     let out = args
         .out
@@ -222,6 +229,7 @@ fn markdown(
     args: &Args,
     frames: &[support::Frame],
     source: &support::DraftSource,
+    min_confidence: f32,
     plain: Summary,
     rows: &[(TreeSettings, u32, Summary)],
 ) -> String {
@@ -234,8 +242,9 @@ fn markdown(
     let _ = writeln!(s, "# Spec-VLA sweep\n");
     let _ = writeln!(
         s,
-        "model: {model}; {source}; device {} {}; {} frames x {} repeats; times are means per \
-         action in ms; speed-ups are plain / speculative, measured interleaved in this run.\n",
+        "model: {model}; {source}; device {} {}; draft cut-off {min_confidence}; {} frames x {} \
+         repeats; times are means per action in ms; speed-ups are plain / speculative, measured \
+         interleaved in this run.\n",
         args.device,
         args.dtype,
         frames.len(),

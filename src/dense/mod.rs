@@ -17,7 +17,7 @@
 #[cfg(target_arch = "x86_64")]
 mod packed;
 
-use candle_core::{DType, Device, Storage, Tensor};
+use candle_core::{DType, Device, Storage, Tensor, D};
 
 use crate::error::{Error, Result};
 
@@ -139,6 +139,44 @@ impl Dense {
     /// `xs`: `[..., in]` -> `[..., out]`.
     pub fn forward(&self, xs: &Tensor) -> Result<Tensor> {
         self.forward_then(xs, false)
+    }
+
+    /// Output features `start..start + len` of [`forward`](Self::forward) (e.g. the keys and
+    /// values of a fused qkv projection). The packed CPU path computes only the weight panels
+    /// those features span; elsewhere this narrows the full output.
+    pub fn forward_columns(&self, xs: &Tensor, start: usize, len: usize) -> Result<Tensor> {
+        #[cfg(target_arch = "x86_64")]
+        if let Inner::Packed { weight, device } = &self.inner {
+            let dims = xs.dims();
+            if start + len > weight.out_dim() {
+                return Err(Error::InvalidConfig(format!(
+                    "features {start}..{} of a layer with {}",
+                    start + len,
+                    weight.out_dim()
+                )));
+            }
+            if let (Some((&width, lead)), false) = (dims.split_last(), xs.track_op()) {
+                if width == weight.in_dim() {
+                    let rows: usize = lead.iter().product();
+                    let xs = xs.to_dtype(DType::F32)?.contiguous()?;
+                    let out = {
+                        let (storage, layout) = xs.storage_and_layout();
+                        let Storage::Cpu(cpu) = &*storage else {
+                            return Err(Error::Unavailable(
+                                "a CPU dense layer got an input on another device".to_string(),
+                            ));
+                        };
+                        let offset = layout.start_offset();
+                        let values = &cpu.as_slice::<f32>()?[offset..offset + rows * width];
+                        weight.matmul_columns(values, rows, cpu_threads(), start..start + len)
+                    };
+                    let mut out_dims = lead.to_vec();
+                    out_dims.push(len);
+                    return Ok(Tensor::from_vec(out, out_dims, device)?);
+                }
+            }
+        }
+        Ok(self.forward(xs)?.narrow(D::Minus1, start, len)?)
     }
 
     /// `gelu_erf(forward(xs))`, with the activation applied in place where the layer runs its

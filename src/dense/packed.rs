@@ -103,18 +103,36 @@ impl PackedWeight {
     /// `x`: row-major `[m, k]` -> row-major `[m, n]`. Needs AVX-512F
     /// ([`crate::simd::supported`]).
     pub(crate) fn matmul(&self, x: &[f32], m: usize, threads: usize) -> Vec<f32> {
-        let (n, k) = (self.n, self.k);
-        let num_panels = n.div_ceil(NR);
+        self.matmul_columns(x, m, threads, 0..self.n)
+    }
+
+    /// Only the output columns `cols` (clamped to `0..n`): row-major `[m, cols.len()]`, the same
+    /// values as those columns of [`matmul`](Self::matmul), for the cost of the panels they span
+    /// (a start on a multiple of [`NR`] wastes none).
+    pub(crate) fn matmul_columns(
+        &self,
+        x: &[f32],
+        m: usize,
+        threads: usize,
+        cols: std::ops::Range<usize>,
+    ) -> Vec<f32> {
+        let k = self.k;
+        let (start, end) = (cols.start, cols.end.min(self.n).max(cols.start));
+        let width = end - start;
+        let first = start / NR;
+        // Where column `start` sits in the first panel.
+        let offset = start - first * NR;
+        let num_panels = end.div_ceil(NR).saturating_sub(first);
         let ldc = num_panels * NR;
         let mut out = vec![0f32; m * ldc];
         if let Some(bias) = &self.bias {
             for row in out.chunks_exact_mut(ldc) {
-                row[..n].copy_from_slice(bias);
+                row[offset..offset + width].copy_from_slice(&bias[start..end]);
             }
         }
-        if m > 0 && k > 0 {
+        if m > 0 && k > 0 && num_panels > 0 {
             let strips = pack_rows(x, m, k);
-            let threads = if m * n * k < PARALLEL_MIN_MACS {
+            let threads = if m * width * k < PARALLEL_MIN_MACS {
                 1
             } else {
                 threads.clamp(1, num_panels)
@@ -123,30 +141,35 @@ impl PackedWeight {
                 strips: &strips,
                 panels: &self.panels,
                 out: OutPtr(out.as_mut_ptr()),
+                first_panel: first,
                 m,
                 k,
                 ldc,
             };
             if threads == 1 {
-                job.run(0..num_panels);
+                job.run(first..first + num_panels);
             } else {
                 let per_thread = num_panels.div_ceil(threads);
+                let range = |t: usize| {
+                    first + (t * per_thread).min(num_panels)
+                        ..first + ((t + 1) * per_thread).min(num_panels)
+                };
                 rayon::scope(|scope| {
                     let job = &job;
                     for t in 1..threads {
-                        let range = (t * per_thread).min(num_panels)
-                            ..((t + 1) * per_thread).min(num_panels);
-                        scope.spawn(move |_| job.run(range));
+                        let panels = range(t);
+                        scope.spawn(move |_| job.run(panels));
                     }
-                    job.run(0..per_thread.min(num_panels));
+                    job.run(range(0));
                 });
             }
         }
-        if ldc != n {
-            for row in 1..m {
-                out.copy_within(row * ldc..row * ldc + n, row * n);
+        if ldc != width {
+            for row in 0..m {
+                let from = row * ldc + offset;
+                out.copy_within(from..from + width, row * width);
             }
-            out.truncate(m * n);
+            out.truncate(m * width);
         }
         out
     }
@@ -195,6 +218,8 @@ struct Job<'a> {
     strips: &'a [f32],
     panels: &'a Panels,
     out: OutPtr,
+    /// The panel whose columns start the output.
+    first_panel: usize,
     m: usize,
     k: usize,
     ldc: usize,
@@ -212,11 +237,12 @@ impl Job<'_> {
                     let row0 = s * MR;
                     let rows = MR.min(m - row0);
                     let a = &self.strips[row0 * k + k0 * rows..][..kc * rows];
-                    // SAFETY: the tile `rows x NR` at (row0, panel * NR) lies inside the
-                    // `m x ldc` output, and only this thread writes the columns of `panel`;
-                    // the panel slices hold `kc * NR` values.
+                    // SAFETY: the tile `rows x NR` at (row0, (panel - first_panel) * NR) lies
+                    // inside the `m x ldc` output, and only this thread writes the columns of
+                    // `panel`; the panel slices hold `kc * NR` values.
                     unsafe {
-                        let c = self.out.0.add(row0 * self.ldc + panel * NR);
+                        let column = (panel - self.first_panel) * NR;
+                        let c = self.out.0.add(row0 * self.ldc + column);
                         match self.panels {
                             Panels::F32(p) => {
                                 tile::<F32Panel>(rows, kc, a, &p[offset..][..kc * NR], c, self.ldc)
@@ -445,5 +471,26 @@ mod tests {
         let mut w = vec![0.5f32; 64];
         w[17] = 0.1;
         assert!(!PackedWeight::new(&w, 8, 8, None).is_bf16());
+    }
+
+    #[test]
+    fn a_column_range_computes_those_columns_of_the_full_product() {
+        if !crate::simd::supported() {
+            return;
+        }
+        let (m, n, k) = (5, 100, 70);
+        let w = values(n * k, 11);
+        let x = values(m * k, 12);
+        let packed = PackedWeight::new(&w, n, k, Some(values(n, 13)));
+        let full = packed.matmul(&x, m, 1);
+        for cols in [0..100, 32..96, 64..100, 5..37, 33..34, 90..90, 96..200] {
+            let end = cols.end.min(n);
+            let width = end.saturating_sub(cols.start);
+            let part = packed.matmul_columns(&x, m, 2, cols.clone());
+            let expected: Vec<f32> = (0..m)
+                .flat_map(|r| full[r * n + cols.start..r * n + cols.start + width].to_vec())
+                .collect();
+            assert_eq!(part, expected, "{cols:?}");
+        }
     }
 }

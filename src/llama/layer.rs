@@ -110,12 +110,22 @@ impl Attention {
             .unsqueeze(0)?)
     }
 
-    /// The rotated keys and the values of `qkv`, `[kv_heads, n, head_dim]` each.
-    fn rotated_kv(&self, qkv: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<(Tensor, Tensor)> {
-        let (nh, nkv) = (self.num_heads, self.num_kv_heads);
-        let k =
-            candle_nn::rotary_emb::rope(&self.head_block(qkv, nh, nkv)?, cos, sin)?.squeeze(0)?;
-        let v = self.head_block(qkv, nh + nkv, nkv)?.squeeze(0)?;
+    /// The rotated keys and the values, `[kv_heads, n, head_dim]` each, from `projected` whose
+    /// keys start at head `key_head` (the query heads' count in a fused qkv, 0 in keys and
+    /// values alone).
+    fn rotated_kv(
+        &self,
+        projected: &Tensor,
+        key_head: usize,
+        cos: &Tensor,
+        sin: &Tensor,
+    ) -> Result<(Tensor, Tensor)> {
+        let nkv = self.num_kv_heads;
+        let keys = self.head_block(projected, key_head, nkv)?;
+        let k = candle_nn::rotary_emb::rope(&keys, cos, sin)?.squeeze(0)?;
+        let v = self
+            .head_block(projected, key_head + nkv, nkv)?
+            .squeeze(0)?;
         Ok((k, v))
     }
 
@@ -130,8 +140,12 @@ impl Attention {
         cache: &mut KvCache,
         layer: usize,
     ) -> Result<()> {
-        let qkv = self.qkv.forward(xs)?;
-        let (k, v) = self.rotated_kv(&qkv, cos, sin)?;
+        // Only the keys and values are read: the query columns of the projection are skipped.
+        let hd = self.head_dim;
+        let kv = self
+            .qkv
+            .forward_columns(xs, self.num_heads * hd, 2 * self.num_kv_heads * hd)?;
+        let (k, v) = self.rotated_kv(&kv, 0, cos, sin)?;
         cache.write(layer, &k, &v)?;
         Ok(())
     }
@@ -149,7 +163,7 @@ impl Attention {
         let (n, _) = qkv.dims2()?;
         let (nh, nkv, hd) = (self.num_heads, self.num_kv_heads, self.head_dim);
         let q = candle_nn::rotary_emb::rope(&self.head_block(qkv, 0, nh)?, cos, sin)?.squeeze(0)?;
-        let (k, v) = self.rotated_kv(qkv, cos, sin)?;
+        let (k, v) = self.rotated_kv(qkv, nh, cos, sin)?;
         let (keys, values) = match kv {
             KvSource::Cache { cache, layer } => cache.write(layer, &k, &v)?,
             KvSource::Ephemeral => (k, v),
