@@ -2,7 +2,7 @@
 //!
 //! ```sh
 //! cargo run --release --example train_draft -- --frames tools/libero/out/train_frames \
-//!     --out models/microvla-libero-draft --steps 2000
+//!     --out models/microvla-libero-draft --steps 6000 --eval-every 1000 --checkpoint-every 1000
 //! ```
 //!
 //! 1. Runs the verifier over the training frames and caches what the head learns from
@@ -10,7 +10,7 @@
 //!    line with loss and throughput, checkpointing every `--checkpoint-every` steps into
 //!    `<out>/checkpoint` (rerun the same command to resume), and evaluating the acceptance
 //!    length on held-out frames every `--eval-every` steps. 3. Exports `<out>/config.json` and
-//!    `<out>/model.safetensors`.
+//!    `<out>/model.safetensors` (in bf16 unless `--export-dtype f32`).
 
 #[path = "support/mod.rs"]
 mod support;
@@ -68,6 +68,9 @@ struct Args {
     eval_count: usize,
     #[arg(long, default_value_t = 250)]
     checkpoint_every: usize,
+    /// dtype of the exported weights (f32 or bf16; bf16 halves the head's weight stream).
+    #[arg(long, default_value = "bf16")]
+    export_dtype: String,
     /// Draft over the full vocabulary instead of the action ids.
     #[arg(long)]
     full_vocab_head: bool,
@@ -233,7 +236,7 @@ fn main() -> Result<()> {
     }
 
     // 3. Export.
-    trainer.export(&args.out)?;
+    trainer.export(&args.out, support::dtype(&args.export_dtype)?)?;
     eprintln!(
         "draft head written to {} ({:.1} s of training)",
         args.out.display(),

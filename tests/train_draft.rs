@@ -109,7 +109,7 @@ fn loss_falls_and_resume_is_exact() -> Result<()> {
     assert!(matches!(other.resume(&dir), Err(Error::InvalidConfig(_))));
 
     // The exported head loads and computes what the trainer's head computes.
-    straight.export(&dir.join("export"))?;
+    straight.export(&dir.join("export"), DType::F32)?;
     let loaded = EagleDraft::from_dir(
         &dir.join("export"),
         &case.model.config().text,
@@ -133,6 +133,26 @@ fn loss_falls_and_resume_is_exact() -> Result<()> {
         max_abs_diff(&a, &cached)? <= 1e-5,
         "cached and sequence passes differ"
     );
+
+    // A bf16 export holds exactly the f32 export's weights rounded to bf16.
+    straight.export(&dir.join("export_bf16"), DType::BF16)?;
+    let f32_weights =
+        candle_core::safetensors::load(dir.join("export/model.safetensors"), &Device::Cpu)?;
+    let bf16_weights =
+        candle_core::safetensors::load(dir.join("export_bf16/model.safetensors"), &Device::Cpu)?;
+    assert_eq!(f32_weights.len(), bf16_weights.len());
+    for (name, full) in &f32_weights {
+        let half = bf16_weights
+            .get(name)
+            .ok_or_else(|| Error::MissingTensor { name: name.clone() })?;
+        assert_eq!(half.dtype(), DType::BF16, "{name}");
+        let rounded = full.to_dtype(DType::BF16)?.to_dtype(DType::F32)?;
+        assert_eq!(
+            max_abs_diff(&rounded, &half.to_dtype(DType::F32)?)?,
+            0.0,
+            "{name}"
+        );
+    }
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }
