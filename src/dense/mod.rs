@@ -158,18 +158,9 @@ impl Dense {
             if let (Some((&width, lead)), false) = (dims.split_last(), xs.track_op()) {
                 if width == weight.in_dim() {
                     let rows: usize = lead.iter().product();
-                    let xs = xs.to_dtype(DType::F32)?.contiguous()?;
-                    let out = {
-                        let (storage, layout) = xs.storage_and_layout();
-                        let Storage::Cpu(cpu) = &*storage else {
-                            return Err(Error::Unavailable(
-                                "a CPU dense layer got an input on another device".to_string(),
-                            ));
-                        };
-                        let offset = layout.start_offset();
-                        let values = &cpu.as_slice::<f32>()?[offset..offset + rows * width];
+                    let out = with_cpu_rows(xs, rows, width, |values| {
                         weight.matmul_columns(values, rows, cpu_threads(), start..start + len)
-                    };
+                    })?;
                     let mut out_dims = lead.to_vec();
                     out_dims.push(len);
                     return Ok(Tensor::from_vec(out, out_dims, device)?);
@@ -232,18 +223,7 @@ impl Dense {
             ));
         }
         let rows: usize = lead.iter().product();
-        let xs = xs.to_dtype(DType::F32)?.contiguous()?;
-        let mut out = {
-            let (storage, layout) = xs.storage_and_layout();
-            let Storage::Cpu(cpu) = &*storage else {
-                return Err(Error::Unavailable(
-                    "a CPU dense layer got an input on another device".to_string(),
-                ));
-            };
-            let start = layout.start_offset();
-            let values = &cpu.as_slice::<f32>()?[start..start + rows * in_dim];
-            self.cpu_matmul(values, rows)?
-        };
+        let mut out = with_cpu_rows(xs, rows, in_dim, |values| self.cpu_matmul(values, rows))??;
         let mut out_dims = lead.to_vec();
         out_dims.push(out_dim);
         if gelu && !crate::simd::gelu_erf_in_place(&mut out) {
@@ -271,6 +251,25 @@ impl Dense {
             }
         })
     }
+}
+
+/// Runs `f` on the values of `xs` as row-major f32 `[rows, width]` on the CPU (converted and
+/// made contiguous first when needed).
+fn with_cpu_rows<R>(
+    xs: &Tensor,
+    rows: usize,
+    width: usize,
+    f: impl FnOnce(&[f32]) -> R,
+) -> Result<R> {
+    let xs = xs.to_dtype(DType::F32)?.contiguous()?;
+    let (storage, layout) = xs.storage_and_layout();
+    let Storage::Cpu(cpu) = &*storage else {
+        return Err(Error::Unavailable(
+            "a CPU dense layer got an input on another device".to_string(),
+        ));
+    };
+    let start = layout.start_offset();
+    Ok(f(&cpu.as_slice::<f32>()?[start..start + rows * width]))
 }
 
 /// `x [m, k] . w [k, n] + bias` with the gemm crate (candle's CPU gemm), the bias pre-filled in
@@ -358,6 +357,31 @@ mod tests {
         assert!(matches!(trained.inner, Inner::Candle { .. }));
         let grads = trained.forward(&x.get(0)?)?.sum_all()?.backward()?;
         assert!(grads.get(var.as_tensor()).is_some());
+        Ok(())
+    }
+
+    #[test]
+    fn forward_columns_is_a_slice_of_forward() -> Result<()> {
+        let dev = Device::Cpu;
+        let w = crate::synthetic::seeded_tensor(&[100, 40], 4, &dev)?;
+        let b = crate::synthetic::seeded_tensor(&[100], 5, &dev)?;
+        let x = crate::synthetic::seeded_tensor(&[3, 40], 6, &dev)?;
+        let fast = Dense::new(w.clone(), Some(b.clone()))?;
+        let slow = Dense::for_many_rows(w, Some(b))?;
+        for dense in [&fast, &slow] {
+            let full = dense.forward(&x)?;
+            for (start, len) in [(0, 100), (32, 64), (5, 37), (99, 1), (64, 0)] {
+                let part = dense.forward_columns(&x, start, len)?;
+                assert_eq!(part.dims(), &[3, len]);
+                if len > 0 {
+                    assert!(
+                        close(&part, &full.narrow(1, start, len)?, 0.0),
+                        "{start}+{len}"
+                    );
+                }
+            }
+            assert!(dense.forward_columns(&x, 90, 11).is_err());
+        }
         Ok(())
     }
 

@@ -119,6 +119,9 @@ impl PackedWeight {
         let k = self.k;
         let (start, end) = (cols.start, cols.end.min(self.n).max(cols.start));
         let width = end - start;
+        if width == 0 {
+            return Vec::new();
+        }
         let first = start / NR;
         // Where column `start` sits in the first panel.
         let offset = start - first * NR;
