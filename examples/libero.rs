@@ -124,19 +124,17 @@ fn main() -> Result<()> {
     tree.depth = args.depth.unwrap_or(tree.depth);
     tree.total_tokens = args.total_tokens.unwrap_or(tree.total_tokens);
 
-    let configs: Vec<(String, Option<Acceptance>)> =
-        vec![("decoder=ar policy=strict r=0".into(), None)];
-    let mut spec_configs: Vec<(String, Acceptance)> = Vec::new();
     let want = |p: &str| args.policy == "all" || args.policy == p;
+    let mut policies: Vec<(String, Acceptance)> = Vec::new();
     if draft.is_some() {
         if want("strict") {
-            spec_configs.push(("decoder=spec policy=strict r=0".into(), Acceptance::Strict));
+            policies.push(("decoder=spec policy=strict r=0".into(), Acceptance::Strict));
         }
         if want("relaxed") {
+            let exempt = if args.exempt_gripper { vec![6] } else { vec![] };
             for &r in &args.r {
-                let exempt = if args.exempt_gripper { vec![6] } else { vec![] };
-                let relaxed = RelaxedBinDistance::new(RadiusSpec::Uniform(r), exempt, ids)?;
-                spec_configs.push((
+                let relaxed = RelaxedBinDistance::new(RadiusSpec::Uniform(r), exempt.clone(), ids)?;
+                policies.push((
                     format!("decoder=spec policy=relaxed r={r}"),
                     Acceptance::RelaxedBinDistance(relaxed),
                 ));
@@ -145,24 +143,23 @@ fn main() -> Result<()> {
     } else {
         eprintln!("no draft head: running the plain decoder only");
     }
-    let mut cutoffs: Vec<(String, Option<Acceptance>, f32)> = configs
-        .into_iter()
-        .map(|(name, acc)| (name, acc, 0.0))
-        .collect();
     let min_confidence = if args.min_confidence.is_empty() {
         vec![spec_vla::embedded::default_min_confidence(&device)]
     } else {
         args.min_confidence.clone()
     };
+    // (name, acceptance of a speculative decoder or None for the plain one, draft cut-off).
+    let mut configs: Vec<(String, Option<Acceptance>, f32)> =
+        vec![("decoder=ar policy=strict r=0".into(), None, 0.0)];
     for &c in &min_confidence {
-        for (name, acc) in &spec_configs {
+        for (name, acc) in &policies {
             // The SUMMARY form stays as documented unless several cut-offs are compared.
             let name = if min_confidence.len() > 1 {
                 format!("{name} min_confidence={c}")
             } else {
                 name.clone()
             };
-            cutoffs.push((name, Some(acc.clone()), c));
+            configs.push((name, Some(acc.clone()), c));
         }
     }
 
@@ -178,7 +175,7 @@ fn main() -> Result<()> {
     // so that a change in machine load hits all configurations alike and the ratios stay fair.
     let mut decoders: Vec<Box<dyn Decoder>> = Vec::new();
     let mut runs: Vec<Run> = Vec::new();
-    for (name, acceptance, min_confidence) in cutoffs {
+    for (name, acceptance, min_confidence) in configs {
         decoders.push(match (acceptance, &draft) {
             (Some(acc), Some(draft)) => Box::new(
                 support::spec_decoder(&policy, draft, tree, acc)?

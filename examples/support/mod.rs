@@ -137,9 +137,9 @@ pub fn random_draft_config(verifier: &LlamaConfig) -> DraftConfig {
     }
 }
 
-/// Random weights rounded through bf16, the dtype OpenVLA's checkpoints (and Spec-VLA's draft
-/// heads) are published in, so that a cost measured on them is the cost of a real checkpoint
-/// (exact-bf16 weights run the CPU's bf16 panels; see `spec_vla::dense`).
+/// Random weights rounded through bf16, the dtype OpenVLA's checkpoints are published in (and
+/// `train_draft` exports draft heads in), so that a cost measured on them is the cost of such a
+/// checkpoint (exact-bf16 weights run the CPU's bf16 panels; see `spec_vla::dense`).
 pub fn as_published(
     weights: std::collections::HashMap<String, candle_core::Tensor>,
 ) -> Result<std::collections::HashMap<String, candle_core::Tensor>> {

@@ -100,8 +100,6 @@ pub struct TreeBuilder {
     expansions: usize,
     pool: Vec<TreeNode>,
     frontier: Vec<NodeId>,
-    /// The frontier the last [`expand`](Self::expand) scored.
-    last_expanded: Vec<NodeId>,
 }
 
 impl TreeBuilder {
@@ -123,7 +121,6 @@ impl TreeBuilder {
             expansions: 0,
             pool: vec![TreeNode::root(root_token)],
             frontier,
-            last_expanded: Vec::new(),
         })
     }
 
@@ -210,7 +207,6 @@ impl TreeBuilder {
             });
         }
         let first_new = self.pool.len();
-        self.last_expanded = self.frontier.clone();
         for (&parent_id, cands) in self.frontier.iter().zip(candidates) {
             let Some(parent) = self.pool.get(parent_id.0).copied() else {
                 continue; // unreachable: the frontier only holds pool ids
@@ -249,11 +245,6 @@ impl TreeBuilder {
         }
         self.frontier = next;
         Ok(())
-    }
-
-    /// The frontier the last [`expand`](Self::expand) scored (the parents of its new nodes).
-    pub fn last_expanded(&self) -> &[NodeId] {
-        &self.last_expanded
     }
 
     /// Ends drafting early: the frontier is cleared, and the nodes drafted so far stay in the

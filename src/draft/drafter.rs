@@ -131,7 +131,7 @@ impl Drafter<'_> {
         let first = top_k_rows(&rows, settings.top_k, self.lm_head);
         builder.expand(&first)?;
         if let Some(cutoff) = cutoff {
-            cutoff.score(&mut builder, &mut confidence, &rows, |j| {
+            cutoff.score(&mut builder, &[NodeId::ROOT], &mut confidence, &rows, |j| {
                 self.lm_head.token(j)
             });
         }
@@ -185,7 +185,7 @@ impl Drafter<'_> {
                 }
                 builder.expand(&candidates)?;
                 if let Some(cutoff) = cutoff {
-                    cutoff.score(&mut builder, &mut confidence, &rows, |j| {
+                    cutoff.score(&mut builder, &frontier, &mut confidence, &rows, |j| {
                         self.lm_head.token(j)
                     });
                 }
@@ -242,18 +242,18 @@ pub struct DraftCutoff<'a> {
 }
 
 impl DraftCutoff<'_> {
-    /// Rates the nodes the last expansion added (`rows[i]`: the draft's log-probs under
-    /// `builder.last_expanded()[i]`, row `j` being token `token_of(j)`), extends `confidence`
-    /// (indexed by pool id, root = 1) to the whole pool, and stops the builder when no frontier
-    /// node reaches `min_confidence`.
+    /// Rates the nodes the last expansion of `parents` added (`rows[i]`: the draft's log-probs
+    /// under `parents[i]`, row `j` being token `token_of(j)`), extends `confidence` (indexed by
+    /// pool id, root = 1) to the whole pool, and stops the builder when no frontier node reaches
+    /// `min_confidence`.
     fn score(
         &self,
         builder: &mut TreeBuilder,
+        parents: &[NodeId],
         confidence: &mut Vec<f32>,
         rows: &[Vec<f32>],
         token_of: impl Fn(usize) -> u32,
     ) {
-        let parents = builder.last_expanded();
         let mut added = Vec::new();
         for node in builder.nodes().iter().skip(confidence.len()) {
             let parent = node.parent.map_or(0, |p| p.0);
@@ -312,8 +312,9 @@ mod tests {
         let best = (0..4)
             .max_by(|&a, &b| probs[a].total_cmp(&probs[b]))
             .unwrap_or(0);
+        let parents = builder.frontier().to_vec();
         builder.expand(&[vec![(10 + best as u32, rows[0][best])]])?;
-        cutoff.score(builder, confidence, &rows, |j| 10 + j as u32);
+        cutoff.score(builder, &parents, confidence, &rows, |j| 10 + j as u32);
         Ok(())
     }
 
