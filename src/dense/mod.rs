@@ -28,9 +28,26 @@ const TRANSPOSE_MAX_ELEMENTS: usize = 1 << 22;
 
 /// Threads for the packed kernel: candle's count (`RAYON_NUM_THREADS` or the available cores),
 /// read once, since asking the OS costs tens of microseconds per call.
-fn cpu_threads() -> usize {
+pub(crate) fn cpu_threads() -> usize {
     static THREADS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    if ON_CALLING_THREAD.get() {
+        return 1;
+    }
     *THREADS.get_or_init(candle_core::utils::get_num_threads)
+}
+
+thread_local! {
+    /// Set while [`on_calling_thread`] runs: this thread's dense layers take no helper threads.
+    static ON_CALLING_THREAD: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Runs `f` with this thread's dense layers kept on this thread (no rayon helpers), for work
+/// that runs beside other work on the remaining cores.
+pub(crate) fn on_calling_thread<R>(f: impl FnOnce() -> R) -> R {
+    let before = ON_CALLING_THREAD.replace(true);
+    let out = f();
+    ON_CALLING_THREAD.set(before);
+    out
 }
 
 fn check_bias(out_dim: usize, bias: Option<&Tensor>) -> Result<()> {

@@ -129,25 +129,16 @@ impl Attention {
         Ok((k, v))
     }
 
-    /// Writes the keys and values of `xs` `[n, hidden]` (at the rotary rows `cos`, `sin`) to
-    /// `layer` of `cache` at `cache.len()..`, computing no attention: for rows whose outputs
-    /// nobody reads.
-    pub fn fill_cache(
-        &self,
-        xs: &Tensor,
-        cos: &Tensor,
-        sin: &Tensor,
-        cache: &mut KvCache,
-        layer: usize,
-    ) -> Result<()> {
+    /// The rotated keys and the values of `xs` `[n, hidden]` (at the rotary rows `cos`, `sin`),
+    /// `[kv_heads, n, head_dim]` each, computing no attention: for rows whose outputs nobody
+    /// reads, whose keys and values go to a cache.
+    pub fn keys_values(&self, xs: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<(Tensor, Tensor)> {
         // Only the keys and values are read: the query columns of the projection are skipped.
         let hd = self.head_dim;
         let kv = self
             .qkv
             .forward_columns(xs, self.num_heads * hd, 2 * self.num_kv_heads * hd)?;
-        let (k, v) = self.rotated_kv(&kv, 0, cos, sin)?;
-        cache.write(layer, &k, &v)?;
-        Ok(())
+        self.rotated_kv(&kv, 0, cos, sin)
     }
 
     /// Attention with candle's ops: `qkv` `[n, (heads + 2 kv_heads) * head_dim]` ->
@@ -270,18 +261,10 @@ impl DecoderLayer {
         Ok((h + out)?)
     }
 
-    /// Writes this layer's keys and values for `xs` `[n, hidden]` to `layer` of `cache`,
-    /// without computing the layer's outputs (see [`Attention::fill_cache`]).
-    pub fn fill_cache(
-        &self,
-        xs: &Tensor,
-        cos: &Tensor,
-        sin: &Tensor,
-        cache: &mut KvCache,
-        layer: usize,
-    ) -> Result<()> {
-        self.attn
-            .fill_cache(&self.input_normed(xs)?, cos, sin, cache, layer)
+    /// This layer's keys and values for `xs` `[n, hidden]`, without computing the layer's
+    /// outputs (see [`Attention::keys_values`]).
+    pub fn keys_values(&self, xs: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<(Tensor, Tensor)> {
+        self.attn.keys_values(&self.input_normed(xs)?, cos, sin)
     }
 
     /// The attention's input: `xs` through the input norm, when the layer has one.
@@ -348,7 +331,7 @@ mod tests {
         let out = few_rows::attention(&empty, &c0, &s0, None, &mut fast, 0, heads)?;
         assert_eq!(out.dims(), &[0, 128]);
         assert_eq!(fast.len(), 40);
-        // One row at a time below 4 rows, per-head gemms from 4, heads in parallel at 100.
+        // Our kernels below 32 rows, per-head gemms from 32, heads in parallel at 100.
         for n in [1usize, 3, 4, 13, 100] {
             let xs = crate::synthetic::seeded_tensor(&[n, 128], 13 + n as u64, &dev)?;
             let positions: Vec<usize> = (0..n).map(|i| 40 + i / 2).collect();
@@ -400,6 +383,65 @@ mod tests {
             // Keep the cache at the shared past for the next case.
             fast.truncate(40);
             slow.truncate(40);
+        }
+        Ok(())
+    }
+
+    /// A chain of rows attended in one call (a verification) gives, bit for bit, what attending
+    /// them one at a time (decoding) gives: each row's result depends only on what it sees.
+    #[test]
+    fn a_chain_in_one_call_matches_one_row_at_a_time_exactly() -> Result<()> {
+        if !few_rows::supported(32) {
+            return Ok(());
+        }
+        let dev = Device::Cpu;
+        let heads = few_rows::Heads {
+            query: 4,
+            kv: 2,
+            dim: 32,
+        };
+        let rope = super::super::RotaryTable::new(32, 10_000.0, 256, DType::F32, &dev)?;
+        // 37 cached positions (not a multiple of 16), then 6 new rows in a chain.
+        let (past, n) = (37usize, 6usize);
+        let width = (heads.query + 2 * heads.kv) * heads.dim;
+        let past_qkv = crate::synthetic::seeded_tensor(&[past, width], 50, &dev)?;
+        let new_qkv = crate::synthetic::seeded_tensor(&[n, width], 51, &dev)?;
+        let mut together = KvCache::new(1, 2, 32, 64, DType::F32, &dev)?;
+        let mut apart = KvCache::new(1, 2, 32, 64, DType::F32, &dev)?;
+        let (cos, sin) = rope.select(&super::super::Positions::Contiguous { start: 0 }, past)?;
+        let causal = super::super::AttentionMask::Causal.build(0, past, DType::F32, &dev)?;
+        for cache in [&mut together, &mut apart] {
+            few_rows::attention(&past_qkv, &cos, &sin, causal.as_ref(), cache, 0, heads)?;
+            cache.advance(past)?;
+        }
+        let (cos, sin) = rope.select(&super::super::Positions::Contiguous { start: past }, n)?;
+        let chain = super::super::AttentionMask::Causal.build(past, n, DType::F32, &dev)?;
+        let all = few_rows::attention(
+            &new_qkv,
+            &cos,
+            &sin,
+            chain.as_ref(),
+            &mut together,
+            0,
+            heads,
+        )?;
+        for row in 0..n {
+            let one = few_rows::attention(
+                &new_qkv.narrow(0, row, 1)?,
+                &cos.narrow(0, row, 1)?,
+                &sin.narrow(0, row, 1)?,
+                None,
+                &mut apart,
+                0,
+                heads,
+            )?;
+            apart.advance(1)?;
+            let want = one.flatten_all()?.to_vec1::<f32>()?;
+            let got = all.narrow(0, row, 1)?.flatten_all()?.to_vec1::<f32>()?;
+            assert_eq!(
+                got, want,
+                "row {row} of the chain differs from its own step"
+            );
         }
         Ok(())
     }
