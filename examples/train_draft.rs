@@ -74,6 +74,10 @@ struct Args {
     /// Draft over the full vocabulary instead of the action ids.
     #[arg(long)]
     full_vocab_head: bool,
+    /// Prompt rows the head attends to, the last ones (default: the whole prompt, as EAGLE).
+    /// The embedded head uses 1: its draft prefill is then one row instead of the prompt.
+    #[arg(long)]
+    context_window: Option<usize>,
 }
 
 fn main() -> Result<()> {
@@ -159,6 +163,7 @@ fn main() -> Result<()> {
         } else {
             DraftLmHeadKind::ActionIds
         },
+        context_window: args.context_window,
     };
     let mut settings = TrainSettings {
         seed: args.seed,

@@ -7,17 +7,20 @@
 //! - Relaxed acceptance is bounded: every emitted action token is within `r` bins of the
 //!   verifier's greedy token for the same prefix (recomputed step by step), and a non-action
 //!   token is only ever emitted when it is the verifier's own choice.
+//! - A draft head with a context window drafts from the last prompt rows only.
 
 mod common;
 
 use anyhow::Result;
-use candle_core::Tensor;
+use candle_core::{DType, Device, Tensor};
+use candle_nn::VarBuilder;
 use common::*;
 use spec_vla::accept::{Acceptance, ActionIds, RadiusSpec, RelaxedBinDistance};
 use spec_vla::decode::{Decoder, GreedyDecoder, SpecDecoder};
-use spec_vla::draft::eagle::DraftLmHeadKind;
+use spec_vla::draft::drafter::Drafter;
+use spec_vla::draft::eagle::{DraftConfig, DraftLmHeadKind, EagleDraft};
 use spec_vla::draft::{DraftTree, TreeBuilder, TreeSettings};
-use spec_vla::synthetic::SeededRng;
+use spec_vla::synthetic::{random_draft_weights, SeededRng};
 use spec_vla::verifier::OpenVla;
 use spec_vla::Error;
 
@@ -351,5 +354,72 @@ fn invalid_settings_are_typed_errors() -> Result<()> {
     let err = spec_vla::draft::eagle::EagleDraft::load(&vb, &wrong, &case.model.config().text)
         .unwrap_err();
     assert!(matches!(err, Error::DraftMismatch(_)), "{err}");
+    Ok(())
+}
+
+/// A head with a context window drafts from the last prompt rows only: with the whole prefill it
+/// drafts what the same weights without a window draft from those rows alone, and not what they
+/// draft from the whole prompt.
+#[test]
+fn a_draft_context_window_sees_only_the_last_prompt_rows() -> Result<()> {
+    let case = random_case(17)?;
+    let model = &case.model;
+    let dev = Device::Cpu;
+    let mut cache = model
+        .llm()
+        .new_cache(model.cache_capacity(case.ids.len(), 16))?;
+    let prefill = model.prefill(&case.image_embeds, &case.ids, &mut cache)?;
+    let first = prefill.last_logits.argmax(0)?.to_scalar::<u32>()?;
+    let lm_head = case.lm_head(DraftLmHeadKind::ActionIds)?;
+    let window = 3;
+    let rows = prefill.hidden.dim(0)?;
+    assert!(
+        rows > window + 1,
+        "the prompt must be longer than the window"
+    );
+    let head = |context_window: Option<usize>| -> Result<EagleDraft> {
+        let config = DraftConfig {
+            context_window,
+            ..case.draft.config().clone()
+        };
+        let weights = random_draft_weights(&config.llama, 99, DType::F32, &dev)?;
+        Ok(EagleDraft::load(
+            &VarBuilder::from_tensors(weights, DType::F32, &dev),
+            &config,
+            &model.config().text,
+        )?)
+    };
+    let chain = TreeSettings {
+        top_k: 1,
+        depth: 3,
+        total_tokens: 4,
+    };
+    let draft = |head: &EagleDraft, embeds: &Tensor, hidden: &Tensor| -> Result<Vec<f32>> {
+        let drafter = Drafter {
+            head,
+            lm_head: &lm_head,
+            verifier: model.llm(),
+        };
+        let mut state = drafter.new_state(rows + 8, DType::F32, &dev)?;
+        drafter.prefill(&mut state, embeds, hidden, first)?;
+        let tree = drafter.build_tree(&mut state, first, chain, 3)?;
+        Ok(tree.nodes().iter().map(|n| n.score).collect())
+    };
+    let (windowed, whole) = (head(Some(window))?, head(None)?);
+    let got = draft(&windowed, &prefill.input_embeds, &prefill.hidden)?;
+    let start = rows - window;
+    let want = draft(
+        &whole,
+        &prefill.input_embeds.narrow(0, start, window)?,
+        &prefill.hidden.narrow(0, start, window)?,
+    )?;
+    assert_eq!(
+        got, want,
+        "the window's draft differs from a draft of the last rows alone"
+    );
+    let full = draft(&whole, &prefill.input_embeds, &prefill.hidden)?;
+    assert_ne!(got, full, "the window changed nothing");
+    // A window of no rows is refused at load.
+    assert!(head(Some(0)).is_err());
     Ok(())
 }

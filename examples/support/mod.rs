@@ -134,6 +134,7 @@ pub fn random_draft_config(verifier: &LlamaConfig) -> DraftConfig {
             ..verifier.clone()
         },
         lm_head: DraftLmHeadKind::ActionIds,
+        context_window: None,
     }
 }
 

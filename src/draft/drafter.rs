@@ -59,14 +59,23 @@ impl Drafter<'_> {
         first_token: u32,
     ) -> Result<()> {
         state.cache.reset();
-        let t = hidden.dim(0)?;
+        let rows = hidden.dim(0)?;
+        // Draft row `i` pairs feature `i` with input embedding `i + 1`; a head with a context
+        // window sees only the last rows of the prompt.
+        let t = match self.head.config().context_window {
+            Some(window) => window.min(rows),
+            None => rows,
+        };
+        let hidden = hidden.narrow(0, rows - t, t)?;
         let mut next = Vec::with_capacity(2);
         if t > 1 {
-            next.push(input_embeds.narrow(0, 1, t - 1)?);
+            next.push(input_embeds.narrow(0, rows - t + 1, t - 1)?);
         }
         next.push(self.verifier.embed(&[first_token])?);
         let next = Tensor::cat(&next, 0)?;
-        let root = self.head.forward_last(&next, hidden, 0, &mut state.cache)?;
+        let root = self
+            .head
+            .forward_last(&next, &hidden, 0, &mut state.cache)?;
         state.root_feature = Some(root);
         Ok(())
     }

@@ -92,13 +92,20 @@ impl DraftLmHead {
 }
 
 /// The draft head's `config.json`: a Llama config with one layer (Spec-VLA's file is exactly
-/// that), plus which LM head rows to draft over.
+/// that), plus which LM head rows to draft over and how much of the prompt the head sees.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DraftConfig {
     #[serde(flatten)]
     pub llama: LlamaConfig,
     #[serde(default)]
     pub lm_head: DraftLmHeadKind,
+    /// The last prompt rows the head attends to (at least 1), or `None` for the whole prompt
+    /// (EAGLE's and Spec-VLA's heads). A head is trained with the window it runs with (see
+    /// `train::DraftTrainer`): the draft prefill then costs `context_window` rows instead of
+    /// the whole prompt. Rotary embeddings make the head's attention depend only on distances
+    /// between rows, so the window's rows keep their meaning without their original positions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub context_window: Option<usize>,
 }
 
 impl DraftConfig {
@@ -120,6 +127,12 @@ impl DraftConfig {
                 "an EAGLE draft head has one decoder layer, this config says {}",
                 self.llama.num_hidden_layers
             )));
+        }
+        if self.context_window == Some(0) {
+            return Err(Error::DraftMismatch(
+                "a draft context_window of 0 rows: the head needs at least the last prompt row"
+                    .to_string(),
+            ));
         }
         self.llama.validate()
     }
@@ -360,6 +373,7 @@ mod tests {
         let config = DraftConfig {
             llama: llama.clone(),
             lm_head: DraftLmHeadKind::ActionIds,
+            context_window: None,
         };
         let weights = random_draft_weights(&llama, 21, DType::F32, &dev)?;
         let vb = VarBuilder::from_tensors(weights, DType::F32, &dev);

@@ -75,6 +75,27 @@ impl DraftSample {
     pub fn rows(&self) -> Result<usize> {
         Ok(self.next_embeds.dim(0)?)
     }
+
+    /// The sample as a head with a context window of `prompt_rows` sees it: the last
+    /// `prompt_rows` prompt rows (fewer when the prompt is shorter), then every action row.
+    pub fn windowed(&self, prompt_rows: usize) -> Result<Self> {
+        let rows = self.rows()?;
+        // `rows = T + n_tokens - 2` for `T` prompt rows (see the type's docs).
+        let prompt = (rows + 2).checked_sub(self.tokens.len()).ok_or_else(|| {
+            Error::InvalidConfig(format!(
+                "a draft sample with {rows} rows for {} tokens is malformed",
+                self.tokens.len()
+            ))
+        })?;
+        let start = prompt - prompt_rows.min(prompt);
+        Ok(Self {
+            features: self
+                .features
+                .narrow(0, start, self.features.dim(0)? - start)?,
+            next_embeds: self.next_embeds.narrow(0, start, rows - start)?,
+            tokens: self.tokens.clone(),
+        })
+    }
 }
 
 /// Writes samples to one safetensors file.
@@ -116,4 +137,52 @@ pub fn load_samples(path: &Path, device: &Device) -> Result<Vec<DraftSample>> {
         });
     }
     Ok(samples)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample(prompt: usize, tokens: usize) -> Result<DraftSample> {
+        let rows = prompt + tokens - 2;
+        let values = |n: usize, base: f32| -> Result<Tensor> {
+            let data: Vec<f32> = (0..n * 2).map(|i| base + i as f32).collect();
+            Ok(Tensor::from_vec(data, (n, 2), &Device::Cpu)?)
+        };
+        Ok(DraftSample {
+            features: values(rows + 1, 0.0)?,
+            next_embeds: values(rows, 1000.0)?,
+            tokens: (0..tokens as u32).collect(),
+        })
+    }
+
+    #[test]
+    fn a_window_keeps_the_last_prompt_rows_and_every_action_row() -> Result<()> {
+        let full = sample(10, 7)?;
+        let windowed = full.windowed(3)?;
+        // 3 prompt rows + 5 action rows; features one more.
+        assert_eq!(windowed.rows()?, 8);
+        assert_eq!(windowed.features.dims(), &[9, 2]);
+        let tail = |t: &Tensor, n: usize| -> Result<Vec<f32>> {
+            let rows = t.dim(0)?;
+            Ok(t.narrow(0, rows - n, n)?.flatten_all()?.to_vec1()?)
+        };
+        assert_eq!(
+            windowed.next_embeds.flatten_all()?.to_vec1::<f32>()?,
+            tail(&full.next_embeds, 8)?
+        );
+        assert_eq!(
+            windowed.features.flatten_all()?.to_vec1::<f32>()?,
+            tail(&full.features, 9)?
+        );
+        // A window longer than the prompt keeps everything.
+        assert_eq!(full.windowed(50)?.rows()?, full.rows()?);
+        // More tokens than the rows can hold is a malformed sample.
+        let bad = DraftSample {
+            tokens: vec![0; 30],
+            ..full
+        };
+        assert!(bad.windowed(3).is_err());
+        Ok(())
+    }
 }

@@ -175,6 +175,14 @@ impl<'a> DraftTrainer<'a> {
         let (mut feature_total, mut token_total) = (None::<Tensor>, None::<Tensor>);
         let (mut correct, mut counted) = (0usize, 0usize);
         for sample in batch {
+            let windowed;
+            let sample = match self.config.context_window {
+                Some(window) => {
+                    windowed = sample.windowed(window)?;
+                    &windowed
+                }
+                None => *sample,
+            };
             let rows = sample.rows()?;
             if rows < LOSS_ROWS || sample.features.dim(0)? != rows + 1 {
                 return Err(Error::InvalidConfig(format!(

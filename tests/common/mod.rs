@@ -76,6 +76,7 @@ pub fn draft_config(verifier: &LlamaConfig) -> DraftConfig {
             ..verifier.clone()
         },
         lm_head: DraftLmHeadKind::ActionIds,
+        context_window: None,
     }
 }
 
