@@ -69,11 +69,15 @@ struct Args {
     #[arg(long, value_delimiter = ',', default_values_t = ["1x6x7", "2x6x12", "4x6x24", "8x5x50"].map(String::from).to_vec())]
     trees: Vec<String>,
     /// Acceptance lengths (tokens gained per verification pass) to predict.
-    #[arg(long, value_delimiter = ',', default_values_t = vec![1.5f64, 2.0, 2.5, 3.0, 3.5])]
+    #[arg(long, value_delimiter = ',', default_values_t = vec![1.5f64, 2.0, 2.5, 3.0, 3.5, 4.0])]
     accept: Vec<f64>,
     /// Text tokens of the prompt (BOS included); OpenVLA's prompts are about 30.
     #[arg(long, default_value_t = 30)]
     prompt_tokens: usize,
+    /// Prompt rows the draft head attends to (default: the whole prompt, as Spec-VLA's heads;
+    /// the embedded head uses 1, which makes its prefill one row).
+    #[arg(long)]
+    draft_window: Option<usize>,
     /// Timed repetitions per measurement (median reported; one untimed warm-up first).
     #[arg(long, default_value_t = 3)]
     reps: usize,
@@ -171,7 +175,7 @@ fn main() -> Result<()> {
     // Rounded through bf16 like the published checkpoint, so the CPU runs its bf16 panels.
     let weights = support::as_published(random_openvla_weights(&cfg, 7, dtype, &device)?)?;
     let model = OpenVla::load(&VarBuilder::from_tensors(weights, dtype, &device), &cfg)?;
-    let draft = support::random_draft(&cfg.text, 8, dtype, &device)?;
+    let draft = support::random_draft(&cfg.text, 8, args.draft_window, dtype, &device)?;
     eprintln!("built the model in {:.1} s", start.elapsed().as_secs_f64());
 
     let costs = measure(&args, &device, &model, &draft, &nodes, &trees)?;
@@ -482,9 +486,12 @@ fn print_measurements(args: &Args, c: &Costs) {
     );
     println!("| stage | rows | ms |");
     println!("|---|---|---|");
+    let draft_rows = args
+        .draft_window
+        .map_or(c.prefill_rows, |w| w.min(c.prefill_rows));
     println!(
-        "| draft prefill (+ its fc) | {} | {:.1} |",
-        c.prefill_rows, c.draft_prefill
+        "| draft prefill (+ its fc) | {draft_rows} | {:.1} |",
+        c.draft_prefill
     );
     for &(rows, ms) in &c.draft_forward {
         println!("| draft layer forward (no LM head) | {rows} | {ms:.1} |");

@@ -153,14 +153,19 @@ pub fn as_published(
         .collect()
 }
 
-/// A random EAGLE draft head for `verifier`, with weights rounded through bf16 as published.
+/// A random EAGLE draft head for `verifier`, with weights rounded through bf16 as published,
+/// attending to the last `context_window` prompt rows (`None`: the whole prompt, as EAGLE).
 pub fn random_draft(
     verifier: &LlamaConfig,
     seed: u64,
+    context_window: Option<usize>,
     dtype: DType,
     device: &Device,
 ) -> Result<EagleDraft> {
-    let config = random_draft_config(verifier);
+    let config = DraftConfig {
+        context_window,
+        ..random_draft_config(verifier)
+    };
     let weights = as_published(random_draft_weights(&config.llama, seed, dtype, device)?)?;
     Ok(EagleDraft::load(
         &VarBuilder::from_tensors(weights, dtype, device),
@@ -185,7 +190,7 @@ pub fn draft_head(
         return Ok((head, DraftSource::Embedded));
     }
     Ok((
-        random_draft(verifier, seed, dtype, device)?,
+        random_draft(verifier, seed, None, dtype, device)?,
         DraftSource::Random { seed },
     ))
 }

@@ -50,7 +50,9 @@ pub struct Drafter<'a> {
 impl Drafter<'_> {
     /// Feeds the verifier's prefill: row `i` pairs hidden `f_i` with the embedding of token
     /// `i + 1`; the last row pairs with `first_token`, the verifier's first greedy token.
-    /// `input_embeds`, `hidden`: `[T, hidden]`.
+    /// `input_embeds`, `hidden`: `[T, hidden]`. A head with a context window
+    /// ([`DraftConfig::context_window`](crate::draft::eagle::DraftConfig)) takes only the last
+    /// rows.
     pub fn prefill(
         &self,
         state: &mut DraftState,
@@ -60,8 +62,6 @@ impl Drafter<'_> {
     ) -> Result<()> {
         state.cache.reset();
         let rows = hidden.dim(0)?;
-        // Draft row `i` pairs feature `i` with input embedding `i + 1`; a head with a context
-        // window sees only the last rows of the prompt.
         let t = match self.head.config().context_window {
             Some(window) => window.min(rows),
             None => rows,

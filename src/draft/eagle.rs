@@ -2,7 +2,7 @@
 //!
 //! `x = fc(concat(embed(token_{i+1}), f_i))`, then one Llama decoder layer without its input
 //! norm; the output is a predicted verifier feature, read by the verifier's (frozen) LM head.
-//! The embedding table and the LM head are the verifier's own. [`DraftLmHead::ActionIds`]
+//! The embedding table and the LM head are the verifier's own. [`DraftLmHeadKind::ActionIds`]
 //! restricts the head to the action ids: drafting over the whole vocabulary wastes most of the
 //! head's cost when only action tokens are ever proposed.
 
@@ -252,7 +252,7 @@ impl EagleDraft {
     /// A causal pass over `n` new rows at positions `start..start + n` that returns only the
     /// last row's predicted feature `[1, hidden]`, as [`EagleDraft::forward`] would, and appends
     /// all `n` rows to `cache`. With one decoder layer, the rows before the last are needed only
-    /// for their keys and values: from [`KV_ONLY_MIN_ROWS`] of them on (a draft prefill over a
+    /// for their keys and values: from 16 of them on (a draft prefill over a
     /// prompt), their attention, output projection and MLP are skipped, which is most of the
     /// work, and on the CPU the two halves of them run on two cores. Fewer rows (a commit after
     /// a verification) take one whole pass, which streams the weights once instead of twice:
