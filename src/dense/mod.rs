@@ -44,10 +44,15 @@ thread_local! {
 /// Runs `f` with this thread's dense layers kept on this thread (no rayon helpers), for work
 /// that runs beside other work on the remaining cores.
 pub(crate) fn on_calling_thread<R>(f: impl FnOnce() -> R) -> R {
-    let before = ON_CALLING_THREAD.replace(true);
-    let out = f();
-    ON_CALLING_THREAD.set(before);
-    out
+    /// Restores the thread's setting when `f` returns or unwinds.
+    struct Restore(bool);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            ON_CALLING_THREAD.set(self.0);
+        }
+    }
+    let _restore = Restore(ON_CALLING_THREAD.replace(true));
+    f()
 }
 
 fn check_bias(out_dim: usize, bias: Option<&Tensor>) -> Result<()> {
@@ -337,6 +342,17 @@ fn gemm_rows(x: &[f32], m: usize, w: &[f32], bias: Option<&[f32]>, k: usize, n: 
 mod tests {
     use super::*;
     use candle_core::Var;
+
+    #[test]
+    fn on_calling_thread_takes_one_thread_and_restores_the_count() {
+        let before = cpu_threads();
+        assert_eq!(on_calling_thread(cpu_threads), 1);
+        assert_eq!(on_calling_thread(|| on_calling_thread(cpu_threads)), 1);
+        assert_eq!(cpu_threads(), before);
+        let unwound = std::panic::catch_unwind(|| on_calling_thread(|| panic!("inside")));
+        assert!(unwound.is_err());
+        assert_eq!(cpu_threads(), before, "the count is restored after a panic");
+    }
 
     fn close(a: &Tensor, b: &Tensor, tol: f32) -> bool {
         let diff = (a - b)

@@ -332,7 +332,7 @@ mod tests {
         assert_eq!(out.dims(), &[0, 128]);
         assert_eq!(fast.len(), 40);
         // Our kernels below 32 rows, per-head gemms from 32, heads in parallel at 100.
-        for n in [1usize, 3, 4, 13, 100] {
+        for n in [1usize, 3, 4, 13, 40, 100] {
             let xs = crate::synthetic::seeded_tensor(&[n, 128], 13 + n as u64, &dev)?;
             let positions: Vec<usize> = (0..n).map(|i| 40 + i / 2).collect();
             let (cos, sin) = rope.select(&super::super::Positions::Explicit(positions), n)?;
