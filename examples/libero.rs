@@ -118,6 +118,13 @@ fn main() -> Result<()> {
         )?),
         None => spec_vla::embedded::draft_head(&policy.config().text, dtype, &device)?,
     };
+    if let Some(head) = &draft {
+        let context = match head.config().context_window {
+            Some(rows) => format!("the last {rows} prompt row(s)"),
+            None => "the whole prompt".to_string(),
+        };
+        eprintln!("the draft head attends to {context}");
+    }
     let ids = support::action_ids(&policy)?;
     let mut tree = spec_vla::embedded::default_tree_settings(&device);
     tree.top_k = args.top_k.unwrap_or(tree.top_k);
