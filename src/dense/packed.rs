@@ -31,10 +31,11 @@ const MR: usize = 14;
 /// panels stream past. Measured best among 64..4096 for the shapes this path serves.
 const KC: usize = 2048;
 /// Reduction steps (`NR` weights: two cache lines in f32, one in bf16) the kernel prefetches
-/// the weight ahead of its loads: 4 KB in f32. The hardware prefetcher alone kept up with one row but not with several:
-/// measured on a 2-core Sapphire Rapids machine, 7 rows x 4096 x 22016 took 29.6 ms without
-/// and 14.6-18 ms with (one row: 16.9 ms and 12-15 ms), 7 x 256 x 1376 81 us and 56-58 us
-/// (one row: 59 us and 51-54 us). Distances of 16 to 64 steps measured alike.
+/// the weight ahead of its loads: 4 KB in f32. The hardware prefetcher alone kept up with one
+/// row but not with several: measured on a 2-core Sapphire Rapids machine, 7 rows x 4096 x
+/// 22016 took 29.6 ms without and 14.6-18 ms with (one row: 16.9 ms and 12-15 ms), 7 x 256 x
+/// 1376 81 us and 56-58 us (one row: 59 us and 51-54 us). Distances of 16 to 64 steps measured
+/// alike.
 const PREFETCH_AHEAD: usize = 32;
 /// Below this many multiply-adds a matmul runs on the calling thread only. Measured on the
 /// embedded model (width 256), waking a second thread cost more than it saved for the 1-7 row

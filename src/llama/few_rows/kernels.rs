@@ -33,12 +33,30 @@ pub(super) struct HeadInputs<'a> {
 }
 
 /// Positions rounded up to whole vectors: the length of one row of probabilities.
-pub(super) fn padded(total: usize) -> usize {
+fn padded(total: usize) -> usize {
     total.div_ceil(LANES) * LANES
 }
 
+/// Buffers one attention call reuses for all its heads.
+pub(super) struct Scratch {
+    /// `n` rows of [`padded`]`(total)` probabilities.
+    probs: Vec<f32>,
+    /// The last, partial block of 16 key rows, zero-padded.
+    tail_keys: Vec<f32>,
+}
+
+impl Scratch {
+    pub(super) fn new(n: usize, total: usize, dim: usize) -> Self {
+        Self {
+            probs: vec![0f32; n * padded(total)],
+            tail_keys: vec![0f32; LANES * dim],
+        }
+    }
+}
+
 /// Softmax attention of one head for `CHUNKS` vectors per head row (`dim = 16 CHUNKS`); row `r`
-/// is written to `out[r * out_stride..][..dim]`. `probs` is scratch of `n * padded(total)`.
+/// is written to `out[r * out_stride..][..dim]`. `scratch` comes from
+/// [`Scratch::new`]`(n, total, dim)`.
 ///
 /// # Safety
 /// AVX-512F must be available. `queries` holds `n` rows, `keys` and `values` `total` rows and
@@ -47,7 +65,7 @@ pub(super) fn padded(total: usize) -> usize {
 #[target_feature(enable = "avx512f")]
 pub(super) unsafe fn head<const CHUNKS: usize>(
     inputs: &HeadInputs<'_>,
-    probs: &mut [f32],
+    scratch: &mut Scratch,
     out: &mut [f32],
     out_stride: usize,
 ) {
@@ -56,9 +74,10 @@ pub(super) unsafe fn head<const CHUNKS: usize>(
     let width = padded(total);
     // The last, partial block of keys, zero-padded so that it takes the same reduction.
     let full_blocks = total / LANES;
-    let mut tail_keys = vec![0f32; LANES * dim];
     let tail_rows = &inputs.keys[full_blocks * LANES * dim..total * dim];
+    let (tail_keys, probs) = (&mut scratch.tail_keys, &mut scratch.probs);
     tail_keys[..tail_rows.len()].copy_from_slice(tail_rows);
+    tail_keys[tail_rows.len()..].fill(0.0);
     let scale = _mm512_set1_ps(inputs.scale);
     for (r, row_probs) in probs.chunks_exact_mut(width).take(n).enumerate() {
         let q_row = inputs.queries.as_ptr().add(r * dim);

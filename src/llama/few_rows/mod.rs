@@ -187,7 +187,7 @@ pub(crate) fn attention(
         } else {
             let width = query * dim;
             let mut out = vec![0f32; n * width];
-            let mut probs = vec![0f32; n * kernels::padded(total)];
+            let mut scratch = kernels::Scratch::new(n, total, dim);
             for h in 0..query {
                 let (keys, values) = head_kv(h);
                 let inputs = kernels::HeadInputs {
@@ -204,7 +204,7 @@ pub(crate) fn attention(
                 // to even multiples of 16 up to 16 * MAX_CHUNKS; the slices hold `n` query rows,
                 // `total` key and value rows and `n * total` mask values (checked above), and
                 // `out` from head `h` on holds `(n - 1) * width + dim` values.
-                unsafe { run_head(dim / LANES, &inputs, &mut probs, out, width) };
+                unsafe { run_head(dim / LANES, &inputs, &mut scratch, out, width) };
             }
             out
         }
@@ -235,18 +235,18 @@ fn rotate(x: &[f32], cos: &[f32], sin: &[f32], out: &mut [f32]) {
 unsafe fn run_head(
     chunks: usize,
     inputs: &kernels::HeadInputs<'_>,
-    probs: &mut [f32],
+    scratch: &mut kernels::Scratch,
     out: &mut [f32],
     out_stride: usize,
 ) {
     match chunks {
-        2 => kernels::head::<2>(inputs, probs, out, out_stride),
-        4 => kernels::head::<4>(inputs, probs, out, out_stride),
-        6 => kernels::head::<6>(inputs, probs, out, out_stride),
-        8 => kernels::head::<8>(inputs, probs, out, out_stride),
-        10 => kernels::head::<10>(inputs, probs, out, out_stride),
-        12 => kernels::head::<12>(inputs, probs, out, out_stride),
-        14 => kernels::head::<14>(inputs, probs, out, out_stride),
-        _ => kernels::head::<16>(inputs, probs, out, out_stride),
+        2 => kernels::head::<2>(inputs, scratch, out, out_stride),
+        4 => kernels::head::<4>(inputs, scratch, out, out_stride),
+        6 => kernels::head::<6>(inputs, scratch, out, out_stride),
+        8 => kernels::head::<8>(inputs, scratch, out, out_stride),
+        10 => kernels::head::<10>(inputs, scratch, out, out_stride),
+        12 => kernels::head::<12>(inputs, scratch, out, out_stride),
+        14 => kernels::head::<14>(inputs, scratch, out, out_stride),
+        _ => kernels::head::<16>(inputs, scratch, out, out_stride),
     }
 }
