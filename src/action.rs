@@ -15,6 +15,7 @@
 
 use std::collections::BTreeMap;
 
+use crate::accept::ActionIds;
 use crate::config::{DatasetStatistics, OpenVlaConfig};
 use crate::error::{Error, Result};
 
@@ -73,6 +74,12 @@ impl ActionTokenizer {
     /// First action id, `V - n`.
     pub fn first_action_token(&self) -> u32 {
         self.vocab - self.n_bins
+    }
+
+    /// The action ids as [`ActionIds`] (`V - n ..= V - 1`), for acceptance policies and draft
+    /// heads. Both number bins in opposite directions; bin distances are the same.
+    pub fn action_ids(&self) -> Result<ActionIds> {
+        ActionIds::new(self.first_action_token(), self.n_bins)
     }
 
     /// Whether `id` is an action token (`V - n ..= V - 1`).

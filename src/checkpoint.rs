@@ -22,6 +22,9 @@ use serde::Deserialize;
 use crate::config::{read_text, OpenVlaConfig};
 use crate::error::{Error, Result};
 
+pub mod usage;
+pub use usage::WeightUsage;
+
 /// Model configuration file name.
 pub const CONFIG_FILE: &str = "config.json";
 /// Single-file weights.
@@ -63,11 +66,7 @@ impl CheckpointFiles {
     /// naming the first missing required file (or shard), [`Error::MalformedConfig`] for an index
     /// that does not parse, is empty or names a shard outside the folder.
     pub fn from_dir(dir: &Path) -> Result<Self> {
-        if !dir.is_dir() {
-            return Err(Error::MissingFile {
-                path: dir.to_path_buf(),
-            });
-        }
+        check_folder(dir)?;
         let config = required(dir, CONFIG_FILE)?;
         let tokenizer = required(dir, TOKENIZER_FILE)?;
         let single = dir.join(WEIGHTS_FILE);
@@ -123,6 +122,40 @@ impl CheckpointFiles {
         // from it is alive). Their headers and sizes were validated just above.
         let vb = unsafe { VarBuilder::from_mmaped_safetensors(&self.weights, dtype, device)? };
         Ok(vb)
+    }
+
+    /// Like [`var_builder`](Self::var_builder), but records which tensors are read, so that
+    /// after building a model [`WeightUsage::ensure_all_used`] can refuse weights the
+    /// configuration left unused (config and weights that disagree).
+    pub fn tracked_var_builder(
+        &self,
+        dtype: DType,
+        device: &Device,
+    ) -> Result<(VarBuilder<'static>, WeightUsage)> {
+        let mut stored = BTreeSet::new();
+        for path in &self.weights {
+            stored.extend(read_safetensors_header(path)?.into_keys());
+        }
+        // SAFETY: as in `var_builder`: mapped read-only, headers and sizes validated above, and
+        // the files are treated as immutable while a model built from them is alive.
+        let backend = unsafe { candle_core::safetensors::MmapedSafetensors::multi(&self.weights)? };
+        Ok(usage::tracked(Box::new(backend), stored, dtype, device))
+    }
+}
+
+/// [`Error::MissingFile`] when `dir` does not exist, [`Error::NotADirectory`] when it is not a
+/// folder.
+pub(crate) fn check_folder(dir: &Path) -> Result<()> {
+    if dir.is_dir() {
+        Ok(())
+    } else if dir.exists() {
+        Err(Error::NotADirectory {
+            path: dir.to_path_buf(),
+        })
+    } else {
+        Err(Error::MissingFile {
+            path: dir.to_path_buf(),
+        })
     }
 }
 

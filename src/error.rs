@@ -3,11 +3,18 @@
 use std::path::PathBuf;
 
 /// Everything that can go wrong in `spec_vla`, each variant naming the problem.
+///
+/// New variants may be added in minor releases, so matches need a wildcard arm.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum Error {
     /// A file the checkpoint needs is not there.
     #[error("missing file {path}")]
     MissingFile { path: PathBuf },
+
+    /// A checkpoint or draft folder was expected, but the path is a file (or something else).
+    #[error("{path} is not a folder: pass the checkpoint folder, not a file inside it")]
+    NotADirectory { path: PathBuf },
 
     /// Reading a file failed.
     #[error("cannot read {path}: {source}")]
@@ -29,6 +36,25 @@ pub enum Error {
     #[error("invalid configuration: {0}")]
     InvalidConfig(String),
 
+    /// A configuration key whose value would change the model's maths in a way `spec_vla` does
+    /// not implement (a RoPE scaling, a head size, biases); refused rather than ignored.
+    #[error("unsupported configuration: `{key}` = {value} ({reason})")]
+    UnsupportedConfig {
+        key: String,
+        value: String,
+        reason: String,
+    },
+
+    /// Dataset statistics (`norm_stats` / `dataset_statistics.json`) that cannot un-normalise an
+    /// action correctly.
+    #[error("dataset statistics `{key}`: {message}")]
+    InvalidStatistics { key: String, message: String },
+
+    /// The checkpoint holds tensors the configuration does not use: config and weights disagree
+    /// (e.g. `num_hidden_layers` smaller than the layers stored).
+    #[error("the checkpoint holds {count} tensors the configuration does not use, e.g. {first:?}: config.json and the weights disagree")]
+    UnusedTensors { count: usize, first: Vec<String> },
+
     /// A tensor the model needs is absent from the checkpoint.
     #[error("missing tensor `{name}` in the checkpoint")]
     MissingTensor { name: String },
@@ -49,6 +75,15 @@ pub enum Error {
     #[error("the instruction is empty")]
     EmptyInstruction,
 
+    /// A token id outside the model's vocabulary.
+    #[error("token id {id} is outside the model's vocabulary of {vocab}")]
+    TokenOutOfVocabulary { id: u32, vocab: usize },
+
+    /// An emitted action position holds a token that is not an action token, and the policy was
+    /// set to refuse such actions ([`NonActionTokens::Reject`](crate::policy::NonActionTokens)).
+    #[error("action position {position} holds token {token}, which is not an action token")]
+    NonActionToken { position: usize, token: u32 },
+
     /// The tokenizer file failed to load or to encode.
     #[error("tokenizer: {0}")]
     Tokenizer(String),
@@ -68,6 +103,17 @@ pub enum Error {
     /// A sequence would not fit in the preallocated cache or the rotary table.
     #[error("sequence of {needed} positions exceeds the capacity of {capacity}")]
     CapacityExceeded { needed: usize, capacity: usize },
+
+    /// A request that cannot fit the model's positions, found before any compute.
+    #[error("the request needs {needed} positions (image {image} + prompt {prompt} + action {action}) but {limit_name} is {limit}")]
+    RequestTooLong {
+        needed: usize,
+        image: usize,
+        prompt: usize,
+        action: usize,
+        limit: usize,
+        limit_name: &'static str,
+    },
 
     /// Speculative-decoding settings that cannot work.
     #[error("invalid speculative-decoding settings: {0}")]

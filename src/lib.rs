@@ -26,5 +26,6 @@ pub mod vision;
 pub use action::{ActionDecoder, ActionTokenizer};
 pub use checkpoint::CheckpointFiles;
 pub use error::{Error, Result};
-pub use policy::{ActionOutput, VlaPolicy};
+pub use decode::{DecodedAction, TokenOrigin};
+pub use policy::{ActionOutput, NonActionTokens, VlaPolicy};
 pub use processor::Processor;

@@ -8,8 +8,9 @@ use candle_core::{DType, Device};
 use crate::action::{select_statistics, ActionTokenizer};
 use crate::checkpoint::CheckpointFiles;
 use crate::config::OpenVlaConfig;
-use crate::decode::{DecodeStats, Decoder, GreedyDecoder};
-use crate::error::Result;
+use crate::accept::ActionIds;
+use crate::decode::{DecodeStats, DecodedAction, Decoder, GreedyDecoder, TokenOrigin};
+use crate::error::{Error, Result};
 use crate::kv_cache::KvCache;
 use crate::processor::Processor;
 use crate::verifier::OpenVla;
@@ -21,9 +22,29 @@ pub struct ActionOutput {
     pub action: Vec<f64>,
     /// The action tokens the model produced.
     pub tokens: Vec<u32>,
+    /// Where each token came from (the verifier, a draft accepted exactly, or a draft accepted
+    /// by relaxed acceptance and how many bins from the verifier's choice), one per token.
+    pub origins: Vec<TokenOrigin>,
+    /// Positions (indices into `tokens`) whose token is not an action token. OpenVLA decodes
+    /// such a token by clipping it to an end bin, and so does [`NonActionTokens::Flag`]; the
+    /// value at such a position is not a prediction of the model's action head.
+    pub non_action_positions: Vec<usize>,
     /// The dataset statistics used to un-normalise.
     pub unnorm_key: String,
     pub stats: DecodeStats,
+}
+
+/// What a policy does when an action position holds a token that is not an action token (the
+/// model emitted, say, EOS in the middle of an action).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum NonActionTokens {
+    /// Decode it as OpenVLA does (clipped to an end bin) and list its position in
+    /// [`ActionOutput::non_action_positions`].
+    #[default]
+    Flag,
+    /// Fail with [`Error::NonActionToken`](crate::Error::NonActionToken) instead of returning an
+    /// action.
+    Reject,
 }
 
 /// An OpenVLA policy: processor, model and action tokenizer, plus a KV cache reused across calls.
@@ -32,6 +53,7 @@ pub struct VlaPolicy {
     processor: Processor,
     model: OpenVla,
     actions: ActionTokenizer,
+    non_action_tokens: NonActionTokens,
     cache: Option<KvCache>,
 }
 
@@ -56,23 +78,49 @@ impl VlaPolicy {
     }
 
     /// Loads from located checkpoint files.
+    ///
+    /// Every tensor the weight files hold must be read by the model the configuration
+    /// describes, apart from those OpenVLA itself never reads
+    /// ([`OpenVla::unread_by_openvla`]); otherwise config and weights disagree and loading fails
+    /// with [`Error::UnusedTensors`](crate::Error::UnusedTensors).
     pub fn from_files(files: &CheckpointFiles, dtype: DType, device: &Device) -> Result<Self> {
         let config = files.load_config()?;
         let processor = Processor::new(&config, files.preprocessor.as_deref(), &files.tokenizer)?;
-        let vb = files.var_builder(dtype, device)?;
+        let (vb, usage) = files.tracked_var_builder(dtype, device)?;
         let model = OpenVla::load(&vb, &config)?;
+        usage.ensure_all_used(|name| OpenVla::unread_by_openvla(&config, name))?;
         Self::new(processor, model)
     }
 
-    /// Assembles a policy from parts (e.g. a model built in a test).
+    /// Assembles a policy from parts (e.g. a model built in a test). The configuration's
+    /// dataset statistics are validated ([`OpenVlaConfig::validate_statistics`]).
     pub fn new(processor: Processor, model: OpenVla) -> Result<Self> {
+        model.config().validate_statistics()?;
         let actions = ActionTokenizer::from_config(model.config())?;
         Ok(Self {
             processor,
             model,
             actions,
+            non_action_tokens: NonActionTokens::default(),
             cache: None,
         })
+    }
+
+    /// Chooses what happens when an action position holds a non-action token (default:
+    /// [`NonActionTokens::Flag`]).
+    pub fn with_non_action_tokens(mut self, handling: NonActionTokens) -> Self {
+        self.non_action_tokens = handling;
+        self
+    }
+
+    /// See [`with_non_action_tokens`](Self::with_non_action_tokens).
+    pub fn set_non_action_tokens(&mut self, handling: NonActionTokens) {
+        self.non_action_tokens = handling;
+    }
+
+    /// The model's action token ids: build acceptance policies from these.
+    pub fn action_ids(&self) -> Result<ActionIds> {
+        self.actions.action_ids()
     }
 
     pub fn config(&self) -> &OpenVlaConfig {
@@ -119,6 +167,9 @@ impl VlaPolicy {
         let key = key.to_string();
         let n_tokens = statistics.action.q01.len();
         let input_ids = self.processor.prompt_ids(instruction)?;
+        self.model.check_request(input_ids.len(), n_tokens)?;
+        let prefill_rows = self.model.config().num_patches() + input_ids.len();
+        decoder.check_request(&self.model, prefill_rows, n_tokens)?;
 
         let start = Instant::now();
         let pixel_values = self.processor.pixel_values(frame, self.model.device())?;
@@ -138,13 +189,34 @@ impl VlaPolicy {
         let decoded =
             prefill.and_then(|prefill| decoder.decode(&self.model, &prefill, &mut cache, n_tokens));
         self.cache = Some(cache);
-        let (tokens, mut stats) = decoded?;
+        let DecodedAction {
+            tokens,
+            origins,
+            mut stats,
+        } = decoded?;
         stats.times.vision = vision;
         stats.times.prefill = prefill_time;
+        let non_action_positions: Vec<usize> = tokens
+            .iter()
+            .enumerate()
+            .filter(|(_, &id)| !self.actions.is_action_token(id))
+            .map(|(i, _)| i)
+            .collect();
+        if self.non_action_tokens == NonActionTokens::Reject {
+            let first = tokens
+                .iter()
+                .enumerate()
+                .find(|(_, &id)| !self.actions.is_action_token(id));
+            if let Some((position, &token)) = first {
+                return Err(Error::NonActionToken { position, token });
+            }
+        }
         let action = self.actions.unnormalize(&tokens, statistics)?;
         Ok(ActionOutput {
             action,
             tokens,
+            origins,
+            non_action_positions,
             unnorm_key: key,
             stats,
         })

@@ -4,6 +4,8 @@
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 
+use crate::accept::ActionIds;
+use crate::action::ActionTokenizer;
 use crate::config::OpenVlaConfig;
 use crate::error::{Error, Result};
 use crate::kv_cache::KvCache;
@@ -78,6 +80,12 @@ impl OpenVla {
         self.llm.dtype()
     }
 
+    /// The action token ids of this model (the last `n_action_bins` ids of the tokenizer
+    /// vocabulary), as acceptance policies and draft heads must use them.
+    pub fn action_ids(&self) -> Result<ActionIds> {
+        ActionTokenizer::from_config(&self.config)?.action_ids()
+    }
+
     pub fn device(&self) -> &Device {
         self.llm.device()
     }
@@ -85,7 +93,54 @@ impl OpenVla {
     /// Positions one action needs in the cache: image patches, the prompt, the action tokens
     /// and room for a draft tree of `tree_tokens` nodes.
     pub fn cache_capacity(&self, prompt_len: usize, tree_tokens: usize) -> usize {
-        self.config.num_patches() + prompt_len + 8 + tree_tokens
+        self.config.num_patches() + prompt_len + self.config.action_dims() + 1 + tree_tokens
+    }
+
+    /// Checks, before any compute, that a prompt of `prompt_len` ids (BOS included) followed by
+    /// `n_tokens` action tokens fits the rotary table: the spliced prompt takes
+    /// `patches + prompt_len` positions and every action token but the last is fed back.
+    /// Errors: [`Error::RequestTooLong`] naming each part.
+    pub fn check_request(&self, prompt_len: usize, n_tokens: usize) -> Result<()> {
+        let image = self.config.num_patches();
+        let action = n_tokens.saturating_sub(1);
+        let needed = image
+            .saturating_add(prompt_len)
+            .saturating_add(action);
+        let limit = self.config.text.max_position_embeddings;
+        if needed > limit {
+            return Err(Error::RequestTooLong {
+                needed,
+                image,
+                prompt: prompt_len,
+                action,
+                limit,
+                limit_name: "the verifier's max_position_embeddings",
+            });
+        }
+        Ok(())
+    }
+
+    /// Whether `name` is a tensor that published OpenVLA checkpoints store but OpenVLA never
+    /// reads, so that loading may leave it unused: in each vision tower its last block (the
+    /// featurizer stops after the second-to-last), its final `norm` / `fc_norm`, SigLIP's
+    /// attention-pool head `attn_pool` and a classifier `head`; in the language model, the
+    /// rotary `inv_freq` buffers older transformers saved. Everything else must be read.
+    pub fn unread_by_openvla(config: &OpenVlaConfig, name: &str) -> bool {
+        const TOWERS: [&str; 2] = [
+            "vision_backbone.featurizer.",
+            "vision_backbone.fused_featurizer.",
+        ];
+        for (tower, prefix) in config.towers.iter().zip(TOWERS) {
+            let Some(rest) = name.strip_prefix(prefix) else {
+                continue;
+            };
+            let last_block = format!("blocks.{}.", tower.depth.saturating_sub(1));
+            return rest.starts_with(&last_block)
+                || ["norm.", "fc_norm.", "attn_pool.", "head."]
+                    .iter()
+                    .any(|p| rest.starts_with(p));
+        }
+        name.starts_with("language_model.") && name.ends_with(".rotary_emb.inv_freq")
     }
 
     /// `pixel_values` `[3 * towers, S, S]` -> projected patch embeddings `[patches, hidden]`.

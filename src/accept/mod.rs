@@ -146,6 +146,14 @@ impl Acceptance {
         }
     }
 
+    /// The action ids a relaxed policy measures bin distances over; `None` for strict.
+    pub fn action_ids(&self) -> Option<ActionIds> {
+        match self {
+            Self::Strict => None,
+            Self::RelaxedBinDistance(r) => Some(*r.ids()),
+        }
+    }
+
     /// Whether this policy can accept tokens other than the verifier's greedy ones (lossy).
     pub fn is_lossy(&self) -> bool {
         !matches!(self, Self::Strict)

@@ -40,7 +40,7 @@ const CONFIG: &str = r#"{
   "image_sizes": [224, 224],
   "use_fused_vision_backbone": true,
   "text_config": {"vocab_size": 32064},
-  "norm_stats": {"bridge_orig": {"action": {"q01": [0.0], "q99": [1.0]}}}
+  "norm_stats": {"bridge_orig": {"action": {"q01": [0, 0, 0, 0, 0, 0, 0], "q99": [1, 1, 1, 1, 1, 1, 1]}}}
 }"#;
 
 fn save(path: &Path, tensors: &[(&str, Tensor)]) {
@@ -94,15 +94,15 @@ fn single_file_checkpoint_loads_and_reads_tensors() {
     let dir = single_file_checkpoint("ckpt_single");
     dir.write(
         DATASET_STATISTICS_FILE,
-        r#"{"bridge_orig": {"action": {"q01": [-2.0], "q99": [2.0]}},
-        "libero_goal_no_noops": {"action": {"q01": [0.0], "q99": [1.0]}}}"#,
+        r#"{"bridge_orig": {"action": {"q01": [-2, 0, 0, 0, 0, 0, 0], "q99": [2, 1, 1, 1, 1, 1, 1]}},
+        "libero_goal_no_noops": {"action": {"q01": [0, 0, 0, 0, 0, 0, 0], "q99": [1, 1, 1, 1, 1, 1, 1]}}}"#,
     );
     let files = CheckpointFiles::from_dir(&dir.0).unwrap();
     assert_eq!(files.weights, vec![dir.0.join(WEIGHTS_FILE)]);
     assert_eq!(files.preprocessor, None);
     let config = files.load_config().unwrap();
     assert_eq!(config.norm_stats.len(), 2);
-    assert_eq!(config.norm_stats["bridge_orig"].action.q01, vec![-2.0]);
+    assert_eq!(config.norm_stats["bridge_orig"].action.q01[0], -2.0);
     let vb = files.var_builder(DType::F32, &Device::Cpu).unwrap();
     let w = get(&vb.pp("a"), (2, 3), "w").unwrap();
     assert_eq!(w.dims(), &[2, 3]);

@@ -3,7 +3,7 @@
 
 use std::time::Instant;
 
-use super::{argmax, DecodeStats, Decoder};
+use super::{argmax, DecodeStats, DecodedAction, Decoder, TokenOrigin};
 use crate::error::Result;
 use crate::kv_cache::KvCache;
 use crate::verifier::{OpenVla, Prefill};
@@ -20,13 +20,12 @@ impl Decoder for GreedyDecoder {
         prefill: &Prefill,
         cache: &mut KvCache,
         n_tokens: usize,
-    ) -> Result<(Vec<u32>, DecodeStats)> {
+    ) -> Result<DecodedAction> {
         let mut stats = DecodeStats::default();
         let mut tokens = Vec::with_capacity(n_tokens);
-        if n_tokens == 0 {
-            return Ok((tokens, stats));
+        if n_tokens > 0 {
+            tokens.push(argmax(&prefill.last_logits)?);
         }
-        tokens.push(argmax(&prefill.last_logits)?);
         while tokens.len() < n_tokens {
             let start = Instant::now();
             let last = tokens[tokens.len() - 1];
@@ -36,6 +35,10 @@ impl Decoder for GreedyDecoder {
             stats.verifier_passes += 1;
             stats.tokens_per_pass.push(1);
         }
-        Ok((tokens, stats))
+        Ok(DecodedAction {
+            origins: vec![TokenOrigin::Verifier; tokens.len()],
+            tokens,
+            stats,
+        })
     }
 }

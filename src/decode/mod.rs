@@ -10,25 +10,60 @@ pub use greedy::GreedyDecoder;
 pub use speculative::SpecDecoder;
 pub use stats::{DecodeStats, StageTimes};
 
+
 use crate::error::Result;
 use crate::kv_cache::KvCache;
 use crate::verifier::{OpenVla, Prefill};
 
+/// Where one emitted action token came from, so that relaxed decoding can be audited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenOrigin {
+    /// The verifier's own greedy choice: the first token, a bonus token after a verification,
+    /// or a plain decoding step.
+    Verifier,
+    /// A drafted token equal to the verifier's greedy choice for the same prefix.
+    AcceptedExact,
+    /// A drafted token that a relaxed policy accepted in place of the verifier's greedy
+    /// `verifier_token` for the same prefix, `bin_distance` bins away from it.
+    AcceptedRelaxed {
+        verifier_token: u32,
+        bin_distance: u32,
+    },
+}
+
+/// The tokens of one action, where each came from, and what they cost.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DecodedAction {
+    pub tokens: Vec<u32>,
+    /// One entry per token, in order.
+    pub origins: Vec<TokenOrigin>,
+    pub stats: DecodeStats,
+}
+
 /// Produces `n_tokens` action tokens after a prefill.
 pub trait Decoder {
-    /// Decodes from `prefill` (whose keys and values are in `cache`). Returns the tokens and
-    /// what it cost. The first token is always the verifier's greedy choice at the prefill.
+    /// Decodes from `prefill` (whose keys and values are in `cache`). Returns the tokens, their
+    /// origins and what they cost. The first token is always the verifier's greedy choice at the
+    /// prefill.
     fn decode(
         &mut self,
         model: &OpenVla,
         prefill: &Prefill,
         cache: &mut KvCache,
         n_tokens: usize,
-    ) -> Result<(Vec<u32>, DecodeStats)>;
+    ) -> Result<DecodedAction>;
 
     /// Extra cache positions this decoder needs beyond the prompt and the action tokens.
     fn extra_cache_positions(&self) -> usize {
         0
+    }
+
+    /// Checks, before any compute, that this decoder can serve `model` for a request whose
+    /// prefill has `prefill_rows` rows and that needs `n_tokens` action tokens (e.g. that a
+    /// draft head has the model's dtype, device and action ids). The default accepts all.
+    fn check_request(&self, model: &OpenVla, prefill_rows: usize, n_tokens: usize) -> Result<()> {
+        let _ = (model, prefill_rows, n_tokens);
+        Ok(())
     }
 }
 

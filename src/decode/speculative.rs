@@ -4,8 +4,8 @@ use std::time::Instant;
 
 use candle_core::Tensor;
 
-use super::{argmax, DecodeStats, Decoder};
-use crate::accept::{best_path, Acceptance};
+use super::{argmax, DecodeStats, DecodedAction, Decoder, TokenOrigin};
+use crate::accept::{best_path, Acceptance, ActionIds};
 use crate::draft::drafter::{DraftCutoff, DraftState, Drafter};
 use crate::draft::eagle::{DraftLmHead, EagleDraft};
 use crate::draft::TreeSettings;
@@ -27,7 +27,10 @@ pub struct SpecDecoder {
 }
 
 impl SpecDecoder {
-    /// Validates the tree settings and the acceptance policy.
+    /// Validates the tree settings and the acceptance policy, and checks that the draft head
+    /// computes in the dtype and on the device of the verifier whose LM head `lm_head` is, and
+    /// that a relaxed policy's action ids are the ids the draft's LM head scores (when it scores
+    /// only action ids). Errors: [`Error::InvalidSpecSettings`], [`Error::DraftMismatch`].
     pub fn new(
         draft: EagleDraft,
         lm_head: DraftLmHead,
@@ -36,6 +39,24 @@ impl SpecDecoder {
     ) -> Result<Self> {
         tree.validate()?;
         acceptance.validate()?;
+        if draft.dtype() != lm_head.dtype() {
+            return Err(Error::DraftMismatch(format!(
+                "the draft head computes in {:?} but the verifier (its LM head) in {:?}",
+                draft.dtype(),
+                lm_head.dtype()
+            )));
+        }
+        if !draft.device().same_device(lm_head.device()) {
+            return Err(Error::DraftMismatch(format!(
+                "the draft head is on {:?} but the verifier (its LM head) on {:?}",
+                draft.device(),
+                lm_head.device()
+            )));
+        }
+        if let (Some(head_ids), Some(policy_ids)) = (lm_head.action_ids(), acceptance.action_ids())
+        {
+            check_ids("the draft LM head's", head_ids, policy_ids)?;
+        }
         Ok(Self {
             draft,
             lm_head,
@@ -103,7 +124,70 @@ impl SpecDecoder {
     }
 }
 
+/// [`Error::InvalidSpecSettings`] unless the acceptance policy's action ids are `expected`.
+fn check_ids(whose: &str, expected: ActionIds, policy: ActionIds) -> Result<()> {
+    if expected == policy {
+        return Ok(());
+    }
+    Err(Error::InvalidSpecSettings(format!(
+        "the acceptance policy's action ids {}..={} are not {whose} action ids {}..={}; build them from the policy (VlaPolicy::action_ids)",
+        policy.first(),
+        policy.last(),
+        expected.first(),
+        expected.last()
+    )))
+}
+
 impl Decoder for SpecDecoder {
+    fn check_request(&self, model: &OpenVla, prefill_rows: usize, n_tokens: usize) -> Result<()> {
+        if self.draft.dtype() != model.dtype() || !self.draft.device().same_device(model.device())
+        {
+            return Err(Error::DraftMismatch(format!(
+                "the draft head computes in {:?} on {:?}, the verifier in {:?} on {:?}",
+                self.draft.dtype(),
+                self.draft.device(),
+                model.dtype(),
+                model.device()
+            )));
+        }
+        let model_ids = model.action_ids()?;
+        if let Some(ids) = self.acceptance.action_ids() {
+            check_ids("this policy's", model_ids, ids)?;
+        }
+        if let Some(ids) = self.lm_head.action_ids() {
+            if ids != model_ids {
+                return Err(Error::DraftMismatch(format!(
+                    "the draft LM head scores ids {}..={}, this policy's action ids are {}..={}",
+                    ids.first(),
+                    ids.last(),
+                    model_ids.first(),
+                    model_ids.last()
+                )));
+            }
+        }
+        // Draft rows: the prompt rows it attends to, one per action token, and a tree's levels.
+        let context = self
+            .draft
+            .config()
+            .context_window
+            .map_or(prefill_rows, |w| w.min(prefill_rows));
+        let needed = context
+            .saturating_add(n_tokens)
+            .saturating_add(self.tree.depth);
+        let limit = self.draft.config().llama.max_position_embeddings;
+        if needed > limit {
+            return Err(Error::RequestTooLong {
+                needed,
+                image: prefill_rows.saturating_sub(context),
+                prompt: context,
+                action: n_tokens.saturating_add(self.tree.depth),
+                limit,
+                limit_name: "the draft head's max_position_embeddings",
+            });
+        }
+        Ok(())
+    }
+
     fn extra_cache_positions(&self) -> usize {
         // The verifier appends `total_tokens` tree rows; the draft appends a frontier of at most
         // `top_k` rows per level below the first.
@@ -118,15 +202,19 @@ impl Decoder for SpecDecoder {
         prefill: &Prefill,
         cache: &mut KvCache,
         n_tokens: usize,
-    ) -> Result<(Vec<u32>, DecodeStats)> {
-        let mut stats = DecodeStats::default();
-        let mut tokens = Vec::with_capacity(n_tokens);
+    ) -> Result<DecodedAction> {
+        let mut out = DecodedAction {
+            tokens: Vec::with_capacity(n_tokens),
+            origins: Vec::with_capacity(n_tokens),
+            stats: DecodeStats::default(),
+        };
         if n_tokens == 0 {
-            return Ok((tokens, stats));
+            return Ok(out);
         }
-        tokens.push(argmax(&prefill.last_logits)?);
+        out.tokens.push(argmax(&prefill.last_logits)?);
+        out.origins.push(TokenOrigin::Verifier);
         if n_tokens == 1 {
-            return Ok((tokens, stats));
+            return Ok(out);
         }
         let mut state = self.draft_state(model, cache.capacity())?;
         let drafter = Drafter {
@@ -139,10 +227,15 @@ impl Decoder for SpecDecoder {
             &mut state,
             &prefill.input_embeds,
             &prefill.hidden,
-            tokens[0],
+            out.tokens[0],
         )?;
-        stats.times.draft += start.elapsed();
+        out.stats.times.draft += start.elapsed();
         let result = (|| -> Result<()> {
+            let DecodedAction {
+                tokens,
+                origins,
+                stats,
+            } = &mut out;
             while tokens.len() < n_tokens {
                 let root = tokens[tokens.len() - 1];
                 let needed = n_tokens - tokens.len();
@@ -151,6 +244,7 @@ impl Decoder for SpecDecoder {
                     let start = Instant::now();
                     let step = model.decode(root, cache)?;
                     tokens.push(argmax(&step.logits.squeeze(0)?)?);
+                    origins.push(TokenOrigin::Verifier);
                     stats.times.verify += start.elapsed();
                     stats.verifier_passes += 1;
                     stats.tokens_per_pass.push(1);
@@ -191,10 +285,30 @@ impl Decoder for SpecDecoder {
                     .iter()
                     .filter_map(|&id| tree.node(id).map(|n| n.token))
                     .collect();
+                // Each accepted node is checked against the verifier's greedy token after its
+                // parent, which is the row before it on the path.
+                let mut emitted_origins: Vec<TokenOrigin> = emitted
+                    .iter()
+                    .zip(&rows)
+                    .map(|(&drafted, &parent)| {
+                        let verifier_token = greedy.get(parent).copied().unwrap_or(drafted);
+                        if drafted == verifier_token {
+                            TokenOrigin::AcceptedExact
+                        } else {
+                            TokenOrigin::AcceptedRelaxed {
+                                verifier_token,
+                                bin_distance: drafted.abs_diff(verifier_token),
+                            }
+                        }
+                    })
+                    .collect();
                 emitted.push(path.bonus);
+                emitted_origins.push(TokenOrigin::Verifier);
                 emitted.truncate(needed);
+                emitted_origins.truncate(needed);
                 cache.compact(base, &rows)?;
                 tokens.extend_from_slice(&emitted);
+                origins.extend_from_slice(&emitted_origins);
                 stats.tokens_per_pass.push(emitted.len());
                 stats.times.commit += start.elapsed();
 
@@ -213,6 +327,6 @@ impl Decoder for SpecDecoder {
         })();
         self.state = Some(state);
         result?;
-        Ok((tokens, stats))
+        Ok(out)
     }
 }

@@ -6,12 +6,17 @@
 //! restricts the head to the action ids: drafting over the whole vocabulary wastes most of the
 //! head's cost when only action tokens are ever proposed.
 
+use std::collections::BTreeSet;
 use std::path::Path;
 
+use candle_core::pickle::PthTensors;
+use candle_core::safetensors::MmapedSafetensors;
 use candle_core::{DType, Device, Tensor, D};
+use candle_nn::var_builder::SimpleBackend;
 use candle_nn::VarBuilder;
 use serde::{Deserialize, Serialize};
 
+use crate::accept::ActionIds;
 use crate::checkpoint::get;
 use crate::config::{read_text, LlamaConfig};
 use crate::dense::Dense;
@@ -48,10 +53,14 @@ pub struct DraftLmHead {
     /// The same rows as a [`Dense`] layer, for inference.
     dense: Dense,
     first_id: u32,
+    /// The action ids scored, for [`DraftLmHeadKind::ActionIds`].
+    action_ids: Option<ActionIds>,
 }
 
 impl DraftLmHead {
-    /// Builds the head from the verifier's LM head.
+    /// Builds the head from the verifier's LM head. For [`DraftLmHeadKind::ActionIds`], the ids
+    /// `action_first_id..action_first_id + action_count` must be a non-empty range inside the
+    /// verifier's vocabulary, else [`Error::DraftMismatch`].
     pub fn new(
         llm: &Llama,
         kind: DraftLmHeadKind,
@@ -59,19 +68,47 @@ impl DraftLmHead {
         action_count: u32,
     ) -> Result<Self> {
         let full = llm.lm_head_weight();
-        let (weight, first_id) = match kind {
-            DraftLmHeadKind::FullVocab => (full.clone(), 0),
-            DraftLmHeadKind::ActionIds => (
-                full.narrow(0, action_first_id as usize, action_count as usize)?
-                    .contiguous()?,
-                action_first_id,
-            ),
+        let (weight, first_id, action_ids) = match kind {
+            DraftLmHeadKind::FullVocab => (full.clone(), 0, None),
+            DraftLmHeadKind::ActionIds => {
+                let vocab = llm.config().vocab_size;
+                let ids = ActionIds::new(action_first_id, action_count)
+                    .ok()
+                    .filter(|ids| (ids.last() as usize) < vocab)
+                    .ok_or_else(|| {
+                        Error::DraftMismatch(format!(
+                            "draft LM head over {action_count} action ids from {action_first_id}: not a range inside the verifier's vocabulary of {vocab}"
+                        ))
+                    })?;
+                (
+                    full.narrow(0, action_first_id as usize, action_count as usize)?
+                        .contiguous()?,
+                    action_first_id,
+                    Some(ids),
+                )
+            }
         };
         Ok(Self {
             dense: Dense::new(weight.clone(), None)?,
             weight,
             first_id,
+            action_ids,
         })
+    }
+
+    /// The action ids this head scores, or `None` when it scores the whole vocabulary.
+    pub fn action_ids(&self) -> Option<ActionIds> {
+        self.action_ids
+    }
+
+    /// The verifier's dtype (the head is the verifier's own weight).
+    pub fn dtype(&self) -> DType {
+        self.weight.dtype()
+    }
+
+    /// The verifier's device.
+    pub fn device(&self) -> &Device {
+        self.weight.device()
     }
 
     /// `features` `[n, hidden]` -> log-probs `[n, rows]` (f32) over this head's ids.
@@ -109,9 +146,50 @@ pub struct DraftConfig {
 }
 
 impl DraftConfig {
+    /// Reads a draft head's `config.json`. The sizes a Llama config would default
+    /// (`hidden_size`, `intermediate_size`, `num_attention_heads`, `num_hidden_layers`,
+    /// `vocab_size`) must be written out: a head's sizes are never guessed. A verifier's
+    /// (OpenVLA's) `config.json` is named as such.
     pub fn from_file(path: &Path) -> Result<Self> {
         let text = read_text(path)?;
-        serde_json::from_str(&text).map_err(|e| Error::malformed("draft config.json", path, e))
+        Self::from_json_str(&text, path)
+    }
+
+    /// Parses the text of a draft head's `config.json`; `path` is only used in messages.
+    pub fn from_json_str(text: &str, path: &Path) -> Result<Self> {
+        const REQUIRED: [&str; 5] = [
+            "hidden_size",
+            "intermediate_size",
+            "num_attention_heads",
+            "num_hidden_layers",
+            "vocab_size",
+        ];
+        let value: serde_json::Value = serde_json::from_str(text)
+            .map_err(|e| Error::malformed("draft config.json", path, e))?;
+        let Some(object) = value.as_object() else {
+            return Err(Error::malformed(
+                "draft config.json",
+                path,
+                "not a JSON object",
+            ));
+        };
+        if ["text_config", "timm_model_ids", "vision_backbone_id"]
+            .iter()
+            .any(|k| object.contains_key(*k))
+        {
+            return Err(Error::DraftMismatch(format!(
+                "{} is an OpenVLA verifier's config, not a draft head's: pass the draft head's folder",
+                path.display()
+            )));
+        }
+        if let Some(missing) = REQUIRED.iter().find(|k| !object.contains_key(**k)) {
+            return Err(Error::malformed(
+                "draft config.json",
+                path,
+                format!("missing field `{missing}` (a draft head's sizes are never defaulted)"),
+            ));
+        }
+        serde_json::from_value(value).map_err(|e| Error::malformed("draft config.json", path, e))
     }
 
     /// Checks the draft fits the verifier it will run with.
@@ -143,6 +221,7 @@ impl DraftConfig {
 pub struct EagleDraft {
     fc: Dense,
     dtype: DType,
+    device: Device,
     layer: DecoderLayer,
     rope: RotaryTable,
     config: DraftConfig,
@@ -170,6 +249,7 @@ impl EagleDraft {
         Ok(Self {
             fc,
             dtype: vb.dtype(),
+            device: vb.device().clone(),
             layer,
             rope,
             config: config.clone(),
@@ -183,24 +263,54 @@ impl EagleDraft {
         dtype: DType,
         device: &Device,
     ) -> Result<Self> {
+        crate::checkpoint::check_folder(dir)?;
         let config = DraftConfig::from_file(&dir.join("config.json"))?;
         let safetensors = dir.join("model.safetensors");
         let pickle = dir.join("pytorch_model.bin");
-        let vb = if safetensors.exists() {
-            crate::checkpoint::read_safetensors_header(&safetensors)?;
-            // SAFETY: mapped read-only; the file must not be modified while the draft head built
-            // from it is alive (as for the verifier's weights). Its header was validated above.
-            unsafe { VarBuilder::from_mmaped_safetensors(&[safetensors], dtype, device)? }
-        } else if pickle.exists() {
-            VarBuilder::from_pth(&pickle, dtype, device)?
-        } else {
-            return Err(Error::MissingFile { path: safetensors });
-        };
-        Self::load(&vb, &config, verifier)
+        let (backend, stored): (Box<dyn SimpleBackend>, BTreeSet<String>) =
+            if safetensors.is_file() {
+                let stored = crate::checkpoint::read_safetensors_header(&safetensors)?
+                    .into_keys()
+                    .collect();
+                // SAFETY: mapped read-only; the file must not be modified while the draft head
+                // built from it is alive (as for the verifier's weights). Its header was
+                // validated above.
+                let mapped = unsafe { MmapedSafetensors::new(&safetensors)? };
+                (Box::new(mapped), stored)
+            } else if pickle.is_file() {
+                let pth = PthTensors::new(&pickle, None)?;
+                let stored = pth.tensor_infos().keys().cloned().collect();
+                (Box::new(pth), stored)
+            } else {
+                return Err(Error::MissingFile { path: safetensors });
+            };
+        let (vb, usage) = crate::checkpoint::usage::tracked(backend, stored, dtype, device);
+        let draft = Self::load(&vb, &config, verifier)?;
+        usage.ensure_all_used(Self::unread_by_eagle)?;
+        Ok(draft)
+    }
+
+    /// Tensors an EAGLE / Spec-VLA draft checkpoint may store that the head never reads: its
+    /// copy of the embedding table (the verifier's is used), the first layer's input norm
+    /// (EAGLE skips it) and rotary `inv_freq` buffers.
+    pub fn unread_by_eagle(name: &str) -> bool {
+        name == "embed_tokens.weight"
+            || name == "layers.0.input_layernorm.weight"
+            || name.ends_with(".rotary_emb.inv_freq")
     }
 
     pub fn config(&self) -> &DraftConfig {
         &self.config
+    }
+
+    /// The dtype the head computes in.
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    /// The device the head's weights are on.
+    pub fn device(&self) -> &Device {
+        &self.device
     }
 
     /// An empty draft cache for `capacity` positions.

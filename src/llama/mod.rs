@@ -167,10 +167,10 @@ impl Llama {
     /// `ids` -> embeddings `[n, hidden]`. Ids beyond the vocabulary are an error.
     pub fn embed(&self, ids: &[u32]) -> Result<Tensor> {
         if let Some(&bad) = ids.iter().find(|&&id| id as usize >= self.cfg.vocab_size) {
-            return Err(Error::Tokenizer(format!(
-                "token id {bad} is outside the model's vocabulary of {}",
-                self.cfg.vocab_size
-            )));
+            return Err(Error::TokenOutOfVocabulary {
+                id: bad,
+                vocab: self.cfg.vocab_size,
+            });
         }
         let ids = Tensor::new(ids, self.device())?;
         Ok(self.embed_tokens.index_select(&ids, 0)?)

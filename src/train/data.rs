@@ -42,7 +42,9 @@ impl DraftSample {
             .llm()
             .new_cache(model.cache_capacity(input_ids.len(), 0))?;
         let prefill = model.prefill(&image, input_ids, &mut cache)?;
-        let (tokens, _) = GreedyDecoder.decode(model, &prefill, &mut cache, n_tokens)?;
+        let tokens = GreedyDecoder
+            .decode(model, &prefill, &mut cache, n_tokens)?
+            .tokens;
         // Hidden states of the generated tokens: one pass over the first n - 1 of them on top of
         // the prefill cache (the same numbers the cached decode steps produced).
         cache.truncate(prefill.hidden.dim(0)?);

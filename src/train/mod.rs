@@ -391,7 +391,7 @@ pub fn acceptance_length(
         let capacity = model.cache_capacity(ex.input_ids.len(), decoder.extra_cache_positions());
         let mut cache = model.llm().new_cache(capacity)?;
         let prefill = model.prefill(&image, &ex.input_ids, &mut cache)?;
-        let (_, stats) = decoder.decode(model, &prefill, &mut cache, n_tokens)?;
+        let stats = decoder.decode(model, &prefill, &mut cache, n_tokens)?.stats;
         total += stats.acceptance_length().unwrap_or(1.0);
     }
     Ok(total / examples.len().max(1) as f64)
