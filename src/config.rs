@@ -427,11 +427,7 @@ impl LlamaConfig {
         }
         if let Some(act) = self.hidden_act.as_deref() {
             if act != "silu" {
-                return unsupported(
-                    "hidden_act",
-                    format!("{act:?}"),
-                    "only silu is implemented",
-                );
+                return unsupported("hidden_act", format!("{act:?}"), "only silu is implemented");
             }
         }
         for (key, value) in [
@@ -777,6 +773,106 @@ mod tests {
         let c = OpenVlaConfig::from_json_str(&text, Path::new("c.json")).unwrap();
         assert_eq!(c.vision_dim(), 80);
         assert_eq!(c.towers[0].featurizer_blocks(), 2);
+    }
+
+    fn text_config(extra: &str) -> Result<OpenVlaConfig> {
+        let text = OPENVLA_7B.replace(
+            "\"vocab_size\": 32064}",
+            &format!("\"vocab_size\": 32064{extra}}}"),
+        );
+        OpenVlaConfig::from_json_str(&text, Path::new("c.json"))
+    }
+
+    #[test]
+    fn rope_theta_is_read_from_both_places() {
+        assert_eq!(text_config("").unwrap().text.rope_theta, 10000.0);
+        let new = r#", "rope_parameters": {"rope_theta": 500000.0, "rope_type": "default"}"#;
+        assert_eq!(text_config(new).unwrap().text.rope_theta, 500000.0);
+        let old = r#", "rope_theta": 250000.0, "rope_scaling": null"#;
+        assert_eq!(text_config(old).unwrap().text.rope_theta, 250000.0);
+        let both = r#", "rope_theta": 500000.0, "rope_parameters": {"rope_theta": 500000.0}"#;
+        assert_eq!(text_config(both).unwrap().text.rope_theta, 500000.0);
+        let explicit_default = r#", "rope_scaling": {"rope_type": "default"}, "head_dim": 128, "hidden_act": "silu", "attention_bias": false, "mlp_bias": false"#;
+        assert!(text_config(explicit_default).is_ok());
+    }
+
+    #[test]
+    fn keys_that_change_the_maths_are_refused() {
+        for (extra, key) in [
+            (
+                r#", "rope_theta": 10000.0, "rope_parameters": {"rope_theta": 500000.0}"#,
+                "rope_parameters.rope_theta",
+            ),
+            (
+                r#", "rope_parameters": {"rope_theta": 500000.0, "rope_type": "llama3", "factor": 8.0}"#,
+                "rope_parameters.rope_type",
+            ),
+            (
+                r#", "rope_scaling": {"type": "linear", "factor": 2.0}"#,
+                "rope_scaling",
+            ),
+            (r#", "rope_scaling": {"factor": 2.0}"#, "rope_scaling"),
+            (r#", "head_dim": 64"#, "head_dim"),
+            (r#", "hidden_act": "gelu""#, "hidden_act"),
+            (r#", "attention_bias": true"#, "attention_bias"),
+            (r#", "mlp_bias": true"#, "mlp_bias"),
+        ] {
+            let err = text_config(extra).unwrap_err();
+            assert!(
+                matches!(&err, Error::UnsupportedConfig { key: k, .. } if k == key),
+                "{extra}: {err}"
+            );
+        }
+        for extra in [
+            r#", "rope_theta": -1.0"#,
+            r#", "max_position_embeddings": 0"#,
+        ] {
+            assert!(
+                matches!(text_config(extra), Err(Error::InvalidConfig(_))),
+                "{extra}"
+            );
+        }
+    }
+
+    #[test]
+    fn statistics_are_validated() {
+        let stats = |q01: Vec<f64>, q99: Vec<f64>| ActionStatistics {
+            q01,
+            q99,
+            mask: None,
+            mean: None,
+            std: None,
+            min: None,
+            max: None,
+        };
+        assert!(stats(vec![0.0; 7], vec![1.0; 7]).validate("k", 7).is_ok());
+        assert!(stats(vec![1.0; 7], vec![1.0; 7]).validate("k", 7).is_ok());
+        let mut nan = vec![0.0; 7];
+        nan[3] = f64::NAN;
+        for bad in [
+            stats(vec![], vec![]),
+            stats(vec![0.0; 7], vec![1.0; 6]),
+            stats(nan.clone(), vec![1.0; 7]),
+            stats(vec![0.0; 7], nan),
+            stats(vec![f64::NEG_INFINITY; 7], vec![1.0; 7]),
+            stats(vec![-1e300; 7], vec![1e300; 7]),
+            stats(vec![2.0; 7], vec![1.0; 7]),
+        ] {
+            let err = bad.validate("k", 7).unwrap_err();
+            assert!(matches!(err, Error::InvalidStatistics { .. }), "{err}");
+        }
+        let mut short_mask = stats(vec![0.0; 7], vec![1.0; 7]);
+        short_mask.mask = Some(vec![true; 6]);
+        assert!(short_mask.validate("k", 7).is_err());
+        // One-dimension statistics in a config are refused when it is parsed.
+        let text = OPENVLA_7B.replace(
+            r#""q01": [0,0,0,0,0,0,0], "q99": [1,1,1,1,1,1,1],
+         "mask": [true,true,true,true,true,true,false]"#,
+            r#""q01": [0], "q99": [1]"#,
+        );
+        assert_ne!(text, OPENVLA_7B);
+        let err = OpenVlaConfig::from_json_str(&text, Path::new("c.json")).unwrap_err();
+        assert!(matches!(err, Error::InvalidStatistics { .. }), "{err}");
     }
 
     #[test]

@@ -25,7 +25,7 @@ pub mod vision;
 
 pub use action::{ActionDecoder, ActionTokenizer};
 pub use checkpoint::CheckpointFiles;
-pub use error::{Error, Result};
 pub use decode::{DecodedAction, TokenOrigin};
+pub use error::{Error, Result};
 pub use policy::{ActionOutput, NonActionTokens, VlaPolicy};
 pub use processor::Processor;

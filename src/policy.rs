@@ -5,10 +5,10 @@ use std::time::Instant;
 
 use candle_core::{DType, Device};
 
+use crate::accept::ActionIds;
 use crate::action::{select_statistics, ActionTokenizer};
 use crate::checkpoint::CheckpointFiles;
 use crate::config::OpenVlaConfig;
-use crate::accept::ActionIds;
 use crate::decode::{DecodeStats, DecodedAction, Decoder, GreedyDecoder, TokenOrigin};
 use crate::error::{Error, Result};
 use crate::kv_cache::KvCache;

@@ -103,9 +103,7 @@ impl OpenVla {
     pub fn check_request(&self, prompt_len: usize, n_tokens: usize) -> Result<()> {
         let image = self.config.num_patches();
         let action = n_tokens.saturating_sub(1);
-        let needed = image
-            .saturating_add(prompt_len)
-            .saturating_add(action);
+        let needed = image.saturating_add(prompt_len).saturating_add(action);
         let limit = self.config.text.max_position_embeddings;
         if needed > limit {
             return Err(Error::RequestTooLong {

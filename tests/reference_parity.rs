@@ -142,6 +142,17 @@ fn dataset_statistics_file_wins_over_config() -> Result<()> {
         .iter()
         .filter_map(|v| v.as_f64())
         .collect();
+    assert_eq!(
+        expected.len(),
+        7,
+        "golden action_bridge_orig_dataset_statistics"
+    );
+    assert_eq!(
+        out.action.len(),
+        expected.len(),
+        "{:?} vs {expected:?}",
+        out.action
+    );
     for (a, b) in out.action.iter().zip(&expected) {
         assert!((a - b).abs() <= 1e-6, "{:?} vs {:?}", out.action, expected);
     }

@@ -109,7 +109,9 @@ fn strict_speculative_equals_greedy() -> Result<()> {
                 stats,
             } = run(&case.model, &mut spec, &case.image_embeds, &case.ids)?;
             assert!(
-                origins.iter().all(|o| !matches!(o, TokenOrigin::AcceptedRelaxed { .. })),
+                origins
+                    .iter()
+                    .all(|o| !matches!(o, TokenOrigin::AcceptedRelaxed { .. })),
                 "seed {seed}: strict acceptance reported a relaxed token: {origins:?}"
             );
             cases += 1;
@@ -172,7 +174,11 @@ fn relaxed_tokens_stay_within_r_bins() -> Result<()> {
             .with_min_confidence(if r == 16 { 0.3 } else { 0.0 })?;
             let out = run(&case.model, &mut spec, &case.image_embeds, &case.ids)?;
             cases += 1;
-            assert_eq!(out.origins.len(), out.tokens.len(), "seed {seed}: one origin per token");
+            assert_eq!(
+                out.origins.len(),
+                out.tokens.len(),
+                "seed {seed}: one origin per token"
+            );
             for (i, (&t, origin)) in out.tokens.iter().zip(&out.origins).enumerate() {
                 let (verifier, margin) =
                     greedy_after(&case.model, &case.image_embeds, &case.ids, &out.tokens[..i])?;
@@ -192,7 +198,10 @@ fn relaxed_tokens_stay_within_r_bins() -> Result<()> {
                             panic!("seed {seed}: relaxed a non-action token {t} against {verifier_token}");
                         };
                         assert_eq!(a.abs_diff(b), bin_distance, "seed {seed}: bin distance");
-                        assert!(bin_distance >= 1 && bin_distance <= r, "seed {seed} r {r}: distance {bin_distance}");
+                        assert!(
+                            bin_distance >= 1 && bin_distance <= r,
+                            "seed {seed} r {r}: distance {bin_distance}"
+                        );
                     }
                     TokenOrigin::Verifier | TokenOrigin::AcceptedExact => {}
                 }

@@ -10,7 +10,6 @@ pub use greedy::GreedyDecoder;
 pub use speculative::SpecDecoder;
 pub use stats::{DecodeStats, StageTimes};
 
-
 use crate::error::Result;
 use crate::kv_cache::KvCache;
 use crate::verifier::{OpenVla, Prefill};

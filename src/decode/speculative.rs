@@ -140,8 +140,7 @@ fn check_ids(whose: &str, expected: ActionIds, policy: ActionIds) -> Result<()> 
 
 impl Decoder for SpecDecoder {
     fn check_request(&self, model: &OpenVla, prefill_rows: usize, n_tokens: usize) -> Result<()> {
-        if self.draft.dtype() != model.dtype() || !self.draft.device().same_device(model.device())
-        {
+        if self.draft.dtype() != model.dtype() || !self.draft.device().same_device(model.device()) {
             return Err(Error::DraftMismatch(format!(
                 "the draft head computes in {:?} on {:?}, the verifier in {:?} on {:?}",
                 self.draft.dtype(),

@@ -400,7 +400,7 @@ mod tests {
 
     #[test]
     fn matches_a_float64_reference_on_ragged_shapes() {
-        if !crate::simd::supported() {
+        if !crate::simd::avx512_or_skip("matches_a_float64_reference_on_ragged_shapes") {
             return;
         }
         // Rows around the strip height, columns around the panel width, depth around KC.
@@ -438,7 +438,7 @@ mod tests {
 
     #[test]
     fn results_do_not_depend_on_the_thread_count() {
-        if !crate::simd::supported() {
+        if !crate::simd::avx512_or_skip("results_do_not_depend_on_the_thread_count") {
             return;
         }
         let (m, n, k) = (40, 200, 700);
@@ -449,7 +449,7 @@ mod tests {
 
     #[test]
     fn bf16_panels_compute_exactly_what_f32_panels_do() {
-        if !crate::simd::supported() {
+        if !crate::simd::avx512_or_skip("bf16_panels_compute_exactly_what_f32_panels_do") {
             return;
         }
         for &(m, n, k) in &[(1, 33, 7), (6, 768, 256), (14, 65, 2100), (3, 1, 1)] {
@@ -479,7 +479,8 @@ mod tests {
 
     #[test]
     fn a_column_range_computes_those_columns_of_the_full_product() {
-        if !crate::simd::supported() {
+        if !crate::simd::avx512_or_skip("a_column_range_computes_those_columns_of_the_full_product")
+        {
             return;
         }
         let (m, n, k) = (5, 100, 70);

@@ -77,11 +77,11 @@ impl TreeSettings {
                 self.total_tokens
             ));
         }
-        if self.total_tokens < self.depth + 1 {
+        // `depth + 1` overflows for `depth == usize::MAX`; such a depth exceeds any budget.
+        if self.depth >= self.total_tokens {
             return bad(format!(
-                "tree total_tokens {} is below depth + 1 = {} (the root counts as one token)",
-                self.total_tokens,
-                self.depth + 1
+                "tree total_tokens {} is below depth + 1 (depth {}; the root counts as one token)",
+                self.total_tokens, self.depth
             ));
         }
         Ok(())

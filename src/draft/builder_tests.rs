@@ -195,6 +195,29 @@ fn settings_validation() {
 }
 
 #[test]
+fn huge_settings_are_refused_without_overflow() {
+    for bad in [
+        settings(1, usize::MAX, 7),
+        settings(1, usize::MAX, usize::MAX),
+        settings(usize::MAX, 1, 7),
+        settings(1, 1, usize::MAX),
+    ] {
+        let err = bad.validate().unwrap_err();
+        assert!(
+            matches!(err, Error::InvalidSpecSettings(_)),
+            "{bad:?}: {err}"
+        );
+        assert!(TreeBuilder::new(1, bad, usize::MAX).is_err(), "{bad:?}");
+    }
+    let json = format!(
+        r#"{{"top_k": 1, "depth": {}, "total_tokens": 7}}"#,
+        usize::MAX
+    );
+    let parsed: TreeSettings = serde_json::from_str(&json).unwrap();
+    assert!(parsed.validate().is_err());
+}
+
+#[test]
 fn settings_serde() {
     let s: TreeSettings =
         serde_json::from_str(r#"{"top_k":8,"depth":5,"total_tokens":50}"#).unwrap();

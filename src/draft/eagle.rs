@@ -267,23 +267,23 @@ impl EagleDraft {
         let config = DraftConfig::from_file(&dir.join("config.json"))?;
         let safetensors = dir.join("model.safetensors");
         let pickle = dir.join("pytorch_model.bin");
-        let (backend, stored): (Box<dyn SimpleBackend>, BTreeSet<String>) =
-            if safetensors.is_file() {
-                let stored = crate::checkpoint::read_safetensors_header(&safetensors)?
-                    .into_keys()
-                    .collect();
-                // SAFETY: mapped read-only; the file must not be modified while the draft head
-                // built from it is alive (as for the verifier's weights). Its header was
-                // validated above.
-                let mapped = unsafe { MmapedSafetensors::new(&safetensors)? };
-                (Box::new(mapped), stored)
-            } else if pickle.is_file() {
-                let pth = PthTensors::new(&pickle, None)?;
-                let stored = pth.tensor_infos().keys().cloned().collect();
-                (Box::new(pth), stored)
-            } else {
-                return Err(Error::MissingFile { path: safetensors });
-            };
+        let (backend, stored): (Box<dyn SimpleBackend>, BTreeSet<String>) = if safetensors.is_file()
+        {
+            let stored = crate::checkpoint::read_safetensors_header(&safetensors)?
+                .into_keys()
+                .collect();
+            // SAFETY: mapped read-only; the file must not be modified while the draft head
+            // built from it is alive (as for the verifier's weights). Its header was
+            // validated above.
+            let mapped = unsafe { MmapedSafetensors::new(&safetensors)? };
+            (Box::new(mapped), stored)
+        } else if pickle.is_file() {
+            let pth = PthTensors::new(&pickle, None)?;
+            let stored = pth.tensor_infos().keys().cloned().collect();
+            (Box::new(pth), stored)
+        } else {
+            return Err(Error::MissingFile { path: safetensors });
+        };
         let (vb, usage) = crate::checkpoint::usage::tracked(backend, stored, dtype, device);
         let draft = Self::load(&vb, &config, verifier)?;
         usage.ensure_all_used(Self::unread_by_eagle)?;
@@ -465,6 +465,33 @@ mod tests {
 
     use super::*;
     use crate::synthetic::{max_abs_diff, random_draft_weights, seeded_tensor};
+
+    #[test]
+    fn a_draft_config_reads_rope_parameters_and_refuses_scaling() {
+        let sizes = r#""hidden_size": 256, "intermediate_size": 688, "num_attention_heads": 8,
+            "num_hidden_layers": 1, "vocab_size": 615"#;
+        let path = std::path::Path::new("draft/config.json");
+        let text = format!(
+            r#"{{{sizes}, "rope_parameters": {{"rope_theta": 1e6, "rope_type": "default"}}}}"#
+        );
+        let config = DraftConfig::from_json_str(&text, path).unwrap();
+        assert_eq!(config.llama.rope_theta, 1e6);
+        let verifier = LlamaConfig {
+            hidden_size: 256,
+            intermediate_size: 688,
+            num_attention_heads: 8,
+            num_hidden_layers: 8,
+            vocab_size: 615,
+            ..LlamaConfig::default()
+        };
+        config.check_against(&verifier).unwrap();
+        let text = format!(r#"{{{sizes}, "rope_scaling": {{"rope_type": "yarn", "factor": 4}}}}"#);
+        let err = DraftConfig::from_json_str(&text, path)
+            .unwrap()
+            .check_against(&verifier)
+            .unwrap_err();
+        assert!(matches!(err, Error::UnsupportedConfig { .. }), "{err}");
+    }
 
     /// `forward_last` gives `forward`'s last row and leaves the same keys and values in the
     /// cache, for a prefill-sized pass, a commit-sized pass after it, and a single row.
