@@ -12,6 +12,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 
+/// Largest number of patches per tower accepted (OpenVLA's towers have 256; a bound keeps sizes
+/// computed from a corrupt config from overflowing).
+pub const MAX_PATCHES: usize = 1 << 16;
+
 /// Sizes of one timm-style ViT tower.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct VitConfig {
@@ -116,6 +120,12 @@ impl VitConfig {
         }
         if self.mlp_hidden_dim == 0 {
             return bad("mlp_hidden_dim is 0".into());
+        }
+        let grid = self.grid_size();
+        if grid.checked_mul(grid).is_none_or(|p| p > MAX_PATCHES) {
+            return bad(format!(
+                "{grid}x{grid} patches exceed the {MAX_PATCHES} a tower may have"
+            ));
         }
         Ok(())
     }
