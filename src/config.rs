@@ -502,7 +502,7 @@ impl ActionStatistics {
             let usable = |x: f64| x.is_finite() && x.abs() <= MAX_STATISTIC_MAGNITUDE;
             if !usable(lo) || !usable(hi) {
                 return bad(format!(
-                    "dimension {i} has bounds q01 {lo}, q99 {hi}: each must be finite and at most {MAX_STATISTIC_MAGNITUDE:e} in size"
+                    "dimension {i} has bounds q01 {lo:?}, q99 {hi:?}: each must be finite and at most {MAX_STATISTIC_MAGNITUDE:e} in size"
                 ));
             }
             if lo > hi {
