@@ -122,9 +122,15 @@ impl VitConfig {
             return bad("mlp_hidden_dim is 0".into());
         }
         let grid = self.grid_size();
-        if grid.checked_mul(grid).is_none_or(|p| p > MAX_PATCHES) {
+        if grid == 0 || grid.checked_mul(grid).is_none_or(|p| p > MAX_PATCHES) {
             return bad(format!(
-                "{grid}x{grid} patches exceed the {MAX_PATCHES} a tower may have"
+                "{grid}x{grid} patches: a tower has between 1 and {MAX_PATCHES}"
+            ));
+        }
+        if !(self.layer_norm_eps.is_finite() && self.layer_norm_eps >= 0.0) {
+            return bad(format!(
+                "layer_norm_eps {} must be a non-negative finite number",
+                self.layer_norm_eps
             ));
         }
         Ok(())
@@ -883,6 +889,22 @@ mod tests {
         assert_ne!(text, OPENVLA_7B);
         let err = OpenVlaConfig::from_json_str(&text, Path::new("c.json")).unwrap_err();
         assert!(matches!(err, Error::InvalidStatistics { .. }), "{err}");
+    }
+
+    /// Found by `tests/fuzz_parsers.rs` (5000 cases): an image size of 0 gave a tower of 0 patches.
+    #[test]
+    fn a_tower_without_patches_is_refused() {
+        let towers = r#""vision_towers": [
+          {"embed_dim": 32, "depth": 3, "num_heads": 2, "mlp_hidden_dim": 128, "patch_size": 28,
+           "image_size": 0, "class_token": true, "num_register_tokens": 4, "layer_scale": true, "layer_norm_eps": 1e-6}],
+          "use_fused_vision_backbone": false, "image_sizes": null,
+          "arch_specifier""#;
+        let text = OPENVLA_7B
+            .replace("\"use_fused_vision_backbone\": true,", "")
+            .replace("\"image_sizes\": [224, 224],", "")
+            .replace("\"arch_specifier\"", towers);
+        let err = OpenVlaConfig::from_json_str(&text, Path::new("c.json")).unwrap_err();
+        assert!(err.to_string().contains("0x0 patches"), "{err}");
     }
 
     #[test]
