@@ -79,7 +79,7 @@ impl ActionTokenizer {
     /// The action ids as [`ActionIds`] (`V - n ..= V - 1`), for acceptance policies and draft
     /// heads. Both number bins in opposite directions; bin distances are the same.
     pub fn action_ids(&self) -> Result<ActionIds> {
-        ActionIds::new(self.first_action_token(), self.n_bins)
+        ActionIds::at_vocab_end(self.vocab, self.n_bins)
     }
 
     /// Whether `id` is an action token (`V - n ..= V - 1`).

@@ -202,14 +202,12 @@ impl VlaPolicy {
             .filter(|(_, &id)| !self.actions.is_action_token(id))
             .map(|(i, _)| i)
             .collect();
-        if self.non_action_tokens == NonActionTokens::Reject {
-            let first = tokens
-                .iter()
-                .enumerate()
-                .find(|(_, &id)| !self.actions.is_action_token(id));
-            if let Some((position, &token)) = first {
-                return Err(Error::NonActionToken { position, token });
-            }
+        if let (NonActionTokens::Reject, Some(&position)) =
+            (self.non_action_tokens, non_action_positions.first())
+        {
+            // `position` indexes `tokens`: it came from enumerating them.
+            let token = tokens.get(position).copied().unwrap_or_default();
+            return Err(Error::NonActionToken { position, token });
         }
         let action = self.actions.unnormalize(&tokens, statistics)?;
         Ok(ActionOutput {

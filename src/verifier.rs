@@ -5,7 +5,6 @@ use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 
 use crate::accept::ActionIds;
-use crate::action::ActionTokenizer;
 use crate::config::OpenVlaConfig;
 use crate::error::{Error, Result};
 use crate::kv_cache::KvCache;
@@ -83,7 +82,13 @@ impl OpenVla {
     /// The action token ids of this model (the last `n_action_bins` ids of the tokenizer
     /// vocabulary), as acceptance policies and draft heads must use them.
     pub fn action_ids(&self) -> Result<ActionIds> {
-        ActionTokenizer::from_config(&self.config)?.action_ids()
+        let as_id = |n: usize| {
+            u32::try_from(n).map_err(|_| Error::InvalidConfig(format!("{n} does not fit u32 ids")))
+        };
+        ActionIds::at_vocab_end(
+            as_id(self.config.tokenizer_vocab_size())?,
+            as_id(self.config.n_action_bins)?,
+        )
     }
 
     pub fn device(&self) -> &Device {
