@@ -139,7 +139,7 @@ fn main() -> Result<()> {
     let heldout_dir = args
         .heldout
         .clone()
-        .unwrap_or_else(|| spec_vla::embedded::path(spec_vla::embedded::HELDOUT_FRAMES));
+        .unwrap_or_else(|| support::crate_root().join(support::HELDOUT_FRAMES));
     let eval: Vec<EvalExample> =
         support::load_frames(&policy, Some(&heldout_dir), args.eval_count)?
             .iter()

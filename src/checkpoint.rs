@@ -22,6 +22,7 @@ use serde::Deserialize;
 use crate::config::{read_text, OpenVlaConfig};
 use crate::error::{Error, Result};
 
+pub mod int8_rows;
 pub mod usage;
 pub use usage::WeightUsage;
 

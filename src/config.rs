@@ -317,7 +317,13 @@ impl OpenVlaConfig {
     /// Merges a `dataset_statistics.json` (which wins over `norm_stats`, as OpenVLA's eval does).
     pub fn merge_dataset_statistics(&mut self, path: &Path) -> Result<()> {
         let text = read_text(path)?;
-        let stats: BTreeMap<String, DatasetStatistics> = serde_json::from_str(&text)
+        self.merge_dataset_statistics_json(&text, path)
+    }
+
+    /// [`merge_dataset_statistics`](Self::merge_dataset_statistics) from the file's text;
+    /// `path` is only used in error messages.
+    pub fn merge_dataset_statistics_json(&mut self, text: &str, path: &Path) -> Result<()> {
+        let stats: BTreeMap<String, DatasetStatistics> = serde_json::from_str(text)
             .map_err(|e| Error::malformed("dataset_statistics.json", path, e))?;
         self.norm_stats.extend(stats);
         self.validate_statistics()

@@ -23,6 +23,11 @@ pub mod train;
 pub mod verifier;
 pub mod vision;
 
+/// The tensor library the models are built on (its `DType` and `Device` choose how they run).
+pub use candle_core;
+/// The image library of [`VlaPolicy::predict_action`]'s frames.
+pub use image;
+
 pub use action::{ActionDecoder, ActionTokenizer};
 pub use checkpoint::CheckpointFiles;
 pub use decode::{DecodedAction, TokenOrigin};

@@ -4,10 +4,11 @@ use std::path::Path;
 use std::time::Instant;
 
 use candle_core::{DType, Device};
+use candle_nn::VarBuilder;
 
 use crate::accept::ActionIds;
 use crate::action::{select_statistics, ActionTokenizer};
-use crate::checkpoint::CheckpointFiles;
+use crate::checkpoint::{CheckpointFiles, WeightUsage};
 use crate::config::OpenVlaConfig;
 use crate::decode::{DecodeStats, DecodedAction, Decoder, GreedyDecoder, TokenOrigin};
 use crate::error::{Error, Result};
@@ -87,7 +88,18 @@ impl VlaPolicy {
         let config = files.load_config()?;
         let processor = Processor::new(&config, files.preprocessor.as_deref(), &files.tokenizer)?;
         let (vb, usage) = files.tracked_var_builder(dtype, device)?;
-        let model = OpenVla::load(&vb, &config)?;
+        Self::from_weights(config, processor, &vb, &usage)
+    }
+
+    /// Builds the model from `vb` and refuses weights it left unread (see
+    /// [`from_files`](Self::from_files)).
+    pub(crate) fn from_weights(
+        config: OpenVlaConfig,
+        processor: Processor,
+        vb: &VarBuilder,
+        usage: &WeightUsage,
+    ) -> Result<Self> {
+        let model = OpenVla::load(vb, &config)?;
         usage.ensure_all_used(|name| OpenVla::unread_by_openvla(&config, name))?;
         Self::new(processor, model)
     }

@@ -73,8 +73,18 @@ impl TowerNormalization {
     /// finite values each, and positive stds; otherwise [`Error::MalformedConfig`].
     pub fn from_preprocessor_file(path: &Path, towers: usize) -> Result<Option<Vec<Self>>> {
         let text = read_text(path)?;
+        Self::from_preprocessor_json(&text, path, towers)
+    }
+
+    /// [`from_preprocessor_file`](Self::from_preprocessor_file) from the file's text; `path` is
+    /// only used in error messages.
+    pub fn from_preprocessor_json(
+        text: &str,
+        path: &Path,
+        towers: usize,
+    ) -> Result<Option<Vec<Self>>> {
         let bad = |m: String| Error::malformed("preprocessor_config.json", path, m);
-        let raw: RawPreprocessor = serde_json::from_str(&text).map_err(|e| bad(e.to_string()))?;
+        let raw: RawPreprocessor = serde_json::from_str(text).map_err(|e| bad(e.to_string()))?;
         let pairs: Vec<(Vec<f64>, Vec<f64>)> = match (raw.tvf_normalize_params, raw.means, raw.stds)
         {
             (Some(params), _, _) => params.into_iter().map(|p| (p.mean, p.std)).collect(),

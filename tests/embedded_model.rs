@@ -3,11 +3,12 @@
 //! reported), and the per-suite token accuracy and action L1 against the expert computed here
 //! agree with `data/libero_heldout/metrics.json` computed in Python.
 
+mod common;
+
 use std::collections::BTreeMap;
 
 use anyhow::{Context, Result};
 use candle_core::{DType, Device};
-use spec_vla::embedded;
 use spec_vla::VlaPolicy;
 
 /// PyTorch top-2 margins below this are near-ties: the bf16-stored weights are the same, but the
@@ -41,7 +42,7 @@ fn libero_gripper(g: f64) -> f64 {
 
 #[test]
 fn heldout_tokens_and_metrics_match_pytorch() -> Result<()> {
-    let dir = embedded::path(embedded::HELDOUT_FRAMES);
+    let dir = common::repo(common::HELDOUT_FRAMES);
     let text = std::fs::read_to_string(dir.join("manifest.json")).context("held-out manifest")?;
     let entries: Vec<Entry> = serde_json::from_str(&text)?;
     assert!(
@@ -115,6 +116,49 @@ fn heldout_tokens_and_metrics_match_pytorch() -> Result<()> {
             (l1 - py_l1).abs() <= 1e-4 + 2.0 * slack,
             "{suite}: L1 {l1} vs {py_l1}"
         );
+    }
+    Ok(())
+}
+
+/// The weights compiled into the library (`model.int8.safetensors`) decode bit for bit to the
+/// published-layout `model.safetensors` the repository keeps beside them (which the PyTorch
+/// reference tokens come from), for the model and the draft head; and the policy built from the
+/// compiled bytes predicts what the one loaded from the folder does.
+#[test]
+fn embedded_bytes_are_the_published_checkpoint() -> Result<()> {
+    use spec_vla::checkpoint::int8_rows;
+    for relative in [spec_vla::embedded::MODEL, spec_vla::embedded::DRAFT] {
+        let dir = common::repo(relative);
+        let packed = std::fs::read(dir.join("model.int8.safetensors"))?;
+        let decoded = int8_rows::decode(&packed, &dir)?;
+        let published = int8_rows::read_bf16_file(&dir.join("model.safetensors"))?;
+        assert!(
+            published.len() > 5,
+            "{relative}: {} tensors",
+            published.len()
+        );
+        let names =
+            |m: &BTreeMap<String, int8_rows::Bf16Tensor>| m.keys().cloned().collect::<Vec<_>>();
+        assert_eq!(names(&decoded), names(&published), "{relative}");
+        for (name, tensor) in &published {
+            assert!(decoded[name] == *tensor, "{relative}: `{name}` differs");
+        }
+    }
+    let mut embedded = VlaPolicy::embedded(DType::F32, &Device::Cpu)?;
+    let mut from_dir = VlaPolicy::from_dir(
+        &common::repo(spec_vla::embedded::MODEL),
+        DType::F32,
+        &Device::Cpu,
+    )?;
+    let dir = common::repo(common::HELDOUT_FRAMES);
+    let entries: Vec<Entry> =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("manifest.json"))?)?;
+    assert!(entries.len() >= 8);
+    for e in entries.iter().step_by(entries.len() / 8) {
+        let frame = image::open(dir.join(&e.file))?;
+        let a = embedded.predict_action(&frame, &e.instruction, Some(&e.unnorm_key))?;
+        let b = from_dir.predict_action(&frame, &e.instruction, Some(&e.unnorm_key))?;
+        assert_eq!((a.tokens, a.action), (b.tokens, b.action), "{}", e.file);
     }
     Ok(())
 }

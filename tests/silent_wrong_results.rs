@@ -2,6 +2,8 @@
 //! message: each now gives a typed error (or an explicit flag in the output) that names the
 //! cause. Every test here failed on the code before the fix.
 
+mod common;
+
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
@@ -18,7 +20,7 @@ struct EditedCheckpoint(PathBuf);
 
 impl EditedCheckpoint {
     fn new(tag: &str, edit: impl FnOnce(&mut Value, &mut Value)) -> Result<Self> {
-        let source = embedded::path(embedded::MODEL);
+        let source = common::repo(embedded::MODEL);
         let dir = std::env::temp_dir().join(format!("spec_vla_{tag}_{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir)?;
@@ -55,7 +57,7 @@ impl Drop for EditedCheckpoint {
 
 /// The first committed held-out frame and its instruction.
 fn heldout_frame() -> Result<(image::DynamicImage, String, String)> {
-    let dir = embedded::path(embedded::HELDOUT_FRAMES);
+    let dir = common::repo(common::HELDOUT_FRAMES);
     let manifest: Value =
         serde_json::from_str(&std::fs::read_to_string(dir.join("manifest.json"))?)?;
     let entry = manifest.get(0).context("the held-out manifest is empty")?;
@@ -293,7 +295,7 @@ fn a_prompt_too_long_to_decode_is_refused_before_any_compute() -> Result<()> {
 
 #[test]
 fn folders_and_configs_of_the_wrong_kind_are_named() -> Result<()> {
-    let model = embedded::path(embedded::MODEL);
+    let model = common::repo(embedded::MODEL);
     let err =
         VlaPolicy::from_dir(&model.join("config.json"), DType::F32, &Device::Cpu).unwrap_err();
     assert!(matches!(err, Error::NotADirectory { .. }), "{err}");
@@ -316,7 +318,7 @@ fn folders_and_configs_of_the_wrong_kind_are_named() -> Result<()> {
 #[test]
 fn a_draft_config_without_its_sizes_is_refused() -> Result<()> {
     let policy = VlaPolicy::embedded(DType::F32, &Device::Cpu)?;
-    let source = embedded::path(embedded::DRAFT.context("embedded draft")?);
+    let source = common::repo(embedded::DRAFT);
     let dir = std::env::temp_dir().join(format!("spec_vla_draft_sizes_{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir)?;

@@ -39,6 +39,9 @@ pub struct Frame {
     pub unnorm_key: Option<String>,
 }
 
+/// The committed held-out LIBERO frames (in the repository, not in the package).
+pub const HELDOUT_FRAMES: &str = "data/libero_heldout";
+
 pub fn crate_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
@@ -66,7 +69,7 @@ pub fn dtype(name: &str) -> Result<DType> {
 pub fn load_frames(policy: &VlaPolicy, dir: Option<&Path>, limit: usize) -> Result<Vec<Frame>> {
     let dir = dir
         .map(Path::to_path_buf)
-        .unwrap_or_else(|| crate_root().join(spec_vla::embedded::HELDOUT_FRAMES));
+        .unwrap_or_else(|| crate_root().join(HELDOUT_FRAMES));
     let path = dir.join("manifest.json");
     let text = std::fs::read_to_string(&path)
         .with_context(|| format!("{} (a list of {{file, instruction}})", path.display()))?;

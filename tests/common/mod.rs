@@ -7,6 +7,14 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use candle_core::{Device, Tensor};
 
+/// A path inside the repository (models, frames and fixtures the package does not ship).
+pub fn repo(relative: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(relative)
+}
+
+/// The committed held-out LIBERO frames with their `manifest.json`.
+pub const HELDOUT_FRAMES: &str = "data/libero_heldout";
+
 pub fn fixtures() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
 }

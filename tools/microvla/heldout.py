@@ -12,6 +12,13 @@ model_action is what OpenVLA's predict_action returns: dims 0-5 un-normalised wi
 q01/q99, the gripper as the bin centre in OpenVLA's [0,1] convention (about 1 = open, 0 = close).
 For action L1 the gripper is mapped to LIBERO's convention as run_libero_eval does
 (sign(2g-1), then inverted: -1 open / +1 close) and compared with the expert's ±1.
+
+    tools/.venv/bin/python tools/microvla/heldout.py --rescore --model models/microvla-libero \
+        --out data/libero_heldout
+
+re-scores the committed frames (their PNGs and manifest entries; no episodes needed) with the
+model as it is now, e.g. after `examples/pack_embedded.rs` rounded its weights: the model's
+greedy tokens, margins and actions in manifest.json, and metrics.json.
 """
 from __future__ import annotations
 
@@ -49,6 +56,64 @@ def greedy(model, pv, prompt, n=7):
     return torch.stack(toks, 1).numpy(), torch.stack(margins, 1).numpy()
 
 
+def write_metrics(entries, args):
+    """metrics.json: per suite, the model's greedy tokens and actions against the expert's."""
+    metrics = {"model": args.model, "n_frames": len(entries), "decoding": "greedy, full recompute, float32",
+               "gripper_l1": "model gripper mapped to LIBERO convention (sign(2g-1), inverted) vs expert ±1",
+               "per_suite": {}}
+    for suite in SUITES + ["all"]:
+        es = [e for e in entries if suite == "all" or e["suite"] == suite]
+        if not es:
+            continue
+        et = np.array([e["expert_tokens"] for e in es])
+        mt = np.array([e["model_greedy_tokens"] for e in es])
+        ea = np.array([e["expert_action"] for e in es])
+        ma = np.array([e["model_action"] for e in es])
+        mg = openvla_gripper_to_libero(ma[:, 6])
+        l1_arm = np.abs(ma[:, :6] - ea[:, :6])
+        l1_g = np.abs(mg - ea[:, 6])
+        metrics["per_suite"][suite] = {
+            "frames": len(es),
+            "token_accuracy": float((et == mt).mean()),
+            "token_accuracy_per_dim": [float(x) for x in (et == mt).mean(0)],
+            "token_within_1_bin": float((np.abs(et - mt) <= 1).mean()),
+            "all_7_tokens_exact": float((et == mt).all(1).mean()),
+            "mean_abs_bin_error": float(np.abs(et - mt).mean()),
+            "action_l1_all7": float(np.concatenate([l1_arm, l1_g[:, None]], 1).mean()),
+            "action_l1_dims0to5": float(l1_arm.mean()),
+            "gripper_accuracy": float((mg == ea[:, 6]).mean()),
+            "mean_top2_margin": float(np.array([e["model_top2_margins"] for e in es]).mean()),
+        }
+    json.dump(metrics, open(os.path.join(args.out, "metrics.json"), "w"), indent=1)
+    print(json.dumps(metrics["per_suite"], indent=1))
+
+
+def rescore(args):
+    """Recompute the model's tokens, margins and actions for the committed frames."""
+    model, cfg, conf = model_from_export(args.model)
+    tok = load_tokenizer(os.path.join(args.model, "tokenizer.json"))
+    info = tokenizer_info(tok)
+    stats = json.load(open(os.path.join(args.model, "dataset_statistics.json")))
+    path = os.path.join(args.out, "manifest.json")
+    entries = json.load(open(path))
+    changed = 0
+    for e in entries:
+        png = os.path.join(args.out, e["file"])
+        if not os.path.isfile(png):
+            sys.exit(f"{png}: manifest entry without its frame")
+        frame = np.asarray(Image.open(png).convert("RGB"))
+        pv = pixel_values_from_uint8(torch.from_numpy(np.ascontiguousarray(frame[None])))
+        toks, margins = greedy(model, pv, prompt_ids(tok, e["instruction"], info["space_id"]))
+        new = [int(x) for x in toks[0]]
+        changed += new != e["model_greedy_tokens"]
+        e["model_greedy_tokens"] = new
+        e["model_top2_margins"] = [float(x) for x in margins[0]]
+        e["model_action"] = [float(x) for x in decode_tokens(toks[0], info["V"], stats[e["unnorm_key"]])]
+    json.dump(entries, open(path, "w"), indent=1)
+    write_metrics(entries, args)
+    print(f"re-scored {len(entries)} frames; the greedy tokens changed on {changed}")
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--data", default="tools/libero/out")
@@ -58,8 +123,11 @@ def main():
     ap.add_argument("--min-per-suite", type=int, default=50)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--rescore", action="store_true", help="re-score the committed frames only")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    if args.rescore:
+        return rescore(args)
     rng = np.random.default_rng(args.seed)
 
     model, cfg, conf = model_from_export(args.model)
@@ -115,35 +183,8 @@ def main():
         print(f"{suite}: {len(eps)} episodes, {sum(e['suite'] == suite for e in entries)} frames", flush=True)
     json.dump(entries, open(os.path.join(args.out, "manifest.json"), "w"), indent=1)
 
-    metrics = {"model": args.model, "n_frames": len(entries), "decoding": "greedy, full recompute, float32",
-               "gripper_l1": "model gripper mapped to LIBERO convention (sign(2g-1), inverted) vs expert ±1",
-               "per_suite": {}}
-    for suite in SUITES + ["all"]:
-        es = [e for e in entries if suite == "all" or e["suite"] == suite]
-        if not es:
-            continue
-        et = np.array([e["expert_tokens"] for e in es])
-        mt = np.array([e["model_greedy_tokens"] for e in es])
-        ea = np.array([e["expert_action"] for e in es])
-        ma = np.array([e["model_action"] for e in es])
-        mg = openvla_gripper_to_libero(ma[:, 6])
-        l1_arm = np.abs(ma[:, :6] - ea[:, :6])
-        l1_g = np.abs(mg - ea[:, 6])
-        metrics["per_suite"][suite] = {
-            "frames": len(es),
-            "token_accuracy": float((et == mt).mean()),
-            "token_accuracy_per_dim": [float(x) for x in (et == mt).mean(0)],
-            "token_within_1_bin": float((np.abs(et - mt) <= 1).mean()),
-            "all_7_tokens_exact": float((et == mt).all(1).mean()),
-            "mean_abs_bin_error": float(np.abs(et - mt).mean()),
-            "action_l1_all7": float(np.concatenate([l1_arm, l1_g[:, None]], 1).mean()),
-            "action_l1_dims0to5": float(l1_arm.mean()),
-            "gripper_accuracy": float((mg == ea[:, 6]).mean()),
-            "mean_top2_margin": float(np.array([e["model_top2_margins"] for e in es]).mean()),
-        }
-    json.dump(metrics, open(os.path.join(args.out, "metrics.json"), "w"), indent=1)
+    write_metrics(entries, args)
     size = sum(os.path.getsize(os.path.join(args.out, f)) for f in os.listdir(args.out))
-    print(json.dumps(metrics["per_suite"], indent=1))
     print(f"wrote {len(entries)} frames, {size / 1e6:.1f} MB in {args.out}")
 
 
