@@ -5,6 +5,7 @@ pub mod checkpoint;
 pub mod config;
 pub mod decode;
 pub mod dense;
+pub mod device;
 pub mod draft;
 pub mod embedded;
 pub mod error;

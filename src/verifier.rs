@@ -21,6 +21,9 @@ pub struct Prefill {
     pub hidden: Tensor,
     /// Logits at the last position, `[vocab]` f32: the first action token comes from here.
     pub last_logits: Tensor,
+    /// The greedy token of `last_logits` (read back with the finiteness check, see
+    /// [`greedy_rows`]).
+    pub greedy: u32,
 }
 
 /// Output of a pass over new rows (one decode step or a whole tree).
@@ -30,12 +33,31 @@ pub struct Verified {
     pub hidden: Tensor,
     /// Logits `[n, vocab]` f32; row `i` predicts the token after row `i`.
     pub logits: Tensor,
+    /// Greedy token of every row of `logits`.
+    pub greedy: Vec<u32>,
 }
 
 impl Verified {
+    fn new(hidden: Tensor, logits: Tensor, stage: &'static str) -> Result<Self> {
+        let greedy = greedy_rows(&logits, stage)?;
+        Ok(Self {
+            hidden,
+            logits,
+            greedy,
+        })
+    }
+
     /// Greedy token of every row.
-    pub fn greedy(&self) -> Result<Vec<u32>> {
-        Ok(self.logits.argmax(1)?.to_vec1::<u32>()?)
+    pub fn greedy(&self) -> &[u32] {
+        &self.greedy
+    }
+
+    /// Greedy token of the last row (the next token after a one-token decode step).
+    pub fn next_token(&self) -> Result<u32> {
+        self.greedy
+            .last()
+            .copied()
+            .ok_or_else(|| Error::InvalidSpecSettings("a pass over no rows".into()))
     }
 }
 
@@ -183,12 +205,13 @@ impl OpenVla {
             cache,
         )?;
         let t = hidden.dim(0)?;
-        let last_logits = self.llm.logits(&hidden.narrow(0, t - 1, 1)?)?.squeeze(0)?;
-        check_finite(&last_logits, "prefill")?;
+        let last_logits = self.llm.logits(&hidden.narrow(0, t - 1, 1)?)?;
+        let greedy = Verified::new(hidden.clone(), last_logits.clone(), "prefill")?.next_token()?;
         Ok(Prefill {
             input_embeds,
             hidden,
-            last_logits,
+            last_logits: last_logits.squeeze(0)?,
+            greedy,
         })
     }
 
@@ -202,8 +225,7 @@ impl OpenVla {
             cache,
         )?;
         let logits = self.llm.logits(&hidden)?;
-        check_finite(&logits, "decode")?;
-        Ok(Verified { hidden, logits })
+        Verified::new(hidden, logits, "decode")
     }
 
     /// One pass over all `tokens` of a draft tree on top of `cache`: row `i` sits at position
@@ -235,16 +257,37 @@ impl OpenVla {
             cache,
         )?;
         let logits = self.llm.logits(&hidden)?;
-        check_finite(&logits, "verify")?;
-        Ok(Verified { hidden, logits })
+        Verified::new(hidden, logits, "verify")
     }
 }
 
-/// Fails with [`Error::NonFiniteLogits`] when any logit is NaN or infinite.
-pub(crate) fn check_finite(logits: &Tensor, stage: &'static str) -> Result<()> {
-    let total = logits.sum_all()?.to_dtype(DType::F32)?.to_scalar::<f32>()?;
-    if total.is_finite() {
-        Ok(())
+/// Largest vocabulary whose ids an f32 holds exactly.
+const F32_EXACT_IDS: usize = 1 << 24;
+
+/// The greedy token of every row of `logits` (`[n, vocab]`), failing with
+/// [`Error::NonFiniteLogits`] when any logit is NaN or infinite.
+///
+/// The ids and the row sums (non-finite exactly when a logit is, or when finite logits overflow
+/// f32, which no sane model reaches) come back from the device in one transfer, so the check
+/// costs no extra host synchronisation on a GPU.
+pub(crate) fn greedy_rows(logits: &Tensor, stage: &'static str) -> Result<Vec<u32>> {
+    let logits = logits.to_dtype(DType::F32)?;
+    let sums = logits.sum_keepdim(1)?;
+    let ids = logits.argmax_keepdim(1)?;
+    let (ids, finite) = if logits.dim(1)? <= F32_EXACT_IDS {
+        let both = Tensor::cat(&[ids.to_dtype(DType::F32)?, sums], 1)?.to_vec2::<f32>()?;
+        let finite = both.iter().all(|row| row[1].is_finite());
+        (both.iter().map(|row| row[0] as u32).collect(), finite)
+    } else {
+        let finite = sums
+            .flatten_all()?
+            .to_vec1::<f32>()?
+            .iter()
+            .all(|s| s.is_finite());
+        (ids.flatten_all()?.to_vec1::<u32>()?, finite)
+    };
+    if finite {
+        Ok(ids)
     } else {
         Err(Error::NonFiniteLogits { stage })
     }

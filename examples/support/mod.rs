@@ -47,12 +47,7 @@ pub fn crate_root() -> PathBuf {
 }
 
 pub fn device(name: &str) -> Result<Device> {
-    Ok(match name {
-        "cpu" => Device::Cpu,
-        "cuda" => Device::new_cuda(0).context("CUDA device (build with --features cuda)")?,
-        "metal" => Device::new_metal(0).context("Metal device (build with --features metal)")?,
-        other => bail!("unknown device `{other}`: use cpu, cuda or metal"),
-    })
+    Ok(spec_vla::device::by_name(name)?)
 }
 
 pub fn dtype(name: &str) -> Result<DType> {

@@ -3,7 +3,7 @@
 
 use std::time::Instant;
 
-use super::{argmax, DecodeStats, DecodedAction, Decoder, TokenOrigin};
+use super::{DecodeStats, DecodedAction, Decoder, TokenOrigin};
 use crate::error::Result;
 use crate::kv_cache::KvCache;
 use crate::verifier::{OpenVla, Prefill};
@@ -24,13 +24,13 @@ impl Decoder for GreedyDecoder {
         let mut stats = DecodeStats::default();
         let mut tokens = Vec::with_capacity(n_tokens);
         if n_tokens > 0 {
-            tokens.push(argmax(&prefill.last_logits)?);
+            tokens.push(prefill.greedy);
         }
         while tokens.len() < n_tokens {
             let start = Instant::now();
             let last = tokens[tokens.len() - 1];
             let step = model.decode(last, cache)?;
-            tokens.push(argmax(&step.logits.squeeze(0)?)?);
+            tokens.push(step.next_token()?);
             stats.times.verify += start.elapsed();
             stats.verifier_passes += 1;
             stats.tokens_per_pass.push(1);

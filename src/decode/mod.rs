@@ -65,8 +65,3 @@ pub trait Decoder {
         Ok(())
     }
 }
-
-/// Greedy token of a logits vector `[vocab]`.
-pub(crate) fn argmax(logits: &candle_core::Tensor) -> Result<u32> {
-    Ok(logits.argmax(0)?.to_scalar::<u32>()?)
-}

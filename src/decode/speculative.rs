@@ -4,7 +4,7 @@ use std::time::Instant;
 
 use candle_core::Tensor;
 
-use super::{argmax, DecodeStats, DecodedAction, Decoder, TokenOrigin};
+use super::{DecodeStats, DecodedAction, Decoder, TokenOrigin};
 use crate::accept::{best_path, Acceptance, ActionIds};
 use crate::draft::drafter::{DraftCutoff, DraftState, Drafter};
 use crate::draft::eagle::{DraftLmHead, EagleDraft};
@@ -210,7 +210,7 @@ impl Decoder for SpecDecoder {
         if n_tokens == 0 {
             return Ok(out);
         }
-        out.tokens.push(argmax(&prefill.last_logits)?);
+        out.tokens.push(prefill.greedy);
         out.origins.push(TokenOrigin::Verifier);
         if n_tokens == 1 {
             return Ok(out);
@@ -242,7 +242,7 @@ impl Decoder for SpecDecoder {
                     // Only the bonus is left: a plain step, no tree.
                     let start = Instant::now();
                     let step = model.decode(root, cache)?;
-                    tokens.push(argmax(&step.logits.squeeze(0)?)?);
+                    tokens.push(step.next_token()?);
                     origins.push(TokenOrigin::Verifier);
                     stats.times.verify += start.elapsed();
                     stats.verifier_passes += 1;
@@ -271,7 +271,7 @@ impl Decoder for SpecDecoder {
                     &tree.attention_mask(),
                     cache,
                 )?;
-                let greedy = verified.greedy()?;
+                let greedy = verified.greedy;
                 stats.times.verify += start.elapsed();
                 stats.verifier_passes += 1;
 

@@ -164,9 +164,19 @@ impl Dense {
     }
 
     /// Output features `start..start + len` of [`forward`](Self::forward) (e.g. the keys and
-    /// values of a fused qkv projection). The packed CPU path computes only the weight panels
-    /// those features span; elsewhere this narrows the full output.
+    /// values of a fused qkv projection), computing only those where that keeps the CPU's
+    /// results: the packed CPU path multiplies by the weight panels the features span, and off
+    /// the CPU candle's matmul takes the rows of the stored `[out, in]` weight they are
+    /// ([`candle_columns`]). Other CPU layers compute the whole output and narrow it (candle's
+    /// CPU gemm may round a narrower product differently).
     pub fn forward_columns(&self, xs: &Tensor, start: usize, len: usize) -> Result<Tensor> {
+        if let Inner::Candle { weight_t, bias } = &self.inner {
+            if !xs.device().is_cpu() {
+                if let Some(ys) = candle_columns(xs, weight_t, bias.as_ref(), start, len)? {
+                    return Ok(ys);
+                }
+            }
+        }
         #[cfg(target_arch = "x86_64")]
         if let Inner::Packed { weight, device } = &self.inner {
             let dims = xs.dims();
@@ -338,6 +348,38 @@ fn gemm_rows(x: &[f32], m: usize, w: &[f32], bias: Option<&[f32]>, k: usize, n: 
     out
 }
 
+/// `xs @ weight_t[:, start..start + len] + bias[start..start + len]` when `weight_t` is a view
+/// of a stored `[out, in]` weight (stride 1 down the input axis): those columns are contiguous
+/// rows of the weight, a matrix candle's matmul takes as it takes the whole. `None` for a weight
+/// transposed in memory (its columns are strided) or an empty range.
+fn candle_columns(
+    xs: &Tensor,
+    weight_t: &Tensor,
+    bias: Option<&Tensor>,
+    start: usize,
+    len: usize,
+) -> Result<Option<Tensor>> {
+    let out_dim = weight_t.dim(1)?;
+    if start + len > out_dim {
+        return Err(Error::InvalidConfig(format!(
+            "features {start}..{} of a layer with {out_dim}",
+            start + len
+        )));
+    }
+    if weight_t.stride().first() != Some(&1) || len == 0 {
+        return Ok(None);
+    }
+    let weight_t = weight_t.narrow(1, start, len)?;
+    let ys = match xs.rank() {
+        2 => xs.matmul(&weight_t)?,
+        _ => xs.broadcast_matmul(&weight_t)?,
+    };
+    Ok(Some(match bias {
+        Some(bias) => ys.broadcast_add(&bias.narrow(0, start, len)?)?,
+        None => ys,
+    }))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -400,7 +442,33 @@ mod tests {
         let b = crate::synthetic::seeded_tensor(&[100], 5, &dev)?;
         let x = crate::synthetic::seeded_tensor(&[3, 40], 6, &dev)?;
         let fast = Dense::new(w.clone(), Some(b.clone()))?;
-        let slow = Dense::for_many_rows(w, Some(b))?;
+        let slow = Dense::for_many_rows(w.clone(), Some(b.clone()))?;
+        // The GPU path's ops, run here on the CPU: candle's matmul on the rows of the stored
+        // weight, against the whole product narrowed (tolerance: 2 ulps of the dtype).
+        for dtype in [DType::F32, DType::BF16] {
+            let (wt, bt, xt) = (w.to_dtype(dtype)?, b.to_dtype(dtype)?, x.to_dtype(dtype)?);
+            let ulp = if dtype == DType::F32 {
+                f32::EPSILON
+            } else {
+                1.0 / 128.0
+            };
+            let view = wt.t()?;
+            let full = xt.matmul(&view)?.broadcast_add(&bt)?.to_dtype(DType::F32)?;
+            for (start, len) in [(0, 100), (32, 64), (5, 37), (99, 1)] {
+                let part = candle_columns(&xt, &view, Some(&bt), start, len)?
+                    .ok_or_else(|| Error::InvalidConfig("no columns path".into()))?
+                    .to_dtype(DType::F32)?;
+                let reference = full.narrow(1, start, len)?;
+                let excess = ((part - &reference)?.abs()?
+                    - (reference.abs()? * (2.0 * ulp as f64))?)?
+                    .max_all()?
+                    .to_scalar::<f32>()?;
+                assert!(excess <= 1e-6, "{dtype:?} {start}+{len}: {excess}");
+            }
+            let transposed_in_memory = view.contiguous()?;
+            assert!(candle_columns(&xt, &transposed_in_memory, None, 0, 4)?.is_none());
+            assert!(candle_columns(&xt, &view, None, 90, 11).is_err());
+        }
         for dense in [&fast, &slow] {
             let full = dense.forward(&x)?;
             for (start, len) in [(0, 100), (32, 64), (5, 37), (99, 1), (64, 0)] {
