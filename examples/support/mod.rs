@@ -30,6 +30,12 @@ pub struct FrameEntry {
     pub unnorm_key: Option<String>,
     #[serde(default)]
     pub expert_action: Option<Vec<f64>>,
+    /// The PyTorch model's greedy tokens (float32, full recompute), when the manifest has them.
+    #[serde(default)]
+    pub model_greedy_tokens: Option<Vec<u32>>,
+    /// PyTorch's top-2 logit margin at each of those tokens.
+    #[serde(default)]
+    pub model_top2_margins: Option<Vec<f64>>,
 }
 
 /// A loaded frame with its instruction and the statistics key to un-normalise with.

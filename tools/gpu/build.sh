@@ -17,7 +17,7 @@ prefix=${CUDA_PREFIX:-$root/.cuda13}
 wheels=(nvidia-cuda-nvcc==13.0.88 nvidia-cuda-crt==13.0.88 nvidia-nvvm==13.0.88
     nvidia-cuda-runtime==13.0.96 nvidia-cuda-cccl==13.0.85 nvidia-cublas==13.1.0.3
     nvidia-curand==10.4.0.35 nvidia-cuda-nvrtc==13.0.88)
-examples=(libero cost_model)
+examples=(libero cost_model parity)
 
 command -v python3 >/dev/null || { echo "error: python3 (with pip) is needed for the CUDA wheels" >&2; exit 1; }
 command -v gcc >/dev/null || { echo "error: gcc is needed for nvcc and the libcuda stub" >&2; exit 1; }
