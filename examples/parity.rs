@@ -40,11 +40,16 @@ struct Args {
 fn prefill_logits(policy: &VlaPolicy, frame: &support::Frame) -> Result<Tensor> {
     let model = policy.model();
     let ids = policy.processor().prompt_ids(&frame.entry.instruction)?;
-    let pixels = policy.processor().pixel_values(&frame.image, model.device())?;
+    let pixels = policy
+        .processor()
+        .pixel_values(&frame.image, model.device())?;
     let embeds = model.encode_image(&pixels)?;
     let mut cache = model.llm().new_cache(model.cache_capacity(ids.len(), 0))?;
     let prefill = model.prefill(&embeds, &ids, &mut cache)?;
-    Ok(prefill.last_logits.to_dtype(DType::F32)?.to_device(&Device::Cpu)?)
+    Ok(prefill
+        .last_logits
+        .to_dtype(DType::F32)?
+        .to_device(&Device::Cpu)?)
 }
 
 fn max_abs_diff(a: &Tensor, b: &Tensor) -> Result<f32> {
@@ -96,7 +101,10 @@ fn main() -> Result<()> {
         if let Some(cpu) = &cpu_policy {
             f32_diff = f32_diff.max(max_abs_diff(&logits, &prefill_logits(cpu, frame)?)?);
         }
-        bf16_diff = bf16_diff.max(max_abs_diff(&prefill_logits(&bf16_policy, frame)?, &logits)?);
+        bf16_diff = bf16_diff.max(max_abs_diff(
+            &prefill_logits(&bf16_policy, frame)?,
+            &logits,
+        )?);
     }
     let n = frames.len();
     let torch = format!("torch_equal={torch_equal}/{with_reference} near_ties={near_ties}");

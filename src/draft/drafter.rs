@@ -136,8 +136,12 @@ impl Drafter<'_> {
         // The estimated acceptance probability of every pool node's path (root = 1).
         let mut confidence = vec![1f32];
         // Root children come from the committed state.
-        let rows = self.lm_head.log_probs(&root_feature)?.to_vec2::<f32>()?;
-        let first = top_k_rows(&rows, settings.top_k, self.lm_head);
+        let (first, rows) = level_candidates(
+            &self.lm_head.log_probs(&root_feature)?,
+            settings.top_k,
+            self.lm_head,
+            cutoff.is_some(),
+        )?;
         builder.expand(&first)?;
         if let Some(cutoff) = cutoff {
             cutoff.score(&mut builder, &[NodeId::ROOT], &mut confidence, &rows, |j| {
@@ -187,8 +191,12 @@ impl Drafter<'_> {
                     &AttentionMask::Full(mask),
                     &mut state.cache,
                 )?;
-                let rows = self.lm_head.log_probs(&out)?.to_vec2::<f32>()?;
-                let candidates = top_k_rows(&rows, settings.top_k, self.lm_head);
+                let (candidates, rows) = level_candidates(
+                    &self.lm_head.log_probs(&out)?,
+                    settings.top_k,
+                    self.lm_head,
+                    cutoff.is_some(),
+                )?;
                 for (row, &id) in frontier.iter().enumerate() {
                     fed.push((id, out.narrow(0, row, 1)?));
                 }
@@ -212,6 +220,65 @@ impl Drafter<'_> {
             self.head.new_cache(capacity, dtype, device)?,
         ))
     }
+}
+
+/// A level's candidates: the `k` best (token, log-prob) of each row, best first.
+type Candidates = Vec<Vec<(u32, f32)>>;
+
+/// Largest row the device sort takes (candle's CUDA and Metal sorts work within one block).
+const DEVICE_SORT_MAX_COLUMNS: usize = 1024;
+
+/// The `k` best (token, log-prob) of every row of `log_probs` (`[n, actions]` f32), best first,
+/// and the whole rows when `whole_rows` (the draft cut-off scores whole distributions) or on the
+/// CPU, where they are in memory anyway (empty otherwise).
+///
+/// Off the CPU without a cut-off the rows are sorted on the device and only the `k` best of each
+/// come back, ids and values in one transfer. The host must see each level's tokens to grow the
+/// tree, so one read-back per level remains. Ties may be broken differently from the host's
+/// order (lower index first), which changes only which of two equally likely drafts is
+/// proposed; acceptance is unaffected.
+fn level_candidates(
+    log_probs: &Tensor,
+    k: usize,
+    head: &DraftLmHead,
+    whole_rows: bool,
+) -> Result<(Candidates, Vec<Vec<f32>>)> {
+    if whole_rows || log_probs.device().is_cpu() || log_probs.dim(1)? > DEVICE_SORT_MAX_COLUMNS {
+        let rows = log_probs.to_vec2::<f32>()?;
+        return Ok((top_k_rows(&rows, k, head), rows));
+    }
+    let top = top_k_on_device(log_probs, k)?
+        .into_iter()
+        .map(|row| row.into_iter().map(|(i, v)| (head.token(i), v)).collect())
+        .collect();
+    Ok((top, Vec::new()))
+}
+
+/// The `k` best (column, value) of every row, best first, sorted and selected with tensor ops
+/// where `log_probs` lives.
+fn top_k_on_device(log_probs: &Tensor, k: usize) -> Result<Vec<Vec<(usize, f32)>>> {
+    let log_probs = log_probs.to_dtype(DType::F32)?.contiguous()?;
+    let k = k.min(log_probs.dim(1)?);
+    if k == 0 {
+        return Ok(vec![Vec::new(); log_probs.dim(0)?]);
+    }
+    let order = log_probs
+        .arg_sort_last_dim(false)?
+        .narrow(1, 0, k)?
+        .contiguous()?;
+    let values = log_probs.gather(&order, 1)?;
+    // Column indices are below DEVICE_SORT_MAX_COLUMNS, exact in f32.
+    let both = Tensor::cat(&[order.to_dtype(DType::F32)?, values], 1)?.to_vec2::<f32>()?;
+    Ok(both
+        .iter()
+        .map(|row| {
+            let (ids, values) = row.split_at(k);
+            ids.iter()
+                .zip(values)
+                .map(|(&i, &v)| (i as usize, v))
+                .collect()
+        })
+        .collect())
 }
 
 /// The `k` best (token, log-prob) of every row of log-probs, best first.
@@ -324,6 +391,31 @@ mod tests {
         let parents = builder.frontier().to_vec();
         builder.expand(&[vec![(10 + best as u32, rows[0][best])]])?;
         cutoff.score(builder, &parents, confidence, &rows, |j| 10 + j as u32);
+        Ok(())
+    }
+
+    /// The device path's ops, run here on the CPU, select what the host path selects (on rows of
+    /// distinct values, where the order is unique).
+    #[test]
+    fn device_top_k_selects_what_the_host_selects() -> Result<()> {
+        let rows: Vec<Vec<f32>> = (0..3)
+            .map(|r| {
+                (0..256)
+                    .map(|j| ((j * 97 + r * 31) % 256) as f32 * -0.01)
+                    .collect()
+            })
+            .collect();
+        let tensor = Tensor::new(rows.clone(), &Device::Cpu)?;
+        for k in [0, 1, 4, 256, 300] {
+            let device = top_k_on_device(&tensor, k)?;
+            for (row, got) in rows.iter().zip(&device) {
+                let mut order: Vec<usize> = (0..row.len()).collect();
+                order.sort_by(|a, b| row[*b].total_cmp(&row[*a]));
+                let want: Vec<(usize, f32)> =
+                    order.into_iter().take(k).map(|i| (i, row[i])).collect();
+                assert_eq!(got, &want, "k {k}");
+            }
+        }
         Ok(())
     }
 
