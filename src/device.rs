@@ -42,7 +42,7 @@ pub fn cuda(ordinal: usize) -> Result<Device> {
         ));
     }
     Device::new_cuda(ordinal).map_err(|e| {
-        let message = e.to_string();
+        let message = first_line(&e);
         let cause = if message.contains("STUB_LIBRARY") || message.contains("NO_DEVICE") {
             "no NVIDIA driver or GPU was found (this build has CUDA support; it needs the driver's \
              libcuda.so.1 and a GPU)"
@@ -62,9 +62,15 @@ pub fn metal(ordinal: usize) -> Result<Device> {
     }
     Device::new_metal(ordinal).map_err(|e| {
         Error::Unavailable(format!(
-            "Metal device {ordinal}: this build has Metal support but could not open it: {e}"
+            "Metal device {ordinal}: this build has Metal support but could not open it: {}",
+            first_line(&e)
         ))
     })
+}
+
+/// The error's own message, without the backtrace candle appends when `RUST_BACKTRACE` is set.
+fn first_line(e: &candle_core::Error) -> String {
+    e.to_string().lines().next().unwrap_or_default().to_string()
 }
 
 #[cfg(test)]

@@ -69,5 +69,5 @@ if "$bin" --device cuda --limit 1 --quiet > "$prefix/cuda_attempt.log" 2>&1; the
     echo "error: --device cuda succeeded against the stub driver" >&2
     exit 1
 fi
-echo "against the stub, --device cuda says: $(tail -n1 "$prefix/cuda_attempt.log")"
+echo "against the stub, --device cuda says: $(head -n1 "$prefix/cuda_attempt.log")"
 echo "ready: carry .gpubin and run tools/gpu/check.sh on the GPU machine"
