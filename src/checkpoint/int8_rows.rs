@@ -45,6 +45,17 @@ impl Bf16Tensor {
     }
 }
 
+fn bf16_values(bytes: &[u8]) -> Vec<bf16> {
+    bytes
+        .chunks_exact(2)
+        .map(|b| bf16::from_le_bytes([b[0], b[1]]))
+        .collect()
+}
+
+fn bf16_bytes(values: &[bf16]) -> Vec<u8> {
+    values.iter().flat_map(|v| v.to_le_bytes()).collect()
+}
+
 /// Smallest exponent `e` with `max_abs / 2^e <= 127`, within the stored `i8` range.
 fn row_exponent(max_abs: f32) -> i8 {
     if max_abs == 0.0 || !max_abs.is_finite() {
@@ -124,7 +135,7 @@ pub fn encode(tensors: &BTreeMap<String, Bf16Tensor>) -> Result<Vec<u8>> {
                 ));
             }
             None => {
-                let bytes = tensor.values.iter().flat_map(|v| v.to_le_bytes()).collect();
+                let bytes = bf16_bytes(&tensor.values);
                 buffers.push((name.clone(), Dtype::BF16, tensor.shape.clone(), bytes));
             }
         }
@@ -162,11 +173,7 @@ pub fn decode(bytes: &[u8], origin: &Path) -> Result<BTreeMap<String, Bf16Tensor
         }
         let shape = view.shape().to_vec();
         let values = match view.dtype() {
-            Dtype::BF16 => view
-                .data()
-                .chunks_exact(2)
-                .map(|b| bf16::from_le_bytes([b[0], b[1]]))
-                .collect(),
+            Dtype::BF16 => bf16_values(view.data()),
             Dtype::I8 => {
                 let exponent_name = format!("{name}{EXPONENT_SUFFIX}");
                 let exponents = file.tensor(&exponent_name).map_err(|_| {
@@ -212,11 +219,7 @@ pub fn read_bf16_file(path: &Path) -> Result<BTreeMap<String, Bf16Tensor>> {
                 view.dtype()
             )));
         }
-        let values = view
-            .data()
-            .chunks_exact(2)
-            .map(|b| bf16::from_le_bytes([b[0], b[1]]))
-            .collect();
+        let values = bf16_values(view.data());
         out.insert(
             name.to_string(),
             Bf16Tensor {
@@ -233,10 +236,7 @@ pub fn read_bf16_file(path: &Path) -> Result<BTreeMap<String, Bf16Tensor>> {
 pub fn write_bf16_file(tensors: &BTreeMap<String, Bf16Tensor>, path: &Path) -> Result<()> {
     let buffers: Vec<(&str, &[usize], Vec<u8>)> = tensors
         .iter()
-        .map(|(name, t)| {
-            let bytes = t.values.iter().flat_map(|v| v.to_le_bytes()).collect();
-            (name.as_str(), t.shape.as_slice(), bytes)
-        })
+        .map(|(name, t)| (name.as_str(), t.shape.as_slice(), bf16_bytes(&t.values)))
         .collect();
     let mut views = Vec::with_capacity(buffers.len());
     for (name, shape, bytes) in &buffers {
