@@ -206,7 +206,9 @@ impl OpenVla {
         )?;
         let t = hidden.dim(0)?;
         let last_logits = self.llm.logits(&hidden.narrow(0, t - 1, 1)?)?;
-        let greedy = Verified::new(hidden.clone(), last_logits.clone(), "prefill")?.next_token()?;
+        let greedy = greedy_rows(&last_logits, "prefill")?
+            .pop()
+            .ok_or_else(|| Error::InvalidSpecSettings("a prefill over no rows".into()))?;
         Ok(Prefill {
             input_embeds,
             hidden,
