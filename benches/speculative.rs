@@ -27,8 +27,8 @@ use candle_core::Device;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use spec_vla::accept::{best_path, Acceptance, ActionIds, RelaxedBinDistance};
 use spec_vla::decode::{Decoder, GreedyDecoder};
-use spec_vla::draft::drafter::Drafter;
 use spec_vla::draft::eagle::DraftLmHead;
+use spec_vla::draft::eagle_run::EagleRun;
 use spec_vla::draft::TreeSettings;
 use spec_vla::{ActionOutput, VlaPolicy};
 
@@ -60,7 +60,7 @@ fn trees() -> [(&'static str, TreeSettings); 2] {
     [
         (
             "cpu_default_1x6x7",
-            spec_vla::embedded::default_tree_settings(&Device::Cpu),
+            spec_vla::draft::TreeSettings::for_device(&Device::Cpu),
         ),
         (
             "paper_8x5x50",
@@ -86,12 +86,12 @@ fn one_action(c: &mut Criterion) {
     let frames = support::load_frames(&policy, None, FRAMES).expect("frames");
     let (draft, source) = support::draft_head(&policy, None, 0).expect("draft head");
     eprintln!("one_action: {source}");
-    let ids = support::action_ids(&policy).expect("action ids");
-    let tree = spec_vla::embedded::default_tree_settings(&dev);
+    let ids = policy.action_ids().expect("action ids");
+    let eagle = spec_vla::draft::DrafterConfig::eagle();
     let mut decoders: Vec<(&str, Box<dyn Decoder>)> = vec![("plain", Box::new(GreedyDecoder))];
     for (name, r) in [("spec_strict", 0), ("spec_relaxed_r9", 9)] {
         let acceptance = support::acceptance(ids, r).expect("acceptance");
-        let decoder = support::spec_decoder(&policy, &draft, tree, acceptance).expect("decoder");
+        let decoder = support::spec_decoder(&policy, &draft, &eagle, acceptance).expect("decoder");
         decoders.push((name, Box::new(decoder)));
     }
 
@@ -107,7 +107,7 @@ fn one_action(c: &mut Criterion) {
             "one_action/{name}: acceptance length {:.2}, verifier passes {:.2} per action (tree {})",
             accept / n,
             passes / n,
-            support::tree_name(&tree)
+            support::tree_name(&spec_vla::draft::TreeSettings::for_device(&dev))
         );
     }
 
@@ -179,7 +179,7 @@ fn stages(c: &mut Criterion) {
     let frames = support::load_frames(&policy, None, 1).expect("frames");
     let (draft, source) = support::draft_head(&policy, None, 0).expect("draft head");
     eprintln!("stages: {source}");
-    let ids = support::action_ids(&policy).expect("action ids");
+    let ids = policy.action_ids().expect("action ids");
     let model = policy.model();
     let frame = &frames[0];
     let input_ids = policy
@@ -211,7 +211,7 @@ fn stages(c: &mut Criterion) {
         ids.count(),
     )
     .expect("draft lm head");
-    let drafter = Drafter {
+    let drafter = EagleRun {
         head: &draft,
         lm_head: &lm_head,
         verifier: model.llm(),
@@ -250,17 +250,10 @@ fn stages(c: &mut Criterion) {
         let tree = drafter
             .build_tree(&mut state, first, settings, 5)
             .expect("tree");
-        let (tokens, offsets, mask) = (
-            tree.tokens(),
-            tree.position_offsets(),
-            tree.attention_mask(),
-        );
         group.bench_function(BenchmarkId::new("verify_tree", name), |b| {
             b.iter(|| {
                 cache.truncate(base);
-                model
-                    .verify(&tokens, &offsets, &mask, &mut cache)
-                    .expect("verify")
+                model.verify(&tree, &mut cache).expect("verify")
             })
         });
     }

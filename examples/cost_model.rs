@@ -36,8 +36,8 @@ use candle_nn::VarBuilder;
 use clap::Parser;
 use spec_vla::accept::ActionIds;
 use spec_vla::config::OpenVlaConfig;
-use spec_vla::draft::drafter::Drafter;
 use spec_vla::draft::eagle::{DraftLmHead, DraftLmHeadKind};
+use spec_vla::draft::eagle_run::EagleRun;
 use spec_vla::draft::{DraftTree, TreeSettings};
 use spec_vla::kv_cache::KvCache;
 use spec_vla::llama::{AttentionMask, Positions};
@@ -319,12 +319,12 @@ fn measure(
     // too), side by side.
     let action_head = DraftLmHead::new(llm, DraftLmHeadKind::ActionIds, ids.first(), ids.count())?;
     let full_head = DraftLmHead::new(llm, DraftLmHeadKind::FullVocab, ids.first(), ids.count())?;
-    let act = Drafter {
+    let act = EagleRun {
         head: draft,
         lm_head: &action_head,
         verifier: llm,
     };
-    let full = Drafter {
+    let full = EagleRun {
         lm_head: &full_head,
         ..act
     };

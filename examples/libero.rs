@@ -16,9 +16,9 @@ use clap::Parser;
 
 #[path = "support/mod.rs"]
 mod support;
-use spec_vla::accept::{Acceptance, RadiusSpec, RelaxedBinDistance};
-use spec_vla::decode::{Decoder, GreedyDecoder};
+use spec_vla::decode::{Decoder, GreedyDecoder, Speculation};
 use spec_vla::draft::eagle::EagleDraft;
+use spec_vla::draft::TreeSettings;
 use spec_vla::{ActionOutput, VlaPolicy};
 use support::{device, dtype};
 
@@ -43,6 +43,10 @@ struct Args {
     /// Relaxation radii (bins) for the relaxed policy.
     #[arg(long, value_delimiter = ',', default_values_t = vec![3u32, 6, 9, 12])]
     r: Vec<u32>,
+    /// Drafters to run, each with every acceptance policy: eagle, previous_action,
+    /// constant_velocity, merged (EAGLE, previous action and constant velocity in one tree).
+    #[arg(long, value_delimiter = ',', default_values_t = ["eagle", "merged"].map(String::from).to_vec())]
+    drafter: Vec<String>,
     /// Exempt the gripper (dimension 6) from relaxation.
     #[arg(long)]
     exempt_gripper: bool,
@@ -109,64 +113,72 @@ fn main() -> Result<()> {
     };
     let frames = support::load_frames(&policy, args.frames.as_deref(), args.limit)?;
 
-    let draft = match &args.draft {
-        Some(dir) => Some(EagleDraft::from_dir(
-            dir,
-            &policy.config().text,
-            dtype,
-            &device,
-        )?),
-        None => spec_vla::embedded::draft_head(&policy.config().text, dtype, &device)?,
-    };
-    if let Some(head) = &draft {
+    if let Some(dir) = &args.draft {
+        let head = EagleDraft::from_dir(dir, &policy.config().text, dtype, &device)?;
+        policy = policy.with_draft_head(head);
+    }
+    if let Some(head) = policy.draft_head() {
         let context = match head.config().context_window {
             Some(rows) => format!("the last {rows} prompt row(s)"),
             None => "the whole prompt".to_string(),
         };
         eprintln!("the draft head attends to {context}");
     }
-    let ids = support::action_ids(&policy)?;
-    let mut tree = spec_vla::embedded::default_tree_settings(&device);
-    tree.top_k = args.top_k.unwrap_or(tree.top_k);
-    tree.depth = args.depth.unwrap_or(tree.depth);
-    tree.total_tokens = args.total_tokens.unwrap_or(tree.total_tokens);
+    let default_tree = TreeSettings::for_device(&device);
+    let tree = TreeSettings {
+        top_k: args.top_k.unwrap_or(default_tree.top_k),
+        depth: args.depth.unwrap_or(default_tree.depth),
+        total_tokens: args.total_tokens.unwrap_or(default_tree.total_tokens),
+    };
 
     let want = |p: &str| args.policy == "all" || args.policy == p;
-    let mut policies: Vec<(String, Acceptance)> = Vec::new();
-    if draft.is_some() {
-        if want("strict") {
-            policies.push(("decoder=spec policy=strict r=0".into(), Acceptance::Strict));
+    let mut policies: Vec<(String, Speculation)> = Vec::new();
+    if want("strict") {
+        policies.push(("policy=strict r=0".into(), Speculation::strict()));
+    }
+    if want("relaxed") {
+        let exempt: &[usize] = if args.exempt_gripper { &[6] } else { &[] };
+        for &r in &args.r {
+            policies.push((
+                format!("policy=relaxed r={r}"),
+                Speculation::relaxed(r).exempting(exempt),
+            ));
         }
-        if want("relaxed") {
-            let exempt = if args.exempt_gripper { vec![6] } else { vec![] };
-            for &r in &args.r {
-                let relaxed = RelaxedBinDistance::new(RadiusSpec::Uniform(r), exempt.clone(), ids)?;
-                policies.push((
-                    format!("decoder=spec policy=relaxed r={r}"),
-                    Acceptance::RelaxedBinDistance(relaxed),
-                ));
-            }
-        }
-    } else {
-        eprintln!("no draft head: running the plain decoder only");
     }
     let min_confidence = if args.min_confidence.is_empty() {
-        vec![spec_vla::embedded::default_min_confidence(&device)]
+        vec![spec_vla::draft::default_min_confidence(&device)]
     } else {
         args.min_confidence.clone()
     };
-    // (name, acceptance of a speculative decoder or None for the plain one, draft cut-off).
-    let mut configs: Vec<(String, Option<Acceptance>, f32)> =
-        vec![("decoder=ar policy=strict r=0".into(), None, 0.0)];
-    for &c in &min_confidence {
-        for (name, acc) in &policies {
+    let mut drafters = Vec::new();
+    for name in &args.drafter {
+        if policy.draft_head().is_none() && name != "previous_action" && name != "constant_velocity"
+        {
+            eprintln!("no draft head: skipping drafter {name}");
+            continue;
+        }
+        for &c in &min_confidence {
+            drafters.push((
+                name.clone(),
+                c,
+                support::drafter_config(name, Some(tree), Some(c))?,
+            ));
+        }
+    }
+    // (name, the speculation of a speculative decoder or None for the plain one).
+    let mut configs: Vec<(String, Option<Speculation>)> =
+        vec![("decoder=ar policy=strict r=0 drafter=none".into(), None)];
+    for (drafter_name, c, drafter) in &drafters {
+        for (name, speculation) in &policies {
             // The SUMMARY form stays as documented unless several cut-offs are compared.
-            let name = if min_confidence.len() > 1 {
-                format!("{name} min_confidence={c}")
-            } else {
-                name.clone()
-            };
-            configs.push((name, Some(acc.clone()), c));
+            let mut name = format!("decoder=spec {name} drafter={drafter_name}");
+            if min_confidence.len() > 1 {
+                name = format!("{name} min_confidence={c}");
+            }
+            configs.push((
+                name,
+                Some(speculation.clone().with_drafter(drafter.clone())),
+            ));
         }
     }
 
@@ -182,13 +194,10 @@ fn main() -> Result<()> {
     // so that a change in machine load hits all configurations alike and the ratios stay fair.
     let mut decoders: Vec<Box<dyn Decoder>> = Vec::new();
     let mut runs: Vec<Run> = Vec::new();
-    for (name, acceptance, min_confidence) in configs {
-        decoders.push(match (acceptance, &draft) {
-            (Some(acc), Some(draft)) => Box::new(
-                support::spec_decoder(&policy, draft, tree, acc)?
-                    .with_min_confidence(min_confidence)?,
-            ),
-            _ => Box::new(GreedyDecoder),
+    for (name, speculation) in configs {
+        decoders.push(match speculation {
+            Some(speculation) => Box::new(policy.spec_decoder(&speculation)?),
+            None => Box::new(GreedyDecoder),
         });
         runs.push(Run {
             name,
@@ -196,6 +205,12 @@ fn main() -> Result<()> {
         });
     }
     for (i, frame) in frames.iter().enumerate() {
+        // Drafters that read earlier actions see only the previous control step of the episode.
+        if i == 0 || !frame.entry.follows(&frames[i - 1].entry) {
+            for decoder in &mut decoders {
+                decoder.new_episode();
+            }
+        }
         for k in 0..runs.len() {
             let c = (i + k) % runs.len();
             let out = policy.predict_action_with(

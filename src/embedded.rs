@@ -15,8 +15,8 @@
 use candle_core::{DType, Device};
 
 use crate::config::LlamaConfig;
+use crate::device::Precision;
 use crate::draft::eagle::EagleDraft;
-use crate::draft::TreeSettings;
 use crate::error::Result;
 use crate::policy::VlaPolicy;
 
@@ -29,11 +29,19 @@ pub const MODEL: &str = "models/microvla-libero";
 pub const DRAFT: &str = "models/microvla-libero-draft";
 
 impl VlaPolicy {
-    /// The embedded default model (see the [module](crate::embedded) documentation), loaded from
-    /// the bytes compiled into the library. Without the `embedded` feature:
-    /// [`Error::Unavailable`](crate::Error::Unavailable).
-    pub fn embedded(dtype: DType, device: &Device) -> Result<Self> {
-        bundled::policy(dtype, device)
+    /// The embedded default model with its EAGLE draft head (see the [module](crate::embedded)
+    /// documentation), loaded from the bytes compiled into the library, in the dtype
+    /// `precision` gives on `device` ([`Precision::Auto`](crate::device::Precision): f32 on the
+    /// CPU). Without the `embedded` feature: [`Error::Unavailable`](crate::Error::Unavailable).
+    pub fn embedded(precision: impl Into<Precision>, device: &Device) -> Result<Self> {
+        let dtype = precision.into().resolve(device)?;
+        let policy = bundled::policy(dtype, device)?;
+        Ok(
+            match bundled::draft(&policy.config().text, dtype, device)? {
+                Some(head) => policy.with_draft_head(head),
+                None => policy,
+            },
+        )
     }
 }
 
@@ -167,39 +175,5 @@ mod bundled {
         Err(Error::Unavailable(
             "built without the `embedded` feature, which carries the sample frame".into(),
         ))
-    }
-}
-
-/// Tree shape measured to pay best on `device`. On the CPU a tree pass costs more the more
-/// nodes it has (few-row matmuls run far below the one-row rate), so a chain (`top_k` 1, depth
-/// 6) was the fastest shape measured with the embedded model (see the README); on a GPU the
-/// paper's wide tree (`top_k` 8, 5 levels, 50 nodes).
-pub fn default_tree_settings(device: &Device) -> TreeSettings {
-    match device {
-        Device::Cpu => TreeSettings {
-            top_k: 1,
-            depth: 6,
-            total_tokens: 7,
-        },
-        _ => TreeSettings {
-            top_k: 8,
-            depth: 5,
-            total_tokens: 50,
-        },
-    }
-}
-
-/// Draft cut-off ([`SpecDecoder::with_min_confidence`](crate::decode::SpecDecoder::with_min_confidence))
-/// measured to pay on `device`. On the CPU every drafted level costs a draft step and a verifier
-/// row, so a chain stops once the draft itself gives its path less than a 10% chance. Measured
-/// with the embedded draft head (context window of one row) on the 228 held-out LIBERO frames
-/// (chain 1x6x7, one run, decode phase against plain decoding), cut-off 0 / 0.05 / 0.1 / 0.2 /
-/// 0.3 gave strict 1.23x / 1.27x / 1.28x / 1.28x / 1.25x and relaxed r=9 1.56x / 1.58x / 1.59x /
-/// 1.58x / 1.51x, so the default is 0.1 (the whole-prompt head before it measured the same
-/// order). Elsewhere nothing is cut: the wide GPU tree is already ranked by EAGLE-2's scores.
-pub fn default_min_confidence(device: &Device) -> f32 {
-    match device {
-        Device::Cpu => 0.1,
-        _ => 0.0,
     }
 }

@@ -123,6 +123,10 @@ pub enum Error {
     #[error("draft head does not match the verifier: {0}")]
     DraftMismatch(String),
 
+    /// Half precision asked for on the CPU without [`Precision::Exactly`](crate::device::Precision).
+    #[error("{dtype} on the CPU runs candle's generic kernels, measured 4.5x slower than f32: load in f32 (Precision::Auto; bf16 weights widen exactly), or pass Precision::Exactly to compute in {dtype} anyway")]
+    SlowDtype { dtype: String },
+
     /// A requested device or feature is not available in this build.
     #[error("unavailable: {0}")]
     Unavailable(String),

@@ -3,14 +3,20 @@
 use std::path::Path;
 use std::time::Instant;
 
-use candle_core::{DType, Device};
+use candle_core::Device;
 use candle_nn::VarBuilder;
 
 use crate::accept::ActionIds;
 use crate::action::{select_statistics, ActionTokenizer};
 use crate::checkpoint::{CheckpointFiles, WeightUsage};
 use crate::config::OpenVlaConfig;
-use crate::decode::{DecodeStats, DecodedAction, Decoder, GreedyDecoder, TokenOrigin};
+use crate::decode::{
+    ActionRequest, DecodeStats, DecodedAction, Decoder, GreedyDecoder, SpecDecoder, Speculation,
+    TokenOrigin,
+};
+use crate::device::Precision;
+use crate::draft::eagle::EagleDraft;
+use crate::draft::EpisodeKey;
 use crate::error::{Error, Result};
 use crate::kv_cache::KvCache;
 use crate::processor::Processor;
@@ -48,32 +54,37 @@ pub enum NonActionTokens {
     Reject,
 }
 
-/// An OpenVLA policy: processor, model and action tokenizer, plus a KV cache reused across calls.
+/// An OpenVLA policy: processor, model and action tokenizer, its decoder (greedy unless made
+/// [`speculative`](Self::speculative)), an optional EAGLE draft head, and a KV cache reused
+/// across calls.
 #[derive(Debug)]
 pub struct VlaPolicy {
     processor: Processor,
     model: OpenVla,
     actions: ActionTokenizer,
     non_action_tokens: NonActionTokens,
+    decoder: Box<dyn Decoder>,
+    draft_head: Option<EagleDraft>,
     cache: Option<KvCache>,
 }
 
 impl VlaPolicy {
-    /// Loads a checkpoint folder (see `docs/checkpoint_layout.md`) in `dtype` on `device`.
-    pub fn from_dir(dir: &Path, dtype: DType, device: &Device) -> Result<Self> {
-        Self::from_files(&CheckpointFiles::from_dir(dir)?, dtype, device)
+    /// Loads a checkpoint folder (see `docs/checkpoint_layout.md`) on `device`, in the dtype
+    /// `precision` gives there ([`Precision::Auto`], or a [`DType`](candle_core::DType)).
+    pub fn from_dir(dir: &Path, precision: impl Into<Precision>, device: &Device) -> Result<Self> {
+        Self::from_files(&CheckpointFiles::from_dir(dir)?, precision, device)
     }
 
     /// Downloads (feature `hub`) and loads a checkpoint from the Hugging Face hub.
     pub fn from_hub(
         repo_id: &str,
         revision: Option<&str>,
-        dtype: DType,
+        precision: impl Into<Precision>,
         device: &Device,
     ) -> Result<Self> {
         Self::from_files(
             &CheckpointFiles::from_hub(repo_id, revision)?,
-            dtype,
+            precision,
             device,
         )
     }
@@ -84,7 +95,12 @@ impl VlaPolicy {
     /// describes, apart from those OpenVLA itself never reads
     /// ([`OpenVla::unread_by_openvla`]); otherwise config and weights disagree and loading fails
     /// with [`Error::UnusedTensors`](crate::Error::UnusedTensors).
-    pub fn from_files(files: &CheckpointFiles, dtype: DType, device: &Device) -> Result<Self> {
+    pub fn from_files(
+        files: &CheckpointFiles,
+        precision: impl Into<Precision>,
+        device: &Device,
+    ) -> Result<Self> {
+        let dtype = precision.into().resolve(device)?;
         let config = files.load_config()?;
         let processor = Processor::new(&config, files.preprocessor.as_deref(), &files.tokenizer)?;
         let (vb, usage) = files.tracked_var_builder(dtype, device)?;
@@ -114,8 +130,55 @@ impl VlaPolicy {
             model,
             actions,
             non_action_tokens: NonActionTokens::default(),
+            decoder: Box::new(GreedyDecoder),
+            draft_head: None,
             cache: None,
         })
+    }
+
+    /// The same policy with `head` as its EAGLE draft head (for [`speculative`](Self::speculative)).
+    /// The head is checked against the model when the decoder is built.
+    pub fn with_draft_head(mut self, head: EagleDraft) -> Self {
+        self.draft_head = Some(head);
+        self
+    }
+
+    /// The draft head, if the policy has one (the embedded model comes with its own).
+    pub fn draft_head(&self) -> Option<&EagleDraft> {
+        self.draft_head.as_ref()
+    }
+
+    /// The same policy decoding speculatively as `speculation` says: the drafter is built from
+    /// this policy's model and draft head, the acceptance policy over its action ids.
+    /// [`predict_action`](Self::predict_action) then uses it. Errors: an EAGLE drafter without
+    /// a draft head, a draft head that does not fit the model, invalid settings.
+    pub fn speculative(mut self, speculation: Speculation) -> Result<Self> {
+        self.set_speculation(Some(&speculation))?;
+        Ok(self)
+    }
+
+    /// See [`speculative`](Self::speculative); `None` returns to plain greedy decoding.
+    pub fn set_speculation(&mut self, speculation: Option<&Speculation>) -> Result<()> {
+        self.decoder = match speculation {
+            None => Box::new(GreedyDecoder),
+            Some(s) => Box::new(self.spec_decoder(s)?),
+        };
+        Ok(())
+    }
+
+    /// A speculative decoder for this policy (for [`predict_action_with`](Self::predict_action_with),
+    /// e.g. to compare several on the same frames).
+    pub fn spec_decoder(&self, speculation: &Speculation) -> Result<SpecDecoder> {
+        let drafter = speculation
+            .drafter
+            .build(&self.model, self.draft_head.as_ref())?;
+        SpecDecoder::new(drafter, speculation.acceptance(self.action_ids()?)?)
+    }
+
+    /// Forgets the earlier actions a speculative decoder drafts from: call it when a new episode
+    /// starts with the same instruction. (Another instruction or `unnorm_key` starts one anyway.)
+    pub fn new_episode(&mut self) {
+        self.decoder.new_episode();
     }
 
     /// Chooses what happens when an action position holds a non-action token (default:
@@ -156,14 +219,19 @@ impl VlaPolicy {
         self.model.config().norm_stats.keys().cloned().collect()
     }
 
-    /// Greedy decoding, as OpenVLA's `predict_action`: one prefill and six cached steps.
+    /// The action for `frame` and `instruction`, un-normalised with `unnorm_key`'s statistics
+    /// (optional when the checkpoint has one set). Greedy decoding as OpenVLA's
+    /// `predict_action`, unless the policy was made [`speculative`](Self::speculative).
     pub fn predict_action(
         &mut self,
         frame: &image::DynamicImage,
         instruction: &str,
         unnorm_key: Option<&str>,
     ) -> Result<ActionOutput> {
-        self.predict_action_with(&mut GreedyDecoder, frame, instruction, unnorm_key)
+        let mut decoder = std::mem::replace(&mut self.decoder, Box::new(GreedyDecoder));
+        let out = self.predict_action_with(decoder.as_mut(), frame, instruction, unnorm_key);
+        self.decoder = decoder;
+        out
     }
 
     /// Predicts an action with any decoder (greedy or speculative).
@@ -198,8 +266,16 @@ impl VlaPolicy {
         let start = Instant::now();
         let prefill = self.model.prefill(&image_embeds, &input_ids, &mut cache);
         let prefill_time = start.elapsed();
+        let episode = EpisodeKey {
+            instruction: instruction.to_string(),
+            unnorm_key: key.clone(),
+        };
+        let request = ActionRequest {
+            n_tokens,
+            episode: &episode,
+        };
         let decoded =
-            prefill.and_then(|prefill| decoder.decode(&self.model, &prefill, &mut cache, n_tokens));
+            prefill.and_then(|prefill| decoder.decode(&self.model, &prefill, &mut cache, &request));
         self.cache = Some(cache);
         let DecodedAction {
             tokens,

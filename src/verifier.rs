@@ -6,6 +6,7 @@ use candle_nn::VarBuilder;
 
 use crate::accept::ActionIds;
 use crate::config::OpenVlaConfig;
+use crate::draft::DraftTree;
 use crate::error::{Error, Result};
 use crate::kv_cache::KvCache;
 use crate::llama::{AttentionMask, Llama, Positions};
@@ -230,30 +231,16 @@ impl OpenVla {
         Verified::new(hidden, logits, "decode")
     }
 
-    /// One pass over all `tokens` of a draft tree on top of `cache`: row `i` sits at position
-    /// `cache.len() + depths[i]` and sees the cache plus the rows the additive `tree_mask`
-    /// (`[n, n]`, row-major) leaves visible. All rows are appended to the cache; keep the
-    /// accepted ones with [`KvCache::compact`].
-    pub fn verify(
-        &self,
-        tokens: &[u32],
-        depths: &[usize],
-        tree_mask: &[f32],
-        cache: &mut KvCache,
-    ) -> Result<Verified> {
-        let n = tokens.len();
-        if depths.len() != n || tree_mask.len() != n * n {
-            return Err(Error::InvalidSpecSettings(format!(
-                "tree of {n} tokens with {} depths and a mask of {} entries",
-                depths.len(),
-                tree_mask.len()
-            )));
-        }
+    /// One pass over every node of `tree` on top of `cache`: node `i` sits at position
+    /// `cache.len() + depth(i)` and sees the cache plus itself and its ancestors. All rows are
+    /// appended to the cache; keep the accepted ones with [`KvCache::compact`].
+    pub fn verify(&self, tree: &DraftTree, cache: &mut KvCache) -> Result<Verified> {
+        let n = tree.len();
         let start = cache.len();
-        let positions = Positions::Explicit(depths.iter().map(|d| start + d).collect());
-        let mask = Tensor::from_slice(tree_mask, (n, n), self.device())?;
+        let positions = Positions::Explicit(tree.nodes().iter().map(|n| start + n.depth).collect());
+        let mask = Tensor::from_vec(tree.attention_mask(), (n, n), self.device())?;
         let hidden = self.llm.forward(
-            &self.llm.embed(tokens)?,
+            &self.llm.embed(&tree.tokens())?,
             &positions,
             &AttentionMask::Tree(mask),
             cache,

@@ -64,7 +64,7 @@ fn strict_speculative_reproduces_the_reference_tokens() -> Result<()> {
             depth,
             total_tokens: total,
         };
-        let mut spec = SpecDecoder::new(draft.clone(), head, tree, Acceptance::Strict)?;
+        let mut spec = SpecDecoder::eagle(draft.clone(), head, tree, Acceptance::Strict)?;
         let frames = golden_json()?["frames"]
             .as_array()
             .cloned()

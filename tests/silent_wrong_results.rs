@@ -212,10 +212,10 @@ fn embedded_spec(policy: &VlaPolicy, acceptance: Acceptance, dtype: DType) -> Re
         ids.first(),
         ids.count(),
     )?;
-    Ok(SpecDecoder::new(
+    Ok(SpecDecoder::eagle(
         draft,
         lm_head,
-        embedded::default_tree_settings(&Device::Cpu),
+        spec_vla::draft::TreeSettings::for_device(&Device::Cpu),
         acceptance,
     )?)
 }

@@ -16,10 +16,12 @@ use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use common::*;
 use spec_vla::accept::{Acceptance, ActionIds, RadiusSpec, RelaxedBinDistance};
-use spec_vla::decode::{DecodedAction, Decoder, GreedyDecoder, SpecDecoder, TokenOrigin};
-use spec_vla::draft::drafter::Drafter;
+use spec_vla::decode::{
+    ActionRequest, DecodedAction, Decoder, GreedyDecoder, SpecDecoder, TokenOrigin,
+};
 use spec_vla::draft::eagle::{DraftConfig, DraftLmHeadKind, EagleDraft};
-use spec_vla::draft::{DraftTree, TreeBuilder, TreeSettings};
+use spec_vla::draft::eagle_run::EagleRun;
+use spec_vla::draft::{DraftTree, EagleDrafter, TreeBuilder, TreeSettings};
 use spec_vla::synthetic::{random_draft_weights, SeededRng};
 use spec_vla::verifier::OpenVla;
 use spec_vla::Error;
@@ -39,7 +41,7 @@ fn run(
         .llm()
         .new_cache(model.cache_capacity(ids.len(), decoder.extra_cache_positions()))?;
     let prefill = model.prefill(image, ids, &mut cache)?;
-    Ok(decoder.decode(model, &prefill, &mut cache, 7)?)
+    Ok(decoder.decode(model, &prefill, &mut cache, &ActionRequest::standalone(7))?)
 }
 
 /// Greedy token and top-2 margin of the verifier after `ids ++ generated`, by full recompute.
@@ -97,12 +99,16 @@ fn strict_speculative_equals_greedy() -> Result<()> {
             // Variants 2 and 3 also stop drafting early (the draft's confidence cut-off).
             let min_confidence = if variant >= 2 { 0.3 } else { 0.0 };
             let mut spec = SpecDecoder::new(
-                case.draft.clone(),
-                case.lm_head(kind)?,
-                random_tree_settings(&mut rng),
+                Box::new(
+                    EagleDrafter::new(
+                        case.draft.clone(),
+                        case.lm_head(kind)?,
+                        random_tree_settings(&mut rng),
+                    )?
+                    .with_min_confidence(min_confidence)?,
+                ),
                 Acceptance::Strict,
-            )?
-            .with_min_confidence(min_confidence)?;
+            )?;
             let DecodedAction {
                 tokens,
                 origins,
@@ -166,12 +172,16 @@ fn relaxed_tokens_stay_within_r_bins() -> Result<()> {
                 ids,
             )?);
             let mut spec = SpecDecoder::new(
-                case.draft.clone(),
-                case.lm_head(DraftLmHeadKind::ActionIds)?,
-                random_tree_settings(&mut rng),
+                Box::new(
+                    EagleDrafter::new(
+                        case.draft.clone(),
+                        case.lm_head(DraftLmHeadKind::ActionIds)?,
+                        random_tree_settings(&mut rng),
+                    )?
+                    .with_min_confidence(if r == 16 { 0.3 } else { 0.0 })?,
+                ),
                 policy,
-            )?
-            .with_min_confidence(if r == 16 { 0.3 } else { 0.0 })?;
+            )?;
             let out = run(&case.model, &mut spec, &case.image_embeds, &case.ids)?;
             cases += 1;
             assert_eq!(
@@ -283,12 +293,7 @@ fn tree_verification_equals_sequential_decoding() -> Result<()> {
         let prefill = model.prefill(&case.image_embeds, &case.ids, &mut cache)?;
         let root = prefill.last_logits.argmax(0)?.to_scalar::<u32>()?;
         let tree = random_tree(&mut rng, root, settings, case.action_first_id)?;
-        let verified = model.verify(
-            &tree.tokens(),
-            &tree.position_offsets(),
-            &tree.attention_mask(),
-            &mut cache,
-        )?;
+        let verified = model.verify(&tree, &mut cache)?;
         for (i, node) in tree.nodes().iter().enumerate() {
             let path = tree.path_to(spec_vla::draft::NodeId(i)).unwrap_or_default();
             let tokens: Vec<u32> = path.iter().map(|id| tree.nodes()[id.0].token).collect();
@@ -358,20 +363,15 @@ fn invalid_settings_are_typed_errors() -> Result<()> {
         },
     ] {
         let err =
-            SpecDecoder::new(case.draft.clone(), head()?, bad, Acceptance::Strict).unwrap_err();
+            SpecDecoder::eagle(case.draft.clone(), head()?, bad, Acceptance::Strict).unwrap_err();
         assert!(
             matches!(err, Error::InvalidSpecSettings(_)),
             "{bad:?}: {err}"
         );
     }
     for bad in [-0.1, 1.5, f32::NAN] {
-        let spec = SpecDecoder::new(
-            case.draft.clone(),
-            head()?,
-            TreeSettings::default(),
-            Acceptance::Strict,
-        )?;
-        let err = spec.with_min_confidence(bad).unwrap_err();
+        let drafter = EagleDrafter::new(case.draft.clone(), head()?, TreeSettings::default())?;
+        let err = drafter.with_min_confidence(bad).unwrap_err();
         assert!(matches!(err, Error::InvalidSpecSettings(_)), "{bad}: {err}");
     }
     let ids = ActionIds::new(case.action_first_id, 256)?;
@@ -440,7 +440,7 @@ fn a_draft_context_window_sees_only_the_last_prompt_rows() -> Result<()> {
         total_tokens: 4,
     };
     let draft = |head: &EagleDraft, embeds: &Tensor, hidden: &Tensor| -> Result<Vec<f32>> {
-        let drafter = Drafter {
+        let drafter = EagleRun {
             head,
             lm_head: &lm_head,
             verifier: model.llm(),

@@ -14,8 +14,8 @@ use candle_nn::VarBuilder;
 use spec_vla::accept::{Acceptance, ActionIds, RadiusSpec, RelaxedBinDistance};
 use spec_vla::config::LlamaConfig;
 use spec_vla::decode::SpecDecoder;
-use spec_vla::draft::eagle::{DraftConfig, DraftLmHead, DraftLmHeadKind, EagleDraft};
-use spec_vla::draft::{DraftTree, TreeBuilder, TreeSettings};
+use spec_vla::draft::eagle::{DraftConfig, DraftLmHeadKind, EagleDraft};
+use spec_vla::draft::{DraftTree, DrafterConfig, TreeBuilder, TreeSettings};
 use spec_vla::synthetic::{random_draft_weights, SeededRng};
 use spec_vla::VlaPolicy;
 
@@ -36,6 +36,23 @@ pub struct FrameEntry {
     /// PyTorch's top-2 logit margin at each of those tokens.
     #[serde(default)]
     pub model_top2_margins: Option<Vec<f64>>,
+    /// The episode the frame was cut from, and its control step there: frames of one episode
+    /// at consecutive steps are consecutive control steps of the robot.
+    #[serde(default)]
+    pub episode: Option<String>,
+    #[serde(default)]
+    pub step: Option<u64>,
+}
+
+impl FrameEntry {
+    /// Whether this frame is the control step right after `previous` in the same episode (what a
+    /// drafter that reads earlier actions may use).
+    pub fn follows(&self, previous: &FrameEntry) -> bool {
+        match (&self.episode, self.step, &previous.episode, previous.step) {
+            (Some(a), Some(s), Some(b), Some(t)) => a == b && s == t + 1,
+            _ => false,
+        }
+    }
 }
 
 /// A loaded frame with its instruction and the statistics key to un-normalise with.
@@ -199,15 +216,6 @@ pub fn draft_head(
     ))
 }
 
-/// The policy's action ids.
-pub fn action_ids(policy: &VlaPolicy) -> Result<ActionIds> {
-    let actions = policy.action_tokenizer();
-    Ok(ActionIds::new(
-        actions.first_action_token(),
-        actions.n_bins(),
-    )?)
-}
-
 /// Strict acceptance for `r == 0`, else relaxed acceptance with radius `r` on every dimension.
 pub fn acceptance(ids: ActionIds, r: u32) -> Result<Acceptance> {
     Ok(if r == 0 {
@@ -221,24 +229,55 @@ pub fn acceptance(ids: ActionIds, r: u32) -> Result<Acceptance> {
     })
 }
 
-/// A speculative decoder for `policy` with the draft head's configured LM head and the draft
-/// cut-off measured for its device.
+/// A speculative decoder for `policy` with `drafter`, whose EAGLE branches run `draft`.
 pub fn spec_decoder(
     policy: &VlaPolicy,
     draft: &EagleDraft,
-    tree: TreeSettings,
+    drafter: &DrafterConfig,
     acceptance: Acceptance,
 ) -> Result<SpecDecoder> {
-    let ids = action_ids(policy)?;
-    let head = DraftLmHead::new(
-        policy.model().llm(),
-        draft.config().lm_head,
-        ids.first(),
-        ids.count(),
-    )?;
-    let min_confidence = spec_vla::embedded::default_min_confidence(policy.model().device());
-    Ok(SpecDecoder::new(draft.clone(), head, tree, acceptance)?
-        .with_min_confidence(min_confidence)?)
+    Ok(SpecDecoder::new(
+        drafter.build(policy.model(), Some(draft))?,
+        acceptance,
+    )?)
+}
+
+/// The drafter named `name` (`eagle`, `previous_action`, `constant_velocity`, `merged`), its
+/// EAGLE head with `tree` and `min_confidence` where given (else the device's defaults).
+pub fn drafter_config(
+    name: &str,
+    tree: Option<TreeSettings>,
+    min_confidence: Option<f32>,
+) -> Result<DrafterConfig> {
+    let eagle = DrafterConfig::Eagle {
+        tree,
+        min_confidence,
+    };
+    Ok(match name {
+        "eagle" => eagle,
+        "previous_action" | "previous" => DrafterConfig::PreviousAction,
+        "constant_velocity" | "cv" => DrafterConfig::ConstantVelocity { history: 3 },
+        "merged" => match DrafterConfig::merged_default() {
+            DrafterConfig::Merged {
+                mut drafters,
+                node_budget,
+            } => {
+                for d in &mut drafters {
+                    if matches!(d, DrafterConfig::Eagle { .. }) {
+                        *d = eagle.clone();
+                    }
+                }
+                DrafterConfig::Merged {
+                    drafters,
+                    node_budget,
+                }
+            }
+            other => other,
+        },
+        other => bail!(
+            "unknown drafter `{other}`: use eagle, previous_action, constant_velocity or merged"
+        ),
+    })
 }
 
 /// `top_k x depth x total_tokens`, e.g. `4x6x24`.

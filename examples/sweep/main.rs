@@ -55,9 +55,13 @@ struct Args {
     /// Seed of the random draft head (only used when there is no trained one).
     #[arg(long, default_value_t = 0)]
     seed: u64,
-    /// Draft cut-off (see `SpecDecoder::with_min_confidence`); default: the device's.
+    /// Draft cut-off (see `EagleDrafter::with_min_confidence`); default: the device's.
     #[arg(long)]
     min_confidence: Option<f32>,
+    /// The drafter: eagle, previous_action, constant_velocity or merged (its EAGLE branch takes
+    /// each tree shape in turn).
+    #[arg(long, default_value = "eagle")]
+    drafter: String,
     /// cpu, cuda or metal.
     #[arg(long, default_value = "cpu")]
     device: String,
@@ -134,7 +138,7 @@ fn main() -> Result<()> {
     let frames = support::load_frames(&policy, args.frames.as_deref(), args.limit)?;
     let (draft, source) = support::draft_head(&policy, args.draft.as_deref(), args.seed)?;
     eprintln!("{source}");
-    let ids = support::action_ids(&policy)?;
+    let ids = policy.action_ids()?;
     let trees = args
         .trees
         .iter()
@@ -143,16 +147,16 @@ fn main() -> Result<()> {
 
     let min_confidence = args
         .min_confidence
-        .unwrap_or_else(|| spec_vla::embedded::default_min_confidence(&device));
+        .unwrap_or_else(|| spec_vla::draft::default_min_confidence(&device));
     let mut configs = Vec::new();
     for &tree in &trees {
         for &r in &args.r {
             let acceptance = support::acceptance(ids, r)?;
+            let drafter = support::drafter_config(&args.drafter, Some(tree), Some(min_confidence))?;
             configs.push(Config {
                 tree,
                 r,
-                decoder: support::spec_decoder(&policy, &draft, tree, acceptance)?
-                    .with_min_confidence(min_confidence)?,
+                decoder: support::spec_decoder(&policy, &draft, &drafter, acceptance)?,
                 outputs: Vec::new(),
             });
         }
@@ -176,6 +180,11 @@ fn main() -> Result<()> {
     let mut turn = 0usize;
     for rep in 0..args.repeats.max(1) {
         for (fi, f) in frames.iter().enumerate() {
+            if fi == 0 || !f.entry.follows(&frames[fi - 1].entry) {
+                for c in &mut configs {
+                    c.decoder.new_episode();
+                }
+            }
             for k in 0..slots {
                 let slot = (k + turn) % slots;
                 let decoder: &mut dyn Decoder = match slot {
@@ -242,9 +251,10 @@ fn markdown(
     let _ = writeln!(s, "# Spec-VLA sweep\n");
     let _ = writeln!(
         s,
-        "model: {model}; {source}; device {} {}; draft cut-off {min_confidence}; {} frames x {} \
-         repeats; times are means per action in ms; speed-ups are plain / speculative, measured \
+        "model: {model}; {source}; drafter {}; device {} {}; draft cut-off {min_confidence}; {} \
+         frames x {} repeats; times are means per action in ms; speed-ups are plain / speculative, measured \
          interleaved in this run.\n",
+        args.drafter,
         args.device,
         args.dtype,
         frames.len(),

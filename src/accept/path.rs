@@ -23,6 +23,24 @@ impl AcceptedPath {
         self.accepted.last().copied().unwrap_or(NodeId::ROOT)
     }
 
+    /// The tree rows the verifier keeps: the root, then the accepted nodes
+    /// (`accepted.len() + 1`). Row `i` of these produced emitted token `i`.
+    pub fn rows(&self) -> Vec<usize> {
+        std::iter::once(0)
+            .chain(self.accepted.iter().map(|id| id.0))
+            .collect()
+    }
+
+    /// The verifier's own greedy choice for each emitted token's prefix, in emission order
+    /// (`accepted.len() + 1`, the last being the bonus): `verifier_greedy[row]` for every kept
+    /// row. An accepted node's token differs from its entry only under relaxed acceptance.
+    pub fn verifier_choices(&self, verifier_greedy: &[u32]) -> Vec<u32> {
+        self.rows()
+            .into_iter()
+            .map(|row| verifier_greedy.get(row).copied().unwrap_or(self.bonus))
+            .collect()
+    }
+
     /// The tokens to commit: the accepted nodes' tokens, then the bonus (`accepted.len() + 1`).
     pub fn emitted_tokens(&self, tree: &DraftTree) -> Vec<u32> {
         self.accepted

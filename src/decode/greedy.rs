@@ -3,7 +3,7 @@
 
 use std::time::Instant;
 
-use super::{DecodeStats, DecodedAction, Decoder, TokenOrigin};
+use super::{ActionRequest, DecodeStats, DecodedAction, Decoder, TokenOrigin};
 use crate::error::Result;
 use crate::kv_cache::KvCache;
 use crate::verifier::{OpenVla, Prefill};
@@ -19,8 +19,9 @@ impl Decoder for GreedyDecoder {
         model: &OpenVla,
         prefill: &Prefill,
         cache: &mut KvCache,
-        n_tokens: usize,
+        request: &ActionRequest<'_>,
     ) -> Result<DecodedAction> {
+        let n_tokens = request.n_tokens;
         let mut stats = DecodeStats::default();
         let mut tokens = Vec::with_capacity(n_tokens);
         if n_tokens > 0 {

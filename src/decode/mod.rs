@@ -3,13 +3,17 @@
 //! [`DecodeStats`].
 
 mod greedy;
+mod speculation;
 mod speculative;
 mod stats;
+mod step;
 
 pub use greedy::GreedyDecoder;
+pub use speculation::Speculation;
 pub use speculative::SpecDecoder;
 pub use stats::{DecodeStats, StageTimes};
 
+use crate::draft::EpisodeKey;
 use crate::error::Result;
 use crate::kv_cache::KvCache;
 use crate::verifier::{OpenVla, Prefill};
@@ -39,18 +43,49 @@ pub struct DecodedAction {
     pub stats: DecodeStats,
 }
 
-/// Produces `n_tokens` action tokens after a prefill.
-pub trait Decoder {
-    /// Decodes from `prefill` (whose keys and values are in `cache`). Returns the tokens, their
-    /// origins and what they cost. The first token is always the verifier's greedy choice at the
-    /// prefill.
+/// What one action asks of a decoder.
+#[derive(Debug, Clone, Copy)]
+pub struct ActionRequest<'a> {
+    /// Tokens to decode (the action's dimensions).
+    pub n_tokens: usize,
+    /// The episode the action belongs to: a decoder that remembers earlier actions forgets them
+    /// when this changes.
+    pub episode: &'a EpisodeKey,
+}
+
+/// The episode of requests decoded one at a time, with no episode of their own.
+static STANDALONE: EpisodeKey = EpisodeKey {
+    instruction: String::new(),
+    unnorm_key: String::new(),
+};
+
+impl ActionRequest<'static> {
+    /// `n_tokens` tokens with no episode: call [`Decoder::new_episode`] between unrelated frames
+    /// when the decoder drafts from earlier actions.
+    pub fn standalone(n_tokens: usize) -> Self {
+        Self {
+            n_tokens,
+            episode: &STANDALONE,
+        }
+    }
+}
+
+/// Produces an action's tokens after a prefill.
+pub trait Decoder: std::fmt::Debug + Send {
+    /// Decodes `request.n_tokens` tokens from `prefill` (whose keys and values are in `cache`).
+    /// Returns the tokens, their origins and what they cost. The first token is always the
+    /// verifier's greedy choice at the prefill.
     fn decode(
         &mut self,
         model: &OpenVla,
         prefill: &Prefill,
         cache: &mut KvCache,
-        n_tokens: usize,
+        request: &ActionRequest<'_>,
     ) -> Result<DecodedAction>;
+
+    /// Forgets the episode's earlier actions: the next action starts a new episode. (A request
+    /// with another instruction or other statistics does so too.)
+    fn new_episode(&mut self) {}
 
     /// Extra cache positions this decoder needs beyond the prompt and the action tokens.
     fn extra_cache_positions(&self) -> usize {

@@ -16,6 +16,7 @@
 //! next frontier (EAGLE-2's beam-like rerank). [`TreeBuilder::finish`] keeps the root and the
 //! best `total_tokens - 1` pool nodes.
 
+use candle_core::Device;
 use serde::{Deserialize, Serialize};
 
 use super::tree::{DraftTree, NodeId, TreeNode};
@@ -57,6 +58,25 @@ impl Default for TreeSettings {
 }
 
 impl TreeSettings {
+    /// The tree shape measured to pay best on `device`. On the CPU a tree pass costs more the
+    /// more nodes it has (few-row matmuls run far below the one-row rate), so a chain (`top_k`
+    /// 1, depth 6) was the fastest shape measured with the embedded model (`docs/sweep_cpu.md`);
+    /// on a GPU the paper's wide tree (`top_k` 8, 5 levels, 50 nodes).
+    pub fn for_device(device: &Device) -> Self {
+        match device {
+            Device::Cpu => Self {
+                top_k: 1,
+                depth: 6,
+                total_tokens: 7,
+            },
+            _ => Self {
+                top_k: 8,
+                depth: 5,
+                total_tokens: 50,
+            },
+        }
+    }
+
     /// Rejects settings that cannot build a useful tree: `top_k` or `depth` 0, `total_tokens`
     /// below `depth + 1` (the root plus one node per level), or absurdly large values
     /// (`top_k >` [`MAX_TOP_K`], `total_tokens >` [`MAX_TOTAL_TOKENS`]).

@@ -6,7 +6,7 @@ use std::path::Path;
 
 use candle_core::{DType, Device, Tensor};
 
-use crate::decode::{Decoder, GreedyDecoder};
+use crate::decode::{ActionRequest, Decoder, GreedyDecoder};
 use crate::error::{Error, Result};
 use crate::verifier::OpenVla;
 
@@ -43,7 +43,12 @@ impl DraftSample {
             .new_cache(model.cache_capacity(input_ids.len(), 0))?;
         let prefill = model.prefill(&image, input_ids, &mut cache)?;
         let tokens = GreedyDecoder
-            .decode(model, &prefill, &mut cache, n_tokens)?
+            .decode(
+                model,
+                &prefill,
+                &mut cache,
+                &ActionRequest::standalone(n_tokens),
+            )?
             .tokens;
         // Hidden states of the generated tokens: one pass over the first n - 1 of them on top of
         // the prefill cache (the same numbers the cached decode steps produced).

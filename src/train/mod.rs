@@ -23,7 +23,7 @@ use candle_nn::{VarBuilder, VarMap};
 use serde::{Deserialize, Serialize};
 
 use crate::accept::Acceptance;
-use crate::decode::{Decoder, SpecDecoder};
+use crate::decode::{ActionRequest, Decoder, SpecDecoder};
 use crate::draft::eagle::{DraftConfig, DraftLmHead, EagleDraft};
 use crate::draft::TreeSettings;
 use crate::error::{Error, Result};
@@ -384,14 +384,15 @@ pub fn acceptance_length(
     examples: &[EvalExample],
     n_tokens: usize,
 ) -> Result<f64> {
-    let mut decoder = SpecDecoder::new(draft, lm_head, tree, acceptance)?;
+    let mut decoder = SpecDecoder::eagle(draft, lm_head, tree, acceptance)?;
     let mut total = 0.0;
     for ex in examples {
         let image = model.encode_image(&ex.pixel_values)?;
         let capacity = model.cache_capacity(ex.input_ids.len(), decoder.extra_cache_positions());
         let mut cache = model.llm().new_cache(capacity)?;
         let prefill = model.prefill(&image, &ex.input_ids, &mut cache)?;
-        let stats = decoder.decode(model, &prefill, &mut cache, n_tokens)?.stats;
+        let request = ActionRequest::standalone(n_tokens);
+        let stats = decoder.decode(model, &prefill, &mut cache, &request)?.stats;
         total += stats.acceptance_length().unwrap_or(1.0);
     }
     Ok(total / examples.len().max(1) as f64)

@@ -31,8 +31,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         ids.first(),
         ids.count(),
     )?;
-    let tree = embedded::default_tree_settings(&device);
-    let mut spec = SpecDecoder::new(draft, head, tree, Acceptance::Strict)?;
+    let tree = spec_vla::draft::TreeSettings::for_device(&device);
+    let mut spec = SpecDecoder::eagle(draft, head, tree, Acceptance::Strict)?;
     let strict = policy.predict_action_with(&mut spec, &frame, embedded::SAMPLE_INSTRUCTION, key)?;
     if strict.tokens != plain.tokens {
         return Err(format!("strict {:?} != plain {:?}", strict.tokens, plain.tokens).into());

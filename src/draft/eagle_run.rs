@@ -39,15 +39,16 @@ impl DraftState {
     }
 }
 
-/// Draft head + LM head + the verifier's embedding table.
+/// The EAGLE head run against a verifier: draft head + its LM head + the verifier's embedding
+/// table, borrowed for one action.
 #[derive(Debug, Clone, Copy)]
-pub struct Drafter<'a> {
+pub struct EagleRun<'a> {
     pub head: &'a EagleDraft,
     pub lm_head: &'a DraftLmHead,
     pub verifier: &'a Llama,
 }
 
-impl Drafter<'_> {
+impl EagleRun<'_> {
     /// Feeds the verifier's prefill: row `i` pairs hidden `f_i` with the embedding of token
     /// `i + 1`; the last row pairs with `first_token`, the verifier's first greedy token.
     /// `input_embeds`, `hidden`: `[T, hidden]`. A head with a context window

@@ -1,0 +1,104 @@
+//! Speculative decoding as one configuration value: which drafter, and how relaxed.
+
+use serde::{Deserialize, Serialize};
+
+use crate::accept::{Acceptance, ActionIds, RadiusSpec, RelaxedBinDistance};
+use crate::draft::DrafterConfig;
+use crate::error::Result;
+
+/// What [`VlaPolicy::speculative`](crate::VlaPolicy::speculative) builds: a drafter and an
+/// acceptance rule, with the action ids taken from the policy itself.
+///
+/// ```json
+/// {"drafter": {"drafter": "eagle"}, "radius": {"uniform": 9}, "exempt_dims": [6]}
+/// ```
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Speculation {
+    #[serde(default)]
+    pub drafter: DrafterConfig,
+    /// `None`: strict acceptance (the output is exactly greedy decoding's). Otherwise a drafted
+    /// action token is kept when its bin is within this radius of the verifier's choice.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub radius: Option<RadiusSpec>,
+    /// Dimensions that are never relaxed (e.g. 6, the gripper).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub exempt_dims: Vec<usize>,
+}
+
+impl Speculation {
+    /// Strict acceptance with the default drafter: lossless.
+    pub fn strict() -> Self {
+        Self {
+            drafter: DrafterConfig::default(),
+            radius: None,
+            exempt_dims: Vec::new(),
+        }
+    }
+
+    /// Relaxed acceptance within `r` bins on every dimension, with the default drafter.
+    pub fn relaxed(r: u32) -> Self {
+        Self {
+            radius: Some(RadiusSpec::Uniform(r)),
+            ..Self::strict()
+        }
+    }
+
+    /// The same with another drafter.
+    pub fn with_drafter(mut self, drafter: DrafterConfig) -> Self {
+        self.drafter = drafter;
+        self
+    }
+
+    /// The same with `dims` never relaxed.
+    pub fn exempting(mut self, dims: &[usize]) -> Self {
+        self.exempt_dims = dims.to_vec();
+        self
+    }
+
+    /// The acceptance policy over `ids` (validated).
+    pub fn acceptance(&self, ids: ActionIds) -> Result<Acceptance> {
+        Ok(match self.radius {
+            None | Some(RadiusSpec::Uniform(0)) => Acceptance::Strict,
+            Some(radius) => Acceptance::RelaxedBinDistance(RelaxedBinDistance::new(
+                radius,
+                self.exempt_dims.clone(),
+                ids,
+            )?),
+        })
+    }
+}
+
+impl Default for Speculation {
+    fn default() -> Self {
+        Self::strict()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn builds_the_acceptance_from_the_policy_ids() -> Result<()> {
+        let ids = ActionIds::new(100, 32)?;
+        assert_eq!(Speculation::strict().acceptance(ids)?, Acceptance::Strict);
+        assert_eq!(Speculation::relaxed(0).acceptance(ids)?, Acceptance::Strict);
+        let relaxed = Speculation::relaxed(3).exempting(&[6]).acceptance(ids)?;
+        assert_eq!(relaxed.action_ids(), Some(ids));
+        assert!(relaxed.is_lossy());
+        assert!(
+            Speculation::relaxed(40).acceptance(ids).is_err(),
+            "radius >= bins"
+        );
+        let json = r#"{"drafter":{"drafter":"previous_action"},"radius":{"uniform":9}}"#;
+        let spec: Speculation = serde_json::from_str(json)
+            .map_err(|e| crate::Error::InvalidSpecSettings(e.to_string()))?;
+        assert_eq!(
+            spec,
+            Speculation::relaxed(9).with_drafter(DrafterConfig::PreviousAction)
+        );
+        assert!(serde_json::from_str::<Speculation>(r#"{"r":9}"#).is_err());
+        Ok(())
+    }
+}

@@ -1,0 +1,142 @@
+//! Drafters as configuration: a serde enum tagged by `"drafter"`.
+
+use candle_core::Device;
+use serde::{Deserialize, Serialize};
+
+use super::eagle::{DraftLmHead, EagleDraft};
+use super::{ConstantVelocity, Drafter, EagleDrafter, Merged, PreviousAction, TreeSettings};
+use crate::error::{Error, Result};
+use crate::verifier::OpenVla;
+
+/// Which drafter a speculative decoder runs. Unset tree settings and cut-offs take the values
+/// measured for the device ([`TreeSettings::for_device`], [`default_min_confidence`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "drafter", rename_all = "snake_case", deny_unknown_fields)]
+pub enum DrafterConfig {
+    /// The EAGLE draft head (it needs one: [`DrafterConfig::build`]'s `head`).
+    Eagle {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        tree: Option<TreeSettings>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        min_confidence: Option<f32>,
+    },
+    /// The previous action's remaining tokens.
+    PreviousAction,
+    /// The least-squares extrapolation of the last `history` actions (at least 2).
+    ConstantVelocity { history: usize },
+    /// Several drafters in one tree of at most `node_budget` nodes.
+    Merged {
+        drafters: Vec<DrafterConfig>,
+        node_budget: usize,
+    },
+}
+
+impl DrafterConfig {
+    /// The EAGLE head with the device's measured tree and cut-off.
+    pub fn eagle() -> Self {
+        Self::Eagle {
+            tree: None,
+            min_confidence: None,
+        }
+    }
+
+    /// The default: the EAGLE head, the previous action and a 3-action constant-velocity
+    /// extrapolation in one tree of at most 20 nodes (measured on consecutive held-out frames; see
+    /// the README). Without a draft head, [`build`](Self::build) drops the EAGLE branch.
+    pub fn merged_default() -> Self {
+        Self::Merged {
+            drafters: vec![
+                Self::eagle(),
+                Self::PreviousAction,
+                Self::ConstantVelocity { history: 3 },
+            ],
+            node_budget: 20,
+        }
+    }
+
+    /// A short name: `eagle`, `previous_action`, `constant_velocity`, or the merged drafters
+    /// joined by `+`.
+    pub fn name(&self) -> String {
+        match self {
+            Self::Eagle { .. } => "eagle".into(),
+            Self::PreviousAction => "previous_action".into(),
+            Self::ConstantVelocity { .. } => "constant_velocity".into(),
+            Self::Merged { drafters, .. } => {
+                let names: Vec<String> = drafters.iter().map(Self::name).collect();
+                names.join("+")
+            }
+        }
+    }
+
+    /// Whether the drafter runs an EAGLE head.
+    pub fn uses_eagle(&self) -> bool {
+        match self {
+            Self::Eagle { .. } => true,
+            Self::Merged { drafters, .. } => drafters.iter().any(Self::uses_eagle),
+            _ => false,
+        }
+    }
+
+    /// Builds the drafter for `model`. `head` is the EAGLE draft head; without one an `eagle`
+    /// drafter is refused ([`Error::InvalidSpecSettings`]), and a merged drafter drops its EAGLE
+    /// branches (refused if nothing is left).
+    pub fn build(&self, model: &OpenVla, head: Option<&EagleDraft>) -> Result<Box<dyn Drafter>> {
+        let max_depth = model.config().action_dims();
+        Ok(match self {
+            Self::Eagle {
+                tree,
+                min_confidence,
+            } => {
+                let head = head.ok_or_else(|| {
+                    Error::InvalidSpecSettings(
+                        "the eagle drafter needs a draft head (this policy has none)".into(),
+                    )
+                })?;
+                let device = model.device();
+                let ids = model.action_ids()?;
+                let lm_head =
+                    DraftLmHead::new(model.llm(), head.config().lm_head, ids.first(), ids.count())?;
+                let tree = tree.unwrap_or_else(|| TreeSettings::for_device(device));
+                let drafter = EagleDrafter::new(head.clone(), lm_head, tree)?.with_min_confidence(
+                    min_confidence.unwrap_or_else(|| default_min_confidence(device)),
+                )?;
+                Box::new(drafter)
+            }
+            Self::PreviousAction => Box::new(PreviousAction::new(max_depth)),
+            Self::ConstantVelocity { history } => {
+                Box::new(ConstantVelocity::new(*history, max_depth)?)
+            }
+            Self::Merged {
+                drafters,
+                node_budget,
+            } => {
+                let parts = drafters
+                    .iter()
+                    .filter(|d| head.is_some() || !d.uses_eagle())
+                    .map(|d| d.build(model, head))
+                    .collect::<Result<Vec<_>>>()?;
+                Box::new(Merged::new(parts, *node_budget)?)
+            }
+        })
+    }
+}
+
+impl Default for DrafterConfig {
+    fn default() -> Self {
+        Self::merged_default()
+    }
+}
+
+/// Draft cut-off ([`EagleDrafter::with_min_confidence`]) measured to pay on `device`. On the
+/// CPU every drafted level costs a draft step and a verifier row, so a chain stops once the
+/// draft itself gives its path less than a 10% chance. Measured with the embedded draft head
+/// (context window of one row) on the 228 held-out LIBERO frames of init 49 (chain 1x6x7, one
+/// run, decode phase against plain decoding): cut-off 0 / 0.05 / 0.1 / 0.2 / 0.3 gave strict
+/// 1.23x / 1.27x / 1.28x / 1.28x / 1.25x and relaxed r=9 1.56x / 1.58x / 1.59x / 1.58x / 1.51x.
+/// Elsewhere nothing is cut: the wide GPU tree is already ranked by EAGLE-2's scores.
+pub fn default_min_confidence(device: &Device) -> f32 {
+    match device {
+        Device::Cpu => 0.1,
+        _ => 0.0,
+    }
+}
