@@ -17,8 +17,13 @@ For action L1 the gripper is mapped to LIBERO's convention as run_libero_eval do
         --out data/libero_heldout
 
 re-scores the committed frames (their PNGs and manifest entries; no episodes needed) with the
-model as it is now, e.g. after `examples/pack_embedded.rs` rounded its weights: the model's
-greedy tokens, margins and actions in manifest.json, and metrics.json.
+model as it is now, e.g. after `examples/pack_embedded.rs` rounded its weights: the expert's
+tokens (and `previous_expert_tokens` where an entry has `previous_action`) under the model's
+statistics, the model's greedy tokens, margins and actions in manifest.json, and metrics.json.
+This is also the last step of building the committed set: `data/libero_heldout/` is made by
+`tools/libero/heldout_runs.py` (runs of consecutive steps from the evaluation-only init states
+0-9; see tools/libero/README.md), which leaves these fields null. The default mode below (frames
+from generate.py's 'heldout' split, init 49) is the old way and no longer makes the committed set.
 """
 from __future__ import annotations
 
@@ -84,6 +89,20 @@ def write_metrics(entries, args):
             "gripper_accuracy": float((mg == ea[:, 6]).mean()),
             "mean_top2_margin": float(np.array([e["model_top2_margins"] for e in es]).mean()),
         }
+        # Consecutive-step sets (tools/libero/heldout_runs.py): how far copying the previous expert action
+        # gets a drafter, against the expert's tokens and the model's greedy tokens.
+        ep = [e for e in es if e.get("previous_expert_tokens") is not None]
+        if ep:
+            pt = np.array([e["previous_expert_tokens"] for e in ep])
+            m = metrics["per_suite"][suite]
+            m["episodes"] = len({e["episode"] for e in es if "episode" in e})
+            m["frames_with_previous_action"] = len(ep)
+            m["previous_expert_tokens_eq_expert_tokens"] = float(
+                (pt == np.array([e["expert_tokens"] for e in ep])).mean())
+            m["previous_expert_tokens_eq_model_greedy_tokens"] = float(
+                (pt == np.array([e["model_greedy_tokens"] for e in ep])).mean())
+            m["previous_expert_tokens_eq_model_greedy_tokens_per_dim"] = [
+                float(x) for x in (pt == np.array([e["model_greedy_tokens"] for e in ep])).mean(0)]
     json.dump(metrics, open(os.path.join(args.out, "metrics.json"), "w"), indent=1)
     print(json.dumps(metrics["per_suite"], indent=1))
 
@@ -97,7 +116,18 @@ def rescore(args):
     path = os.path.join(args.out, "manifest.json")
     entries = json.load(open(path))
     changed = 0
+    V = info["V"]
+
+    def expert_tokens(a, st):
+        return [int(x) for x in action_tokens(normalize_actions(libero_to_openvla(np.asarray(a)[None]), st), V)[0]]
+
     for e in entries:
+        st = stats[e["unnorm_key"]]
+        # the expert's tokens (and the previous action's, where the manifest has one) under the model's statistics
+        e["expert_tokens"] = expert_tokens(e["expert_action"], st)
+        if "previous_action" in e:
+            prev = e["previous_action"]
+            e["previous_expert_tokens"] = None if prev is None else expert_tokens(prev, st)
         png = os.path.join(args.out, e["file"])
         if not os.path.isfile(png):
             sys.exit(f"{png}: manifest entry without its frame")
@@ -108,7 +138,7 @@ def rescore(args):
         changed += new != e["model_greedy_tokens"]
         e["model_greedy_tokens"] = new
         e["model_top2_margins"] = [float(x) for x in margins[0]]
-        e["model_action"] = [float(x) for x in decode_tokens(toks[0], info["V"], stats[e["unnorm_key"]])]
+        e["model_action"] = [float(x) for x in decode_tokens(toks[0], V, st)]
     json.dump(entries, open(path, "w"), indent=1)
     write_metrics(entries, args)
     print(f"re-scored {len(entries)} frames; the greedy tokens changed on {changed}")
