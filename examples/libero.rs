@@ -41,12 +41,17 @@ struct Args {
     #[arg(long, default_value = "all")]
     policy: String,
     /// Relaxation radii (bins) for the relaxed policy.
-    #[arg(long, value_delimiter = ',', default_values_t = vec![3u32, 6, 9, 12])]
+    #[arg(long, value_delimiter = ',', default_values_t = vec![6u32, 9, 12])]
     r: Vec<u32>,
     /// Drafters to run, each with every acceptance policy: eagle, previous_action,
-    /// constant_velocity, merged (EAGLE, previous action and constant velocity in one tree).
-    #[arg(long, value_delimiter = ',', default_values_t = ["eagle", "merged"].map(String::from).to_vec())]
+    /// constant_velocity, merged (EAGLE, previous action and constant velocity in one tree),
+    /// default (the library's default drafter), names joined by + (one tree) or two such joined
+    /// by > (the first for an action's first pass, the second after).
+    #[arg(long, value_delimiter = ',', default_values_t = ["eagle", "default"].map(String::from).to_vec())]
     drafter: Vec<String>,
+    /// Node budget of merged drafters (default: the default drafter's).
+    #[arg(long)]
+    node_budget: Option<usize>,
     /// Exempt the gripper (dimension 6) from relaxation.
     #[arg(long)]
     exempt_gripper: bool,
@@ -152,8 +157,7 @@ fn main() -> Result<()> {
     };
     let mut drafters = Vec::new();
     for name in &args.drafter {
-        if policy.draft_head().is_none() && name != "previous_action" && name != "constant_velocity"
-        {
+        if policy.draft_head().is_none() && name.split('+').any(|n| n == "eagle") {
             eprintln!("no draft head: skipping drafter {name}");
             continue;
         }
@@ -161,7 +165,7 @@ fn main() -> Result<()> {
             drafters.push((
                 name.clone(),
                 c,
-                support::drafter_config(name, Some(tree), Some(c))?,
+                support::drafter_config(name, Some(tree), Some(c), args.node_budget)?,
             ));
         }
     }

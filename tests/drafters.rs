@@ -27,6 +27,7 @@ fn drafters() -> Vec<DrafterConfig> {
         DrafterConfig::PreviousAction,
         DrafterConfig::ConstantVelocity { history: 3 },
         DrafterConfig::merged_default(),
+        DrafterConfig::default(),
         // A budget that cuts the later branches short.
         DrafterConfig::Merged {
             drafters: vec![
@@ -184,7 +185,7 @@ fn the_previous_action_is_read_only_within_its_episode() -> Result<()> {
         &case.ids,
         &episode("a"),
     )?;
-    let mut passes = |spec: &mut SpecDecoder, key: &EpisodeKey| -> Result<usize> {
+    let passes = |spec: &mut SpecDecoder, key: &EpisodeKey| -> Result<usize> {
         let out = decode(&case.model, spec, image, &case.ids, key)?;
         assert_eq!(out.tokens, greedy.tokens);
         Ok(out.stats.verifier_passes)

@@ -242,42 +242,70 @@ pub fn spec_decoder(
     )?)
 }
 
-/// The drafter named `name` (`eagle`, `previous_action`, `constant_velocity`, `merged`), its
-/// EAGLE head with `tree` and `min_confidence` where given (else the device's defaults).
+/// The drafter named `name`: `eagle`, `previous_action` (or `previous`), `constant_velocity`
+/// (or `cv`), `merged` (`DrafterConfig::merged_default`), `default` (`DrafterConfig::default`),
+/// several names joined by `+` (merged in that order in one tree of at most `node_budget` nodes,
+/// default 20), or two such joined by `>` (staged: the first for an action's first pass, the
+/// second after). Its EAGLE head takes `tree` and `min_confidence` where given (else the
+/// device's defaults).
 pub fn drafter_config(
     name: &str,
     tree: Option<TreeSettings>,
     min_confidence: Option<f32>,
+    node_budget: Option<usize>,
 ) -> Result<DrafterConfig> {
     let eagle = DrafterConfig::Eagle {
         tree,
         min_confidence,
     };
-    Ok(match name {
-        "eagle" => eagle,
-        "previous_action" | "previous" => DrafterConfig::PreviousAction,
-        "constant_velocity" | "cv" => DrafterConfig::ConstantVelocity { history: 3 },
-        "merged" => match DrafterConfig::merged_default() {
-            DrafterConfig::Merged {
-                mut drafters,
-                node_budget,
-            } => {
-                for d in &mut drafters {
-                    if matches!(d, DrafterConfig::Eagle { .. }) {
-                        *d = eagle.clone();
-                    }
-                }
-                DrafterConfig::Merged {
-                    drafters,
-                    node_budget,
-                }
-            }
-            other => other,
-        },
-        other => bail!(
-            "unknown drafter `{other}`: use eagle, previous_action, constant_velocity or merged"
-        ),
+    if let Some((first, then)) = name.split_once('>') {
+        return Ok(DrafterConfig::Staged {
+            first: Box::new(drafter_config(first, tree, min_confidence, node_budget)?),
+            then: Box::new(drafter_config(then, tree, min_confidence, node_budget)?),
+        });
+    }
+    let single = |name: &str| -> Result<DrafterConfig> {
+        Ok(match name {
+            "eagle" => eagle.clone(),
+            "previous_action" | "previous" => DrafterConfig::PreviousAction,
+            "constant_velocity" | "cv" => DrafterConfig::ConstantVelocity { history: 3 },
+            "merged" => with_eagle_everywhere(DrafterConfig::merged_default(), &eagle),
+            "default" => with_eagle_everywhere(DrafterConfig::default(), &eagle),
+            other => bail!(
+                "unknown drafter `{other}`: use eagle, previous_action, constant_velocity, merged, \
+                 default, names joined by + (one tree) or two such joined by > (staged)"
+            ),
+        })
+    };
+    if !name.contains('+') {
+        return single(name);
+    }
+    Ok(DrafterConfig::Merged {
+        drafters: name.split('+').map(single).collect::<Result<_>>()?,
+        node_budget: node_budget.unwrap_or(20),
     })
+}
+
+/// `config` with every EAGLE branch replaced by `eagle`.
+fn with_eagle_everywhere(config: DrafterConfig, eagle: &DrafterConfig) -> DrafterConfig {
+    match config {
+        DrafterConfig::Eagle { .. } => eagle.clone(),
+        DrafterConfig::Merged {
+            drafters,
+            node_budget,
+        } => DrafterConfig::Merged {
+            drafters: drafters
+                .into_iter()
+                .map(|d| with_eagle_everywhere(d, eagle))
+                .collect(),
+            node_budget,
+        },
+        DrafterConfig::Staged { first, then } => DrafterConfig::Staged {
+            first: Box::new(with_eagle_everywhere(*first, eagle)),
+            then: Box::new(with_eagle_everywhere(*then, eagle)),
+        },
+        other => other,
+    }
 }
 
 /// `top_k x depth x total_tokens`, e.g. `4x6x24`.

@@ -152,7 +152,8 @@ fn main() -> Result<()> {
     for &tree in &trees {
         for &r in &args.r {
             let acceptance = support::acceptance(ids, r)?;
-            let drafter = support::drafter_config(&args.drafter, Some(tree), Some(min_confidence))?;
+            let drafter =
+                support::drafter_config(&args.drafter, Some(tree), Some(min_confidence), None)?;
             configs.push(Config {
                 tree,
                 r,

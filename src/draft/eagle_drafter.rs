@@ -1,5 +1,7 @@
 //! The EAGLE draft head as a [`Drafter`]: a dynamic tree scored by the head's own probabilities.
 
+use candle_core::Tensor;
+
 use super::eagle::{DraftLmHead, EagleDraft};
 use super::eagle_run::{DraftCutoff, DraftState, EagleRun};
 use super::{ActionStart, Committed, DraftRequest, DraftTree, Drafter, TreeSettings};
@@ -17,6 +19,7 @@ pub struct EagleDrafter {
     /// Drafting stops below this estimated path acceptance probability; see [`DraftCutoff`].
     min_confidence: f32,
     state: Option<DraftState>,
+    pending: Option<PendingPrefill>,
 }
 
 impl EagleDrafter {
@@ -45,6 +48,7 @@ impl EagleDrafter {
             tree,
             min_confidence: 0.0,
             state: None,
+            pending: None,
         })
     }
 
@@ -144,7 +148,7 @@ impl Drafter for EagleDrafter {
     }
 
     fn start(&mut self, start: &ActionStart<'_>) -> Result<()> {
-        let mut state = match self.state.take() {
+        let state = match self.state.take() {
             Some(state) if state.capacity() >= start.cache_capacity => state,
             _ => DraftState::new(self.head.new_cache(
                 start.cache_capacity,
@@ -152,15 +156,15 @@ impl Drafter for EagleDrafter {
                 start.model.device(),
             )?),
         };
-        let prefill = start.prefill;
-        let result = self.run(start.model).prefill(
-            &mut state,
-            &prefill.input_embeds,
-            &prefill.hidden,
-            prefill.greedy,
-        );
         self.state = Some(state);
-        result
+        // The draft prefill waits until the head drafts or commits: in a staged drafter an
+        // action may finish without it.
+        self.pending = Some(PendingPrefill {
+            input_embeds: start.prefill.input_embeds.clone(),
+            hidden: start.prefill.hidden.clone(),
+            first_token: start.prefill.greedy,
+        });
+        Ok(())
     }
 
     fn propose(&mut self, request: &DraftRequest<'_>) -> Result<DraftTree> {
@@ -170,9 +174,7 @@ impl Drafter for EagleDrafter {
             first_dim: request.next_dim(),
             min_confidence: self.min_confidence,
         });
-        let mut state = self.state.take().ok_or_else(|| {
-            Error::InvalidSpecSettings("EAGLE drafting before its prefill".into())
-        })?;
+        let mut state = self.prefilled_state(request.model)?;
         let tree = self.run(request.model).build_tree_until(
             &mut state,
             root,
@@ -192,15 +194,34 @@ impl Drafter for EagleDrafter {
         let features = committed.features.as_ref().ok_or_else(|| {
             Error::InvalidSpecSettings("an EAGLE commit without the verifier's features".into())
         })?;
-        let run = EagleRun {
-            head: &self.head,
-            lm_head: &self.lm_head,
-            verifier: model.llm(),
-        };
-        let state = self
+        let mut state = self.prefilled_state(model)?;
+        let result = self
+            .run(model)
+            .commit(&mut state, features, &committed.next_tokens);
+        self.state = Some(state);
+        result
+    }
+}
+
+/// The verifier's prefill, kept until the head first needs it.
+#[derive(Debug)]
+struct PendingPrefill {
+    input_embeds: Tensor,
+    hidden: Tensor,
+    first_token: u32,
+}
+
+impl EagleDrafter {
+    /// The draft state with this action's prefill run (taken out of `self`; put it back).
+    fn prefilled_state(&mut self, model: &OpenVla) -> Result<DraftState> {
+        let mut state = self
             .state
-            .as_mut()
-            .ok_or_else(|| Error::InvalidSpecSettings("EAGLE commit before its prefill".into()))?;
-        run.commit(state, features, &committed.next_tokens)
+            .take()
+            .ok_or_else(|| Error::InvalidSpecSettings("EAGLE drafting before its start".into()))?;
+        if let Some(p) = self.pending.take() {
+            self.run(model)
+                .prefill(&mut state, &p.input_embeds, &p.hidden, p.first_token)?;
+        }
+        Ok(state)
     }
 }

@@ -6,7 +6,8 @@
 //! - [`EagleDrafter`]: the EAGLE draft head growing a dynamic tree ([`eagle_run`], [`builder`]);
 //! - [`PreviousAction`]: the previous control step's remaining tokens, as a chain;
 //! - [`ConstantVelocity`]: a linear extrapolation of the last actions in bin space;
-//! - [`Merged`]: several drafters' proposals in one tree, so one verifier pass checks them all.
+//! - [`Merged`]: several drafters' proposals in one tree, so one verifier pass checks them all;
+//! - [`Staged`]: one drafter for an action's first pass, another for the later ones.
 //!
 //! The tree itself is pure data ([`tree`]); [`merge`] combines trees.
 //!
@@ -26,6 +27,7 @@ mod history;
 pub mod merge;
 mod merged;
 mod previous_action;
+mod staged;
 pub mod tree;
 
 use std::fmt;
@@ -39,6 +41,7 @@ pub use eagle_drafter::EagleDrafter;
 pub use history::{ActionHistory, EpisodeKey};
 pub use merged::Merged;
 pub use previous_action::PreviousAction;
+pub use staged::Staged;
 pub use tree::{DraftTree, NodeId, TreeNode};
 
 use crate::accept::{Acceptance, ActionIds};
