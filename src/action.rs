@@ -24,6 +24,7 @@ use crate::error::{Error, Result};
 pub struct ActionTokenizer {
     vocab: u32,
     n_bins: u32,
+    ids: ActionIds,
     /// `linspace(-1, 1, n_bins)`, length `n_bins`.
     edges: Vec<f64>,
     /// Midpoints of consecutive edges, length `n_bins - 1`.
@@ -53,9 +54,12 @@ impl ActionTokenizer {
         let mut edges: Vec<f64> = (0..n_bins).map(|i| i as f64 * step + -1.0).collect();
         edges[n_bins - 1] = 1.0;
         let centres = edges.windows(2).map(|w| (w[0] + w[1]) / 2.0).collect();
+        let ids = ActionIds::at_vocab_end(vocab_u32, n_bins_u32)
+            .map_err(|e| Error::InvalidConfig(e.to_string()))?;
         Ok(Self {
             vocab: vocab_u32,
             n_bins: n_bins_u32,
+            ids,
             edges,
             centres,
         })
@@ -73,28 +77,29 @@ impl ActionTokenizer {
 
     /// First action id, `V - n`.
     pub fn first_action_token(&self) -> u32 {
-        self.vocab - self.n_bins
+        self.ids.first()
     }
 
-    /// The action ids as [`ActionIds`] (`V - n ..= V - 1`), for acceptance policies and draft
-    /// heads. Both number bins in opposite directions; bin distances are the same.
-    pub fn action_ids(&self) -> Result<ActionIds> {
-        ActionIds::at_vocab_end(self.vocab, self.n_bins)
+    /// The action ids (`V - n ..= V - 1`) and their bins, as acceptance policies and draft heads
+    /// use them.
+    pub fn action_ids(&self) -> ActionIds {
+        self.ids
     }
 
     /// Whether `id` is an action token (`V - n ..= V - 1`).
     pub fn is_action_token(&self, id: u32) -> bool {
-        id >= self.first_action_token() && id < self.vocab
+        self.ids.contains(id)
     }
 
-    /// The 0-based bin `V - 1 - id` of an action token; `None` for any other id.
+    /// The 0-based bin `V - 1 - id` of an action token; `None` for any other id
+    /// ([`ActionIds::bin_of`]).
     pub fn bin_of(&self, id: u32) -> Option<u32> {
-        self.is_action_token(id).then(|| self.vocab - 1 - id)
+        self.ids.bin_of(id)
     }
 
     /// The action token of 0-based `bin` (`V - 1 - bin`); bins past `n - 1` are clamped to it.
     pub fn token_for_bin(&self, bin: u32) -> u32 {
-        self.vocab - 1 - bin.min(self.n_bins - 1)
+        self.ids.token_for_bin(bin)
     }
 
     /// The normalised value OpenVLA decodes `id` to: centre `clip(V - id - 1, 0, n - 2)`, i.e.

@@ -329,16 +329,32 @@ impl OpenVlaConfig {
         self.validate_statistics()
     }
 
-    /// Action dimensions an OpenVLA policy emits (one token each).
+    /// Action dimensions the policy emits (one token each): the length of its dataset
+    /// statistics' action bounds, as OpenVLA's `get_action_dim` reads it; OpenVLA's 7 for a
+    /// checkpoint without statistics. [`validate_statistics`](Self::validate_statistics) checks
+    /// that every entry agrees.
     pub fn action_dims(&self) -> usize {
-        crate::accept::ACTION_DIMS
+        self.norm_stats
+            .values()
+            .next()
+            .map_or(OPENVLA_ACTION_DIMS, |s| s.action.q01.len())
     }
 
     /// Checks every entry of `norm_stats` with [`ActionStatistics::validate`] against
-    /// [`action_dims`](Self::action_dims).
+    /// [`action_dims`](Self::action_dims) (so every entry has one length), and that length is
+    /// 1 to [`MAX_ACTION_DIMS`].
     pub fn validate_statistics(&self) -> Result<()> {
+        let dims = self.action_dims();
         for (key, stats) in &self.norm_stats {
-            stats.action.validate(key, self.action_dims())?;
+            if !(1..=MAX_ACTION_DIMS).contains(&dims) {
+                return Err(Error::InvalidStatistics {
+                    key: key.clone(),
+                    message: format!(
+                        "`q01` has {dims} entries: an action of {dims} dimensions is not 1 to {MAX_ACTION_DIMS}"
+                    ),
+                });
+            }
+            stats.action.validate(key, dims)?;
         }
         Ok(())
     }
@@ -358,6 +374,13 @@ impl OpenVlaConfig {
         self.text.vocab_size.saturating_sub(self.pad_to_multiple_of)
     }
 }
+
+/// OpenVLA's action: delta xyz, delta roll-pitch-yaw, gripper.
+const OPENVLA_ACTION_DIMS: usize = 7;
+
+/// The most action dimensions a checkpoint's statistics may describe: far more than any robot
+/// policy emits (OpenVLA 7, bimanual arms 14), so a corrupted statistics file is refused at load.
+pub const MAX_ACTION_DIMS: usize = 64;
 
 pub(crate) fn read_text(path: &Path) -> Result<String> {
     match std::fs::read_to_string(path) {

@@ -193,9 +193,9 @@ impl VlaPolicy {
         self.non_action_tokens = handling;
     }
 
-    /// The model's action token ids: build acceptance policies from these.
+    /// The model's action token ids and their bins: build acceptance policies from these.
     pub fn action_ids(&self) -> Result<ActionIds> {
-        self.actions.action_ids()
+        Ok(self.actions.action_ids())
     }
 
     pub fn config(&self) -> &OpenVlaConfig {

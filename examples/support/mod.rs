@@ -400,7 +400,7 @@ pub fn synthetic_greedy(
                     } else {
                         bin.saturating_sub(offset)
                     };
-                    ids.first() + moved
+                    ids.token_for_bin(moved)
                 }
                 None => ids.first() + (rng.next_u64() % u64::from(ids.count())) as u32,
             }

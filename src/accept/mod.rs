@@ -23,24 +23,21 @@ pub use path::{best_path, AcceptedPath};
 pub use relaxed::{RadiusSpec, RelaxedBinDistance};
 pub use strict::Strict;
 
-/// Number of action dimensions (OpenVLA: xyz, rpy, gripper), so tokens per action.
-pub const ACTION_DIMS: usize = 7;
-
 /// Decides whether a drafted token is kept, given the verifier's greedy token for the same
 /// prefix.
 pub trait AcceptancePolicy {
     /// `drafted`: the draft's token; `verifier_greedy`: the verifier's argmax at the same
-    /// position; `action_dim`: which action dimension (0..[`ACTION_DIMS`]) the token encodes.
+    /// position; `action_dim`: which action dimension (from 0) the token encodes.
     /// Must return `true` when `drafted == verifier_greedy`.
     fn accepts(&self, drafted: u32, verifier_greedy: u32, action_dim: usize) -> bool;
 }
 
-/// The contiguous range of action token ids, `first..first + count`, and their bin index.
+/// The contiguous range of action token ids, `first..first + count`, and their bins.
 ///
-/// The bin index here is `id - first`, so neighbouring ids are neighbouring bins and the bin
-/// distance of two action ids is `|id_a - id_b|`. (OpenVLA numbers its bins the other way,
-/// `id = 32000 - bin`; distances are the same.) For OpenVLA, `ActionIds::at_vocab_end(32000,
-/// 256)` gives ids 31744..=31999.
+/// A bin is the 0-based index `last - id`, as OpenVLA orders them: bin 0 (token `last`) holds
+/// the lowest normalised value. Neighbouring ids are neighbouring bins, so the bin distance of two
+/// action ids is `|id_a - id_b|`. [`ActionTokenizer`](crate::ActionTokenizer) uses these bins.
+/// For OpenVLA, `ActionIds::at_vocab_end(32000, 256)` gives ids 31744..=31999.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(try_from = "ActionIdsRepr", into = "ActionIdsRepr")]
 pub struct ActionIds {
@@ -119,9 +116,15 @@ impl ActionIds {
         self.bin_of(id).is_some()
     }
 
-    /// The bin index `id - first` of an action id, `None` for any other id.
+    /// The bin `last - id` of an action id, `None` for any other id.
     pub fn bin_of(&self, id: u32) -> Option<u32> {
-        id.checked_sub(self.first).filter(|&bin| bin < self.count)
+        let offset = id.checked_sub(self.first).filter(|&o| o < self.count)?;
+        Some(self.count - 1 - offset)
+    }
+
+    /// The action id of `bin` (`last - bin`); bins past the last are clamped to it.
+    pub fn token_for_bin(&self, bin: u32) -> u32 {
+        self.last() - bin.min(self.count - 1)
     }
 }
 
@@ -154,6 +157,15 @@ impl Acceptance {
         }
     }
 
+    /// Checks that the policy fits an action of `dims` dimensions
+    /// ([`RelaxedBinDistance::check_dims`]).
+    pub fn check_dims(&self, dims: usize) -> Result<()> {
+        match self {
+            Self::Strict => Ok(()),
+            Self::RelaxedBinDistance(r) => r.check_dims(dims),
+        }
+    }
+
     /// Whether this policy can accept tokens other than the verifier's greedy ones (lossy).
     pub fn is_lossy(&self) -> bool {
         !matches!(self, Self::Strict)
@@ -178,13 +190,16 @@ mod tests {
         let ids = ActionIds::at_vocab_end(32000, 256).unwrap();
         assert_eq!((ids.first(), ids.count(), ids.last()), (31744, 256, 31999));
         assert_eq!(ids.bin_of(31743), None);
-        assert_eq!(ids.bin_of(31744), Some(0));
-        assert_eq!(ids.bin_of(31999), Some(255));
+        assert_eq!(ids.bin_of(31744), Some(255));
+        assert_eq!(ids.bin_of(31999), Some(0));
+        assert_eq!(ids.token_for_bin(0), 31999);
+        assert_eq!(ids.token_for_bin(255), 31744);
+        assert_eq!(ids.token_for_bin(1000), 31744);
         assert_eq!(ids.bin_of(32000), None);
         assert_eq!(ids.bin_of(0), None);
         assert!(ids.contains(31800) && !ids.contains(29871));
         // Neighbouring ids are neighbouring bins.
-        assert_eq!(ids.bin_of(31901).unwrap() - ids.bin_of(31900).unwrap(), 1);
+        assert_eq!(ids.bin_of(31900).unwrap() - ids.bin_of(31901).unwrap(), 1);
         let top = ActionIds::new(u32::MAX, 1).unwrap();
         assert_eq!(top.bin_of(u32::MAX), Some(0));
         assert_eq!(top.last(), u32::MAX);
@@ -221,8 +236,12 @@ mod tests {
         assert!(relaxed.validate().is_ok() && relaxed.is_lossy() && !strict.is_lossy());
 
         let per_dim = Acceptance::RelaxedBinDistance(
-            RelaxedBinDistance::new(RadiusSpec::PerDimension([1, 2, 3, 4, 5, 6, 0]), vec![], ids)
-                .unwrap(),
+            RelaxedBinDistance::new(
+                RadiusSpec::PerDimension(vec![1, 2, 3, 4, 5, 6, 0]),
+                vec![],
+                ids,
+            )
+            .unwrap(),
         );
         let text = serde_json::to_string(&per_dim).unwrap();
         assert!(
@@ -245,12 +264,8 @@ mod tests {
             r#"{"policy":"relaxed_bin_distance","radius":{"uniform":-1},"ids":{"first":0,"count":8}}"#,
             // Radius >= number of bins.
             r#"{"policy":"relaxed_bin_distance","radius":{"uniform":8},"ids":{"first":0,"count":8}}"#,
-            // Six radii.
-            r#"{"policy":"relaxed_bin_distance","radius":{"per_dimension":[1,1,1,1,1,1]},"ids":{"first":0,"count":8}}"#,
-            // Eight radii.
-            r#"{"policy":"relaxed_bin_distance","radius":{"per_dimension":[1,1,1,1,1,1,1,1]},"ids":{"first":0,"count":8}}"#,
-            // Exempt dimension out of range.
-            r#"{"policy":"relaxed_bin_distance","radius":{"uniform":2},"exempt_dims":[7],"ids":{"first":0,"count":8}}"#,
+            // No radii.
+            r#"{"policy":"relaxed_bin_distance","radius":{"per_dimension":[]},"ids":{"first":0,"count":8}}"#,
             // Missing ids.
             r#"{"policy":"relaxed_bin_distance","radius":{"uniform":2}}"#,
             // Unknown field.
@@ -259,6 +274,28 @@ mod tests {
         for json in bad {
             assert!(serde_json::from_str::<Acceptance>(json).is_err(), "{json}");
         }
+    }
+
+    #[test]
+    fn dimensions_are_checked_against_the_action() {
+        let ids = ActionIds::new(0, 8).unwrap();
+        let per_dim = |n: usize| {
+            Acceptance::RelaxedBinDistance(
+                RelaxedBinDistance::new(RadiusSpec::PerDimension(vec![1; n]), vec![], ids).unwrap(),
+            )
+        };
+        assert!(per_dim(7).check_dims(7).is_ok());
+        assert!(per_dim(6).check_dims(7).is_err());
+        assert!(per_dim(8).check_dims(7).is_err());
+        assert!(per_dim(3).check_dims(3).is_ok());
+        let exempt = |d: usize| {
+            Acceptance::RelaxedBinDistance(
+                RelaxedBinDistance::new(RadiusSpec::Uniform(2), vec![d], ids).unwrap(),
+            )
+        };
+        assert!(exempt(6).check_dims(7).is_ok());
+        assert!(exempt(7).check_dims(7).is_err());
+        assert!(Acceptance::Strict.check_dims(0).is_ok());
     }
 
     #[test]

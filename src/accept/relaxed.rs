@@ -1,7 +1,7 @@
 //! Spec-VLA's relaxed acceptance, restricted to action tokens.
 //!
 //! A drafted token is accepted iff it equals the verifier's greedy token, or both are action
-//! ids, the action dimension is relaxable (below [`ACTION_DIMS`] and not exempt), and their bins
+//! ids, the action dimension is relaxable (it has a radius and is not exempt), and their bins
 //! are at most that dimension's radius apart.
 //!
 //! Differences from the authors' code, by choice: the rule never applies to non-action ids (the
@@ -10,25 +10,25 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{AcceptancePolicy, ActionIds, ACTION_DIMS};
+use super::{AcceptancePolicy, ActionIds};
 use crate::error::{Error, Result};
 
 /// The allowed bin distance, for all action dimensions or per dimension.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum RadiusSpec {
     /// The same radius for every dimension.
     Uniform(u32),
-    /// One radius per action dimension, in action order.
-    PerDimension([u32; ACTION_DIMS]),
+    /// One radius per action dimension, in action order (as many as the policy's action has
+    /// dimensions; checked when a decoder serves a request).
+    PerDimension(Vec<u32>),
 }
 
 impl RadiusSpec {
-    /// The radius for `action_dim`, `None` outside `0..ACTION_DIMS`.
+    /// The radius for `action_dim`, `None` past the last per-dimension radius.
     pub fn for_dim(&self, action_dim: usize) -> Option<u32> {
         match self {
-            Self::Uniform(r) if action_dim < ACTION_DIMS => Some(*r),
-            Self::Uniform(_) => None,
+            Self::Uniform(r) => Some(*r),
             Self::PerDimension(radii) => radii.get(action_dim).copied(),
         }
     }
@@ -84,7 +84,8 @@ impl RelaxedBinDistance {
     /// exact match (e.g. `[6]` for the gripper); they are stored sorted and deduplicated.
     ///
     /// Errors ([`Error::InvalidSpecSettings`]): a radius of `ids.count()` bins or more (it would
-    /// accept every action token), or an exempt dimension outside `0..ACTION_DIMS`.
+    /// accept every action token), or no per-dimension radii. Whether the dimensions fit an
+    /// action is checked against the request ([`check_dims`](Self::check_dims)).
     pub fn new(radius: RadiusSpec, mut exempt_dims: Vec<usize>, ids: ActionIds) -> Result<Self> {
         exempt_dims.sort_unstable();
         exempt_dims.dedup();
@@ -111,9 +112,28 @@ impl RelaxedBinDistance {
                 self.ids.count()
             )));
         }
-        if let Some(d) = self.exempt_dims.iter().find(|&&d| d >= ACTION_DIMS) {
+        if matches!(&self.radius, RadiusSpec::PerDimension(radii) if radii.is_empty()) {
+            return Err(Error::InvalidSpecSettings(
+                "relaxed acceptance with no per-dimension radii".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Checks that the per-dimension radii and exempt dimensions fit an action of `dims`
+    /// dimensions (the checkpoint's): one radius per dimension, exempt dimensions below `dims`.
+    pub fn check_dims(&self, dims: usize) -> Result<()> {
+        if let RadiusSpec::PerDimension(radii) = &self.radius {
+            if radii.len() != dims {
+                return Err(Error::InvalidSpecSettings(format!(
+                    "{} per-dimension radii for an action of {dims} dimensions",
+                    radii.len()
+                )));
+            }
+        }
+        if let Some(d) = self.exempt_dims.iter().find(|&&d| d >= dims) {
             return Err(Error::InvalidSpecSettings(format!(
-                "exempt action dimension {d} is not below {ACTION_DIMS}"
+                "exempt action dimension {d} is not below the action's {dims} dimensions"
             )));
         }
         Ok(())
@@ -134,8 +154,8 @@ impl RelaxedBinDistance {
         &self.ids
     }
 
-    /// The radius applied at `action_dim`: `None` if the dimension is exempt or outside
-    /// `0..ACTION_DIMS` (then only exact matches are accepted).
+    /// The radius applied at `action_dim`: `None` if the dimension is exempt or has no radius
+    /// (then only exact matches are accepted).
     pub fn radius_for(&self, action_dim: usize) -> Option<u32> {
         if self.exempt_dims.contains(&action_dim) {
             return None;
@@ -174,7 +194,7 @@ mod tests {
         for r in [0u32, 1, 5, 9, 100] {
             let p = RelaxedBinDistance::uniform(r, ids()).unwrap();
             let g = 31870;
-            for dim in 0..ACTION_DIMS {
+            for dim in 0..7 {
                 assert!(p.accepts(g, g, dim));
                 assert!(p.accepts(g + r, g, dim), "r={r}");
                 assert!(p.accepts(g - r, g, dim), "r={r}");
@@ -208,21 +228,24 @@ mod tests {
         assert!(p.accepts(31800, 31801, 1));
         assert!(!p.accepts(31800, 31801, 6));
         assert!(p.accepts(31800, 31800, 6));
-        // Dimensions past the action are never relaxed.
-        assert!(!p.accepts(31800, 31801, ACTION_DIMS));
-        assert_eq!(p.radius_for(ACTION_DIMS), None);
+        // A uniform radius applies to every other dimension.
+        assert!(p.accepts(31800, 31801, 7));
     }
 
     #[test]
     fn per_dimension_radii() {
-        let radii = [0, 1, 2, 3, 4, 5, 6];
-        let p = RelaxedBinDistance::new(RadiusSpec::PerDimension(radii), vec![], ids()).unwrap();
+        let radii = vec![0, 1, 2, 3, 4, 5, 6];
+        let p = RelaxedBinDistance::new(RadiusSpec::PerDimension(radii.clone()), vec![], ids())
+            .unwrap();
         for (dim, &r) in radii.iter().enumerate() {
             assert_eq!(p.radius_for(dim), Some(r));
             assert!(p.accepts(31900 + r, 31900, dim), "dim {dim}");
             assert!(!p.accepts(31900 + r + 1, 31900, dim), "dim {dim}");
         }
         assert!(!p.accepts(31901, 31900, 0));
+        // Past the last radius nothing is relaxed.
+        assert_eq!(p.radius_for(7), None);
+        assert!(!p.accepts(31901, 31900, 7));
     }
 
     #[test]
@@ -233,15 +256,22 @@ mod tests {
             RelaxedBinDistance::uniform(8, small),
             RelaxedBinDistance::uniform(u32::MAX, small),
             RelaxedBinDistance::new(
-                RadiusSpec::PerDimension([0, 0, 0, 8, 0, 0, 0]),
+                RadiusSpec::PerDimension(vec![0, 0, 0, 8, 0, 0, 0]),
                 vec![],
                 small,
             ),
-            RelaxedBinDistance::new(RadiusSpec::Uniform(1), vec![7], small),
-            RelaxedBinDistance::new(RadiusSpec::Uniform(1), vec![0, usize::MAX], small),
+            RelaxedBinDistance::new(RadiusSpec::PerDimension(vec![]), vec![], small),
         ];
         for e in errs {
             assert!(matches!(e, Err(Error::InvalidSpecSettings(_))), "{e:?}");
+        }
+        // Exempt dimensions past the action are refused against the action's dimensions.
+        for exempt in [vec![7], vec![0, usize::MAX]] {
+            let p = RelaxedBinDistance::new(RadiusSpec::Uniform(1), exempt, small).unwrap();
+            assert!(matches!(
+                p.check_dims(7),
+                Err(Error::InvalidSpecSettings(_))
+            ));
         }
         // A single-bin range only admits radius 0.
         let one = ActionIds::new(10, 1).unwrap();
@@ -257,7 +287,8 @@ mod tests {
         assert!(
             serde_json::from_str::<RadiusSpec>(r#"{"per_dimension":[1,2,3,4,5,6,-7]}"#).is_err()
         );
-        assert!(serde_json::from_str::<RadiusSpec>(r#"{"per_dimension":[1,2,3]}"#).is_err());
+        // Any number of radii parses; the count is checked against the action.
+        assert!(serde_json::from_str::<RadiusSpec>(r#"{"per_dimension":[1,2,3]}"#).is_ok());
         let json = r#"{"radius":{"uniform":-1},"ids":{"first":0,"count":8}}"#;
         assert!(serde_json::from_str::<RelaxedBinDistance>(json).is_err());
     }

@@ -58,10 +58,10 @@ impl Speculation {
 
     /// The acceptance policy over `ids` (validated).
     pub fn acceptance(&self, ids: ActionIds) -> Result<Acceptance> {
-        Ok(match self.radius {
+        Ok(match &self.radius {
             None | Some(RadiusSpec::Uniform(0)) => Acceptance::Strict,
             Some(radius) => Acceptance::RelaxedBinDistance(RelaxedBinDistance::new(
-                radius,
+                radius.clone(),
                 self.exempt_dims.clone(),
                 ids,
             )?),

@@ -89,6 +89,7 @@ impl Decoder for SpecDecoder {
         if let Some(ids) = self.acceptance.action_ids() {
             check_ids("this policy's", model.action_ids()?, ids)?;
         }
+        self.acceptance.check_dims(n_tokens)?;
         self.drafter.check_request(model, prefill_rows, n_tokens)
     }
 

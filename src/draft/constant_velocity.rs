@@ -53,7 +53,7 @@ impl ConstantVelocity {
         let next = mean_y + sxy / sxx * (n - mean_x);
         let max_bin = f64::from(ids.count() - 1);
         let bin = next.round().clamp(0.0, max_bin) as u32;
-        Some(ids.first() + bin)
+        Some(ids.token_for_bin(bin))
     }
 }
 
