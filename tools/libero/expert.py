@@ -7,9 +7,14 @@ world frame); the gripper is -1 open, +1 close.
 The expert reads privileged simulator state (object bodies, sites, collision-geometry bounding boxes,
 the end-effector pose) and the task's parsed BDDL goal. It solves goals made of `On`/`In` predicates by
 sequential pick-and-place (approach above, descend, close, lift, carry, lower, open, retreat), plus
-one cheap extra, `Turnon` (push the stove knob lever). `Open`/`Close` (drawers, microwave) are NOT implemented.
+`Turnon` (push the stove knob lever) and `Open`/`Close` of drawers (slide joints: pull the handle with a
+horizontal grasp / push the drawer front). The microwave door (a hinge) is NOT implemented.
 """
 import numpy as np
+
+# Bump when the expert's behaviour changes: generate.py retries the failed attempts of older versions (their
+# successful records are kept) and writes the version into every record and manifest line.
+EXPERT_VERSION = 2
 
 POS_SCALE = 0.05  # metres per unit action (OSC_POSE output_max)
 ROT_SCALE = 0.5  # radians per unit action
@@ -55,6 +60,14 @@ def _rotvec(R):
         w, V = np.linalg.eigh((R + np.eye(3)) / 2)
         return V[:, -1] * ang
     return v / s * ang
+
+
+def _rot_about(axis, ang):
+    """Rotation matrix by ang about a (world) axis."""
+    axis = np.asarray(axis, dtype=float)
+    axis = axis / np.linalg.norm(axis)
+    K = np.array([[0, -axis[2], axis[1]], [axis[2], 0, -axis[0]], [-axis[1], axis[0], 0]])
+    return np.eye(3) + np.sin(ang) * K + (1 - np.cos(ang)) * K @ K
 
 
 def _rotz(t):
@@ -117,6 +130,47 @@ class Geometry:
     def site_parent(self, name):
         return self.e.object_sites_dict[name].parent_name
 
+    def slide_joint(self, name):
+        """For a drawer region site (or an object) whose first joint is a slide joint: (joint id, drawer body id,
+        world unit vector the drawer moves along when it opens, open qpos threshold, close qpos threshold);
+        else None."""
+        if name in self.e.object_sites_dict:
+            joints = getattr(self.e.object_sites_dict[name], "joints", None) or []
+            parent = self.site_parent(name)
+        else:
+            obj = self.e.get_object(name)
+            joints, parent = (getattr(obj, "joints", None) or []), name
+        if not joints:
+            return None
+        try:
+            jid = self.sim.model.joint_name2id(joints[0])
+            art = self.e.get_object(parent).object_properties["articulation"]
+            op_r, cl_r = art["default_open_ranges"], art["default_close_ranges"]
+        except Exception:  # noqa: BLE001
+            return None
+        if self.m.jnt_type[jid] != 2 or not op_r or not cl_r:  # 2 = mjJNT_SLIDE
+            return None
+        bid = int(self.m.jnt_bodyid[jid])
+        axis = self.d.xmat[bid].reshape(3, 3) @ self.m.jnt_axis[jid]
+        sign = 1.0 if np.mean(op_r) > np.mean(cl_r) else -1.0
+        open_q = min(op_r) if sign > 0 else max(op_r)
+        close_q = max(cl_r) if sign > 0 else min(cl_r)
+        return jid, bid, sign * axis / np.linalg.norm(axis), sign, open_q, close_q
+
+    def joint_qpos(self, jid):
+        return float(self.d.qpos[self.m.jnt_qposadr[jid]])
+
+    def body_geoms(self, bid):
+        return [g for g in range(self.m.ngeom)
+                if self.m.geom_bodyid[g] == bid and (self.m.geom_contype[g] or self.m.geom_conaffinity[g])]
+
+    def geom_corners(self, g):
+        signs = np.array([[sx, sy, sz] for sx in (-1, 1) for sy in (-1, 1) for sz in (-1, 1)])
+        aabb = self.m.geom_aabb[g]
+        c, h = aabb[:3], aabb[3:]
+        R = self.d.geom_xmat[g].reshape(3, 3)
+        return self.d.geom_xpos[g] + (c + signs * h) @ R.T
+
     def eef_pos(self):
         return np.array(self.sim.data.site_xpos[self.e.robots[0].eef_site_id])
 
@@ -138,17 +192,24 @@ class Expert:
         self.g = Geometry(env)
         goal = env.env.parsed_problem["goal_state"]
         self.subtasks = []
-        turnon = []
+        opens, turnon, closes = [], [], []
         for pred in goal:
             op = pred[0].lower()
             if op in ("on", "in") and len(pred) == 3:
                 self.subtasks.append(("place", pred[1], pred[2], op))
             elif op == "turnon":
                 turnon.append(("turnon", pred[1], None, op))
+            elif op in ("open", "close") and self.g.slide_joint(pred[1]) is not None:
+                (opens if op == "open" else closes).append(("drawer", pred[1], None, op))
             else:
                 self.subtasks.append(("unsupported", pred[1], None, op))
-        # turning the stove on first keeps the pot out of the way
-        self.subtasks = turnon + self.subtasks
+        # putting something in a closed drawer: open it first
+        for st in list(self.subtasks):
+            dr = self.g.slide_joint(st[2]) if st[0] == "place" and st[3] == "in" else None
+            if dr is not None and not any(o[1] == st[2] for o in opens) and (self.g.joint_qpos(dr[0]) - dr[4]) * dr[3] < 0:
+                opens.append(("drawer", st[2], None, "open"))
+        # open drawers first (something may go inside), turn the stove on before a pot lands on it, close last
+        self.subtasks = opens + turnon + self.subtasks + closes
         # several objects "on" the same region: spread them along y so they do not land on each other
         self.place_offset = {}
         same = {}
@@ -248,20 +309,30 @@ class Expert:
         if g.is_site(target):
             tpos = g.site_pos(target)
             parent = g.site_parent(target)
-            if op == "in" and parent in g.e.obj_body_id:
+            drawer = g.slide_joint(target) if op == "in" else None
+            if drawer is not None:
+                # an (open) drawer: lower onto its floor (the lowest point of the drawer body; the lowering stops
+                # when the object rests), carry above the drawer's walls, aim a little out of the cabinet
+                pts = np.concatenate([g.geom_corners(k) for k in g.body_geoms(drawer[1])], 0)
+                surface = pts[:, 2].min() + 0.01
+                self.place_xy = tpos[:2] + drawer[2][:2] * 0.02
+                self.travel_extra = max(pts[:, 2].max() - max(surface, lo[2]), 0.0)
+            elif op == "in" and parent in g.e.obj_body_id:
                 plo, phi = g.aabb(parent)
                 surface = phi[2]
                 # centre of the region, but inside the parent's footprint
             else:
                 surface = tpos[2] + g.site_size(target)[2]
-            self.place_xy = tpos[:2] + self.place_offset.get(obj, np.zeros(2))
+            if drawer is None:
+                self.place_xy = tpos[:2] + self.place_offset.get(obj, np.zeros(2))
         else:
             tlo, thi = g.aabb(target)
             surface = thi[2]
             self.place_xy = g.body_pos(target)[:2] if op == "on" else (tlo[:2] + thi[:2]) / 2
         self.surface = surface
         # travel height: object bottom clears everything between here and there
-        self.travel_bottom = max(surface, lo[2]) + 0.06
+        self.travel_bottom = max(surface, lo[2]) + 0.06 + getattr(self, "travel_extra", 0.0)
+        self.travel_extra = 0.0
         self.obj = obj
 
     def _clearance(self, obj, xy, zmin):
@@ -295,6 +366,8 @@ class Expert:
             return self._act_place(obj, target, op)
         if kind == "turnon":
             return self._act_turnon(obj)
+        if kind == "drawer":
+            return self._act_drawer(obj, op)
         # unsupported: skip it
         self.k += 1
         self.hold = self.g.eef_pos()
@@ -457,4 +530,120 @@ class Expert:
             if eef[2] > tgt[2] - 0.02 or self.t_phase > 25:
                 self._next()
             return a
+        raise RuntimeError(self.phase)
+
+    # -------------------------------------------------------------- drawers (slide joints)
+    def _act_drawer(self, region, op):
+        """Open: grasp the drawer's handle with the gripper turned horizontal (pointing into the cabinet, the
+        fingers closing vertically around the handle bar) and pull it along the opening direction until the joint
+        is past the open threshold. Close: the same horizontal approach, rolled 90 degrees (the hand's long side
+        horizontal, clear of the table), closed fingers pushing the handle until the joint is past the close
+        threshold."""
+        g = self.g
+        self.t_phase += 1
+        eef = g.eef_pos()
+        jid, bid, d, sign, open_q, close_q = g.slide_joint(region)
+        q = g.joint_qpos(jid)
+        is_open = (q - open_q) * sign > 0.005  # past the open threshold, with a margin
+        is_closed = (close_q - q) * sign > 0.001
+        if self.phase == "plan":
+            geoms = g.body_geoms(bid)
+            if (op == "open" and is_open) or (op == "close" and is_closed):
+                self._next()
+                return self._move(eef, grip=OPEN)
+            # the handle: the drawer geom that sticks out most along the opening direction
+            hg = max(geoms, key=lambda k: float(g.d.geom_xpos[k] @ d))
+            pts = g.geom_corners(hg)
+            self.handle = (pts.min(0) + pts.max(0)) / 2
+            self.handle[:2] = g.d.geom_xpos[hg][:2]
+            # gripper z axis (fingers) pointing along -d (into the cabinet): 90 degrees about down x (-d)
+            pitch_axis = np.cross(self.R0[:, 2], -d)
+            self.Rt = _rot_about(pitch_axis, np.pi / 2) @ self.R0
+            if op == "close":
+                # yaw 90 degrees (the hand's long side across the push direction), then tilt 45 degrees toward the
+                # cabinet: the fingertips lead, the hand stays clear of the drawers above and of the table
+                self.Rt = _rot_about(pitch_axis, np.pi / 4) @ _rotz(np.pi / 2) @ self.R0
+            self.standoff = self.handle + d * 0.12
+            self.via_z = max(self.standoff[2], min(eef[2], self.standoff[2] + 0.15))
+            travel = (q - close_q) * sign  # how far the drawer is open
+            self.push_end = self.handle - d * (abs(travel) + 0.02)
+            self._set_phase("approach")
+            self.t_phase = 1
+        if op == "open":
+            if self.phase == "approach":
+                tgt = self.standoff
+                if np.linalg.norm(eef[:2] - tgt[:2]) > 0.05:
+                    tgt = np.array([tgt[0], tgt[1], self.via_z])  # come in from above/level
+                a = self._move(tgt, grip=OPEN, vmax=0.8)
+                rot_err = np.linalg.norm(_rotvec(self.Rt @ g.eef_mat().T))
+                if (np.linalg.norm(eef - self.standoff) < 0.012 and rot_err < 0.08) or self.t_phase > 120:
+                    self._set_phase("insert")
+                return a
+            if self.phase == "insert":
+                tgt = self.handle + d * 0.005
+                a = self._move(tgt, grip=OPEN, vmax=0.4)
+                if np.linalg.norm(eef - tgt) < 0.008 or self.t_phase > 50:
+                    self._set_phase("close")
+                return a
+            if self.phase == "close":
+                self.grip = CLOSE
+                a = self._move(self.handle + d * 0.005, grip=CLOSE)
+                if self.t_phase >= 12:
+                    self._set_phase("pull")
+                    self.pull_from = eef.copy()
+                return a
+            if self.phase == "pull":
+                tgt = self.pull_from + d * 0.2
+                a = self._move(tgt, grip=CLOSE, vmax=0.5)
+                if (q - open_q) * sign > 0.008 or self.t_phase > 70:
+                    self._set_phase("release")
+                return a
+            if self.phase == "release":
+                self.grip = OPEN
+                a = self._move(eef, grip=OPEN)
+                a[:3] = 0
+                if self.t_phase >= 8:
+                    self._set_phase("back")
+                    self.back_to = eef + d * 0.08
+                return a
+            if self.phase == "back":
+                a = self._move(self.back_to, grip=OPEN)
+                if np.linalg.norm(eef - self.back_to) < 0.015 or self.t_phase > 30:
+                    self._set_phase("up")
+                    self.up_to = eef + np.array([0, 0, 0.1])
+                return a
+            if self.phase == "up":
+                self.Rt = self.R0
+                a = self._move(self.up_to, grip=OPEN)
+                if np.linalg.norm(eef - self.up_to) < 0.03 or self.t_phase > 20:
+                    self._next()
+                return a
+        else:
+            if self.phase == "approach":
+                tgt = self.standoff
+                if np.linalg.norm(eef[:2] - tgt[:2]) > 0.05:
+                    tgt = np.array([tgt[0], tgt[1], self.via_z])
+                a = self._move(tgt, grip=CLOSE, vmax=0.8)
+                rot_err = np.linalg.norm(_rotvec(self.Rt @ g.eef_mat().T))
+                if (np.linalg.norm(eef - self.standoff) < 0.025 and rot_err < 0.15) or self.t_phase > 70:
+                    self._set_phase("push")
+                return a
+            if self.phase == "push":
+                a = self._move(self.push_end, grip=CLOSE, vmax=0.8)
+                if ((q - close_q) * sign < -0.001 and self.t_phase > 3) or self.t_phase > 120:
+                    self._set_phase("back")
+                    self.back_to = eef + d * 0.1
+                return a
+            if self.phase == "back":
+                a = self._move(self.back_to, grip=CLOSE)
+                if np.linalg.norm(eef - self.back_to) < 0.015 or self.t_phase > 30:
+                    self._set_phase("up")
+                    self.up_to = eef + np.array([0, 0, 0.12])
+                return a
+            if self.phase == "up":
+                self.Rt = self.R0
+                a = self._move(self.up_to, grip=OPEN)
+                if np.linalg.norm(eef - self.up_to) < 0.02 or self.t_phase > 40:
+                    self._next()
+                return a
         raise RuntimeError(self.phase)

@@ -1,15 +1,16 @@
-"""Generate LIBERO demonstration episodes with the scripted expert (see README.md for the output contract).
+"""Generate LIBERO training episodes with the scripted expert as compact records (see README.md).
 
-Typical run (resumable; re-running skips episodes already in manifest.jsonl):
-  MUJOCO_GL=egl nohup nice -n 19 tools/.venv-libero/bin/python tools/libero/generate.py \
-      >> tools/libero/out/generate.log 2>&1 &
+Typical run (resumable: re-running the same command skips attempts already in data/libero_train/manifest.jsonl):
+  for s in 0/2 1/2; do MUJOCO_GL=egl nohup nice -n 19 tools/.venv-libero/bin/python tools/libero/generate.py \
+      --shard $s >> tools/libero/out/train_gen.log 2>&1 & done
 
-Per episode: env.reset(), set_init_state(init), 10 no-op steps [0,0,0,0,0,0,-1] (not recorded), then the expert
-until the env reports success or the suite's max steps. The physics rollout runs without rendering (the
-camera observable is disabled); for successful episodes every recorded step's simulator state is restored and
-the agentview camera is rendered at 224x224, then rotated 180 degrees (img[::-1, ::-1]) like OpenVLA's LIBERO
-pipeline. Frame t is the observation the action t was chosen from. No-op actions are dropped as in OpenVLA's
-*_no_noops data.
+Training uses init ids 10-49 only (0-9 are evaluation-only and refused). Per attempt: env.reset(),
+set_init_state(init), 10 no-op steps [0,0,0,0,0,0,-1] (not recorded), then the expert until the env reports
+success or the suite's max steps. The physics runs without rendering (the camera observable is disabled). A
+successful episode is saved as a record (records.py: the actions sent, the float64 qpos before each kept step,
+the full state before step 0, ...) from which render_records.py re-renders its frames exactly: simulator state
+restored, agentview camera at 224x224, rotated 180 degrees (img[::-1, ::-1]) like OpenVLA's LIBERO pipeline.
+No-op actions are dropped as in OpenVLA's *_no_noops data. Every attempt (success or failure) is a manifest line.
 """
 import argparse
 import json
@@ -20,31 +21,18 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 import check_env  # noqa: E402  (reads MUJOCO_GL before robosuite can set it)
+import records  # noqa: E402
 
 SUITES = ["libero_spatial", "libero_object", "libero_goal", "libero_10"]
 MAX_STEPS = {"libero_spatial": 220, "libero_object": 280, "libero_goal": 300, "libero_10": 520}
 NUM_WAIT = 10
 IMG = 224
 NOOP = [0, 0, 0, 0, 0, 0, -1]
+TRAIN_DIR = os.path.normpath(os.path.join(HERE, "..", "..", "data", "libero_train"))
 
 
 def log(*a):
     print(time.strftime("%H:%M:%S"), *a, flush=True)
-
-
-def init_order(n_train, n_heldout, n_states):
-    """Per-task init ids in the order they are run: train ids 0..n_train-1 interleaved with heldout ids taken
-    from the end of the init-state list (49, 48, ...), so both splits fill early and never overlap."""
-    train = list(range(n_train))
-    held = [n_states - 1 - i for i in range(n_heldout)]
-    order, h = [], 0
-    for i, t in enumerate(train):
-        order.append((t, "train"))
-        if h < len(held) and (i == 0 or i % 3 == 2):  # heldout right after train init 0, then every third
-            order.append((held[h], "heldout"))
-            h += 1
-    order += [(x, "heldout") for x in held[h:]]
-    return order
 
 
 def is_noop(a, prev_a, thresh=1e-4):
@@ -160,52 +148,109 @@ def save_episode(path, frames, actions, instruction, suite, task_id, init_id, su
     os.replace(tmp, path)
 
 
+def train_visits(suites, tasks, per_visit, shard_i, shard_n):
+    """Round-robin work order over training inits 10-49: round r runs inits 10+r*K .. 10+r*K+K-1 of every task
+    (task 0 of every suite, then task 1, ...). Visit (r, task) goes to shard (r + task index) % n, so a task
+    alternates between workers from round to round and long suites do not all land on one worker."""
+    inits = list(records.TRAIN_INITS)
+    chunks = [inits[i:i + per_visit] for i in range(0, len(inits), per_visit)]
+    pairs = [(t, s) for t in tasks for s in suites]
+    visits = []
+    for r, chunk in enumerate(chunks):
+        for j, (t, s) in enumerate(pairs):
+            if (r + j) % shard_n == shard_i:
+                visits.append((r, t, s, chunk))
+    return visits
+
+
+def read_attempts(manifest, version):
+    """Attempts that count for this expert version: every success (any version; its record is kept) and the
+    failures of this version. Failures of older expert versions are retried."""
+    rows = load_manifest(manifest)
+    return {k: r for k, r in rows.items() if r["success"] or r.get("expert_version") == version}
+
+
+def verify_successes(out, done, bad_dir):
+    """Resume check: every success in the manifest must have a loadable record that matches its row; a bad one
+    is moved to bad_dir (nothing deleted) and its attempt is redone."""
+    n_bad = 0
+    for key, r in list(done.items()):
+        if not r["success"]:
+            continue
+        path = os.path.join(out, r["file"])
+        try:
+            records.load_record(path, r)
+        except records.RecordError as exc:
+            log(f"ERROR {exc} -- attempt will be redone")
+            if os.path.exists(path):
+                os.makedirs(bad_dir, exist_ok=True)
+                os.replace(path, os.path.join(bad_dir, os.path.basename(path) + f".{int(time.time())}"))
+            del done[key]
+            n_bad += 1
+    return n_bad
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--out", default=os.path.join(HERE, "out"))
+    ap.add_argument("--out", default=TRAIN_DIR, help="records + manifest.jsonl (committed to git)")
     ap.add_argument("--suites", default=",".join(SUITES))
     ap.add_argument("--tasks", default="", help="comma-separated task ids (default: all)")
-    ap.add_argument("--train-inits", type=int, default=4, help="init ids 0..N-1 per task are 'train'")
-    ap.add_argument("--heldout-inits", type=int, default=1, help="last M init ids per task (49, 48, ..) are 'heldout'")
-    ap.add_argument("--per-visit", type=int, default=2, help="episodes run per task each time its scene is built")
-    ap.add_argument("--give-up-after", type=int, default=2,
-                    help="stop running a task after this many attempts with zero successes (0 = never)")
-    ap.add_argument("--shard", default="0/1", help="i/n: this worker runs every n-th task visit")
+    ap.add_argument("--inits", default="", help="comma-separated training init ids to run (default: 10-49 in "
+                    "round-robin chunks); 0-9 are refused")
+    ap.add_argument("--target", type=int, default=15, help="stop a task once it has this many successful records")
+    ap.add_argument("--per-visit", type=int, default=5, help="attempts per task each time its scene is built")
+    ap.add_argument("--give-up-after", type=int, default=3,
+                    help="stop a task after this many attempts (this expert version) with zero successes "
+                         "(0 = never)")
+    ap.add_argument("--shard", default="0/1", help="i/n: this worker runs its share of the task visits")
+    ap.add_argument("--frames-dir", default="", help="also render every successful episode's frames at "
+                    "generation time (from the float64 simulator states) into this folder, as the old episode "
+                    "files (for checking render_records.py; ~4x slower)")
     args = ap.parse_args()
 
+    if args.inits:
+        for i in args.inits.split(","):
+            try:
+                records.check_train_init(int(i))
+            except records.RecordError as exc:
+                sys.exit(f"generate.py: --inits: {exc}")
     problems = check_env.check(args.out)
     if problems:
         sys.exit(check_env.report(problems))
     import numpy as np
+    from expert import EXPERT_VERSION, Expert
 
     suites = [s for s in args.suites.split(",") if s]
     shard_i, shard_n = (int(x) for x in args.shard.split("/"))
     manifest = os.path.join(args.out, "manifest.jsonl")
-    done = load_manifest(manifest)
-    log(f"resume: {len(done)} episodes already in {manifest}")
+    done = read_attempts(manifest, EXPERT_VERSION)
+    n_bad = verify_successes(args.out, done, os.path.join(HERE, "out", "bad_records"))
+    n_ok = sum(r["success"] for r in done.values())
+    log(f"resume: {len(done)} attempts count ({n_ok} successes, {n_bad} bad records set aside) in {manifest}; "
+        f"expert version {EXPERT_VERSION}")
 
-    order = init_order(args.train_inits, args.heldout_inits, 50)
-    chunks = [order[i:i + args.per_visit] for i in range(0, len(order), args.per_visit)]
-    n_tasks = 10
-    tasks = [int(t) for t in args.tasks.split(",")] if args.tasks else list(range(n_tasks))
-    visits = [(r, t, s) for r in range(len(chunks)) for t in tasks for s in suites]
-    visits = [v for k, v in enumerate(visits) if k % shard_n == shard_i]
+    tasks = [int(t) for t in args.tasks.split(",")] if args.tasks else list(range(10))
+    if args.inits:
+        visits = [(0, t, s, [int(i) for i in args.inits.split(",")]) for t in tasks for s in suites]
+        visits = [v for k, v in enumerate(visits) if k % shard_n == shard_i]
+    else:
+        visits = train_visits(suites, tasks, args.per_visit, shard_i, shard_n)
 
-    stats = {}
-    for (s, t, i), r in done.items():
-        st = stats.setdefault(s, [0, 0])
-        st[0] += 1
-        st[1] += int(r["success"])
     t_start = time.time()
-    n_frames_total, render_s_total, sim_steps_total, sim_s_total = 0, 0.0, 0, 0.0
-
-    for rnd, task_id, suite in visits:
-        todo = [(i, split) for i, split in chunks[rnd] if (suite, task_id, i) not in done]
-        if not todo:
-            continue
+    n_frames_total, render_s_total, sim_steps_total, sim_s_total, n_new = 0, 0.0, 0, 0.0, 0
+    for rnd, task_id, suite, chunk in visits:
+        done = read_attempts(manifest, EXPERT_VERSION)  # the other worker's attempts too
         prev = [r for (s, t, _), r in done.items() if s == suite and t == task_id]
-        if args.give_up_after and len(prev) >= args.give_up_after and not any(r["success"] for r in prev):
-            log(f"skip {suite} task{task_id:02d}: {len(prev)} attempts, 0 successes")
+        n_succ = sum(r["success"] for r in prev)
+        cur = [r for r in prev if r.get("expert_version") == EXPERT_VERSION]
+        if any(not r.get("expert_supported", True) for r in cur):
+            continue  # goal not supported by this expert version
+        if n_succ >= args.target:
+            continue
+        if args.give_up_after and n_succ == 0 and len(cur) >= args.give_up_after:
+            continue
+        todo = [i for i in chunk if (suite, task_id, i) not in done]
+        if not todo:
             continue
         t0 = time.time()
         try:
@@ -214,17 +259,34 @@ def main():
             log(f"ERROR building {suite} task{task_id}: {type(exc).__name__}: {exc}")
             continue
         t_build = time.time() - t0
-        for init_id, split in todo:
+        nq = runner.env.env.sim.model.nq
+        probe = Expert()
+        probe.reset(runner.env)
+        if not probe.supported:
+            rec = {"suite": suite, "task_id": task_id, "init_id": todo[0], "instruction": runner.instruction,
+                   "steps": 0, "frames": 0, "success": False, "file": None, "split": "train",
+                   "expert_supported": False, "expert_version": EXPERT_VERSION, "sim_s": 0.0}
+            append_manifest(manifest, rec)
+            log(f"{suite} task{task_id:02d}: goal not supported by expert version {EXPERT_VERSION} "
+                f"({[st[3] for st in probe.subtasks if st[0] == 'unsupported']}) -- skipped")
+            runner.close()
+            continue
+        for init_id in todo:
+            if n_succ >= args.target:
+                break
+            if args.give_up_after and n_succ == 0 and len(cur) >= args.give_up_after:
+                log(f"{suite} task{task_id:02d}: {len(cur)} attempts, 0 successes -- given up")
+                break
             t1 = time.time()
             try:
                 success, states, actions, supported = runner.rollout(init_id, MAX_STEPS[suite])
             except Exception as exc:  # noqa: BLE001
                 log(f"ERROR rollout {suite} task{task_id} init{init_id}: {type(exc).__name__}: {exc}")
-                continue
+                break
             t_sim = time.time() - t1
             sim_steps_total += len(actions)
             sim_s_total += t_sim
-            rel, kept, t_render = None, 0, 0.0
+            rel, kept, t_render, size = None, 0, 0.0, 0
             if success:
                 prev_a = np.array(NOOP, dtype=np.float32)
                 keep = []
@@ -232,30 +294,38 @@ def main():
                     if not is_noop(a, prev_a):
                         keep.append(k)
                     prev_a = a
-                t2 = time.time()
-                frames = runner.render([states[k] for k in keep])
-                t_render = time.time() - t2
-                acts = np.stack([actions[k] for k in keep]).astype(np.float32)
-                rel = f"episodes/{suite}/task{task_id:02d}_init{init_id:02d}.npz"
-                save_episode(os.path.join(args.out, rel), frames, acts, runner.instruction, suite, task_id,
-                             init_id, True)
+                S = np.stack([states[k] for k in keep])
+                rel = records.rel_path(suite, task_id, init_id)
+                path = os.path.join(args.out, rel)
+                records.save_record(
+                    path, suite=suite, task_id=task_id, init_id=init_id, instruction=runner.instruction,
+                    actions=np.stack([actions[k] for k in keep]), step=np.array(keep), qpos=S[:, 1:1 + nq],
+                    state0=states[0], all_actions=np.stack(actions), expert_version=EXPERT_VERSION)
+                size = os.path.getsize(path)
                 kept = len(keep)
-                n_frames_total += kept
-                render_s_total += t_render
+                if args.frames_dir:
+                    t2 = time.time()
+                    frames = runner.render(list(S))
+                    t_render = time.time() - t2
+                    n_frames_total += kept
+                    render_s_total += t_render
+                    save_episode(os.path.join(args.frames_dir, rel), frames, np.stack([actions[k] for k in keep]),
+                                 runner.instruction, suite, task_id, init_id, True)
+                n_succ += 1
+                n_new += 1
             rec = {"suite": suite, "task_id": task_id, "init_id": init_id, "instruction": runner.instruction,
-                   "steps": len(actions), "frames": kept, "success": bool(success), "file": rel, "split": split,
-                   "expert_supported": bool(supported), "sim_s": round(t_sim, 1), "render_s": round(t_render, 1)}
+                   "steps": len(actions), "frames": kept, "success": bool(success), "file": rel, "split": "train",
+                   "expert_supported": bool(supported), "expert_version": EXPERT_VERSION,
+                   "sim_s": round(t_sim, 2), "bytes": size}
             append_manifest(manifest, rec)
             done[(suite, task_id, init_id)] = rec
-            st = stats.setdefault(suite, [0, 0])
-            st[0] += 1
-            st[1] += int(success)
+            cur.append(rec)
             el = time.time() - t_start
-            rates = " ".join(f"{k.replace('libero_', '')}={v[1]}/{v[0]}" for k, v in sorted(stats.items()))
-            log(f"{suite} task{task_id:02d} init{init_id:02d} [{split}] success={success} steps={len(actions)} "
-                f"kept={kept} build={t_build:.0f}s sim={t_sim:.0f}s render={t_render:.0f}s | {rates} | "
-                f"sim {sim_steps_total / max(sim_s_total, 1e-9):.1f} steps/s, render "
-                f"{n_frames_total / max(render_s_total, 1e-9):.2f} frames/s, elapsed {el / 60:.1f} min")
+            log(f"{suite} task{task_id:02d} init{init_id:02d} success={success} steps={len(actions)} kept={kept} "
+                f"{size / 1e3:.0f}KB build={t_build:.0f}s sim={t_sim:.0f}s | task {n_succ} ok | new records "
+                f"{n_new} | sim {sim_steps_total / max(sim_s_total, 1e-9):.1f} steps/s"
+                + (f", render {n_frames_total / max(render_s_total, 1e-9):.2f} frames/s" if args.frames_dir else "")
+                + f", elapsed {el / 60:.1f} min")
             t_build = 0.0
         runner.close()
     log("finished")

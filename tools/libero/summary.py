@@ -1,42 +1,81 @@
-"""Summarise tools/libero/out/manifest.jsonl: per-suite expert success rate, episodes and frames per split."""
+"""Progress of the training-record generation: per task the expert's successes/attempts on the training inits,
+the records, their steps and bytes, from data/libero_train/manifest.jsonl (or --out DIR).
+
+  tools/.venv-libero/bin/python tools/libero/summary.py            # table + totals
+  tools/.venv-libero/bin/python tools/libero/summary.py --markdown # the per-task table for README.md
+
+Successes count every successful attempt (its record is kept whatever expert version made it); attempts count
+those successes plus the failures of the newest expert version in the manifest (older failures are retried by
+generate.py). Throughput is physics only (sim_s: the rollout without rendering, scene builds excluded).
+"""
 import argparse
 import json
 import os
 from collections import defaultdict
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+SUITES = ["libero_spatial", "libero_object", "libero_goal", "libero_10"]
 
 
 def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--out", default=os.path.join(HERE, "out"))
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", default=os.path.normpath(os.path.join(HERE, "..", "..", "data", "libero_train")))
+    ap.add_argument("--markdown", action="store_true")
     args = ap.parse_args()
-    rows = [json.loads(l) for l in open(os.path.join(args.out, "manifest.jsonl")) if l.strip()]
-    by = defaultdict(lambda: {"n": 0, "ok": 0, "train": 0, "heldout": 0, "frames": 0, "sim_s": 0.0, "steps": 0,
-                              "render_s": 0.0, "failed_tasks": set()})
-    for r in rows:
-        b = by[r["suite"]]
-        b["n"] += 1
-        b["ok"] += int(r["success"])
-        b["steps"] += r["steps"]
-        b["sim_s"] += r.get("sim_s", 0)
-        b["render_s"] += r.get("render_s", 0)
-        if r["success"]:
-            b[r["split"]] += 1
-            b["frames"] += r.get("frames", 0)
-        else:
-            b["failed_tasks"].add(r["task_id"])
+    rows = {}
+    path = os.path.join(args.out, "manifest.jsonl")
+    with open(path) as f:
+        for line in f:
+            try:
+                r = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            rows[(r["suite"], r["task_id"], r["init_id"])] = r  # the last line of an attempt wins
+    version = max((r.get("expert_version", 0) for r in rows.values()), default=0)
+    per = defaultdict(lambda: {"ok": 0, "n": 0, "steps": 0, "bytes": 0, "unsupported": False, "instr": "",
+                               "inits": []})
     tot = defaultdict(float)
-    print(f"{'suite':16s} {'success':>12s} {'train':>6s} {'heldout':>8s} {'frames':>7s}  failed task ids")
-    for s in sorted(by):
-        b = by[s]
-        print(f"{s:16s} {b['ok']:4d}/{b['n']:<4d}{100 * b['ok'] / b['n']:3.0f}% {b['train']:6d} {b['heldout']:8d} "
-              f"{b['frames']:7d}  {sorted(b['failed_tasks'])}")
-        for k in ("n", "ok", "frames", "steps", "sim_s", "render_s"):
-            tot[k] += b[k]
-    print(f"total: {int(tot['ok'])}/{int(tot['n'])} successful, {int(tot['frames'])} frames; "
-          f"sim {tot['steps'] / max(tot['sim_s'], 1e-9):.1f} steps/s, "
-          f"render {tot['frames'] / max(tot['render_s'], 1e-9):.2f} frames/s")
+    for (s, t, i), r in rows.items():
+        if not r["success"] and r.get("expert_version", 0) != version:
+            continue
+        p = per[(s, t)]
+        p["instr"] = r["instruction"]
+        if not r.get("expert_supported", True):
+            p["unsupported"] = True
+            continue
+        p["n"] += 1
+        tot["sim_s"] += r.get("sim_s", 0)
+        tot["sim_steps"] += r["steps"]
+        if r["success"]:
+            p["ok"] += 1
+            p["steps"] += r["frames"]
+            p["bytes"] += r.get("bytes", 0)
+            p["inits"].append(i)
+    if args.markdown:
+        print("| suite | task | instruction | successes/attempts (inits 10-49) | records | steps |")
+        print("|---|---|---|---|---|---|")
+    for s in SUITES:
+        for t in range(10):
+            if (s, t) not in per:
+                if not args.markdown:
+                    print(f"{s:15s} {t:2d}  (not attempted yet)")
+                continue
+            p = per[(s, t)]
+            res = "unsupported goal" if p["unsupported"] and not p["n"] else f"{p['ok']}/{p['n']}"
+            if args.markdown:
+                print(f"| {s} | {t} | {p['instr']} | {res} | {p['ok']} | {p['steps']} |")
+            else:
+                print(f"{s:15s} {t:2d} {res:>8s}  steps {p['steps']:6d}  {p['bytes'] / 1e6:5.2f} MB  {p['instr']}")
+            tot["ok"] += p["ok"]
+            tot["n"] += p["n"]
+            tot["steps"] += p["steps"]
+            tot["bytes"] += p["bytes"]
+            tot["tasks_ok"] += p["ok"] > 0
+            tot["tasks_10"] += p["ok"] >= 10
+    print(f"\ntotal: {int(tot['ok'])} records / {int(tot['n'])} attempts (expert version {version} failures), "
+          f"{int(tot['tasks_ok'])} tasks with a record, {int(tot['tasks_10'])} with >= 10; {int(tot['steps'])} "
+          f"steps; {tot['bytes'] / 1e6:.1f} MB ({tot['bytes'] / max(tot['ok'], 1) / 1e3:.0f} KB/record); physics "
+          f"{tot['sim_steps'] / max(tot['sim_s'], 1e-9):.1f} steps/s per worker")
 
 
 if __name__ == "__main__":
