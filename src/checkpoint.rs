@@ -253,10 +253,10 @@ fn dtype_bytes(dtype: &str) -> Option<usize> {
 /// Checks that the 8-byte length prefix and the JSON header fit in the file, that every tensor's
 /// byte range matches its dtype and shape, that the ranges tile the data section, and that the
 /// data section ends exactly at the end of the file. Every failure is
-/// [`Error::MalformedConfig`] (`what = "safetensors file"`) naming the file; a missing file is
-/// [`Error::MissingFile`]. Returns the tensors by name.
+/// [`Error::CorruptWeights`] naming the file; a missing file is [`Error::MissingFile`]. Returns
+/// the tensors by name.
 pub fn read_safetensors_header(path: &Path) -> Result<BTreeMap<String, TensorHeader>> {
-    let bad = |message: String| Error::malformed("safetensors file", path, message);
+    let bad = |message: String| Error::corrupt_weights(path, message);
     let mut file = match File::open(path) {
         Ok(file) => file,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {

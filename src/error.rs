@@ -24,13 +24,18 @@ pub enum Error {
         source: std::io::Error,
     },
 
-    /// A JSON file (config, index, statistics) does not parse or lacks a field.
+    /// A JSON file (config, index, statistics, preprocessor) does not parse or lacks a field.
     #[error("malformed {what} ({path}): {message}")]
     MalformedConfig {
         what: &'static str,
         path: PathBuf,
         message: String,
     },
+
+    /// A weights file (safetensors, or the embedded int8-rows layout) whose bytes are not a valid
+    /// file of its format: a torn header, tensor ranges that do not tile the data, a wrong size.
+    #[error("corrupt weights file {path}: {message}")]
+    CorruptWeights { path: PathBuf, message: String },
 
     /// A configuration value is invalid on its own or against another one.
     #[error("invalid configuration: {0}")]
@@ -148,6 +153,13 @@ impl Error {
         Self::Io {
             path: path.into(),
             source,
+        }
+    }
+
+    pub(crate) fn corrupt_weights(path: impl Into<PathBuf>, message: impl ToString) -> Self {
+        Self::CorruptWeights {
+            path: path.into(),
+            message: message.to_string(),
         }
     }
 

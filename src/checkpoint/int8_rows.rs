@@ -152,9 +152,9 @@ pub fn encode(tensors: &BTreeMap<String, Bf16Tensor>) -> Result<Vec<u8>> {
 }
 
 /// Decodes the bytes of a file in this layout into bf16 tensors by name. `origin` names the
-/// bytes in errors ([`Error::MalformedConfig`] for anything that is not this layout).
+/// bytes in errors ([`Error::CorruptWeights`] for anything that is not this layout).
 pub fn decode(bytes: &[u8], origin: &Path) -> Result<BTreeMap<String, Bf16Tensor>> {
-    let bad = |m: String| Error::malformed("int8-rows weights", origin, m);
+    let bad = |m: String| Error::corrupt_weights(origin, m);
     let (_, metadata) = SafeTensors::read_metadata(bytes).map_err(|e| bad(e.to_string()))?;
     let format = metadata.metadata().as_ref().and_then(|m| m.get("format"));
     if format.map(String::as_str) != Some(FORMAT) {
@@ -209,7 +209,7 @@ pub fn decode(bytes: &[u8], origin: &Path) -> Result<BTreeMap<String, Bf16Tensor
 pub fn read_bf16_file(path: &Path) -> Result<BTreeMap<String, Bf16Tensor>> {
     crate::checkpoint::read_safetensors_header(path)?;
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-    let bad = |m: String| Error::malformed("safetensors file", path, m);
+    let bad = |m: String| Error::corrupt_weights(path, m);
     let file = SafeTensors::deserialize(&bytes).map_err(|e| bad(e.to_string()))?;
     let mut out = BTreeMap::new();
     for (name, view) in file.iter() {
@@ -325,7 +325,7 @@ mod tests {
         .unwrap();
         for bytes in [&plain[..], &good[..good.len() - 1], &[][..]] {
             let err = decode(bytes, Path::new("x")).unwrap_err();
-            assert!(matches!(err, Error::MalformedConfig { .. }), "{err}");
+            assert!(matches!(err, Error::CorruptWeights { .. }), "{err}");
         }
         let reserved = BTreeMap::from([(format!("a{EXPONENT_SUFFIX}"), tensor(&[1], &[1.0]))]);
         assert!(encode(&reserved).is_err());
