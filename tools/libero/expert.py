@@ -14,14 +14,15 @@ import numpy as np
 
 # Bump when the expert's behaviour changes: generate.py retries the failed attempts of older versions (their
 # successful records are kept) and writes the version into every record and manifest line.
-EXPERT_VERSION = 2
+EXPERT_VERSION = 3
 
 POS_SCALE = 0.05  # metres per unit action (OSC_POSE output_max)
 ROT_SCALE = 0.5  # radians per unit action
 OPEN, CLOSE = -1.0, 1.0
 
 FINGER_COL = 0  # the fingers close along the grip site's x-axis (world y at LIBERO's home pose)
-RIM_GRASP = ("bowl", "ramekin", "mug")  # concave objects: grasp the wall, not the centre
+RIM_GRASP = ("bowl", "ramekin", "mug")
+NEAR_BASE_X = -0.40  # world x below which a top-down gripper cannot get down to a stove knob (base at x ~ -0.66)  # concave objects: grasp the wall, not the centre
 
 
 def _raw(sim):
@@ -498,16 +499,21 @@ class Expert:
             R = np.array(g.d.xmat[bid]).reshape(3, 3)
             lever, axis = R[:, 1].copy(), R[:, 2].copy()
             end = lever if (c + lever)[0] < (c - lever)[0] else -lever  # end nearer to the robot (-x)
+            if (c + end * 0.035)[0] < NEAR_BASE_X:
+                # too close to the robot's base for the arm to get low (libero_goal's stove): push the far end
+                end = -end
             push = np.cross(axis, end)
             push[2] = 0
             push /= np.linalg.norm(push)
             z = c[2] + 0.03
             self.push_start = np.array([*(c[:2] + end[:2] * 0.035 - push[:2] * 0.03), z])
             self.push_end = self.push_start + np.append(push[:2] * 0.08, 0.0)
+            self.knob = (bid, c, end, np.array(axis))
+            self.knob_jid, self.knob_max = jid, g.joint_qpos(jid)
             self._set_phase("approach")
             self.t_phase = 1
         if self.phase == "approach":
-            tgt = self.push_start + np.array([0, 0, 0.08])
+            tgt = self.push_start + np.array([0, 0, 0.08 if self.retries == 0 else 0.04])
             a = self._move(tgt, grip=CLOSE)
             if np.linalg.norm(eef - tgt) < 0.015 or self.t_phase > 60:
                 self._set_phase("down")
@@ -518,17 +524,35 @@ class Expert:
                 self._set_phase("push")
             return a
         if self.phase == "push":
-            a = self._move(self.push_end, grip=CLOSE, vmax=0.5)
-            if self._turned_on(obj) and self.t_phase > 3:
+            # follow the lever as it turns: push tangentially at the lever's current end
+            bid, c, end0, axis = self.knob
+            R = np.array(g.d.xmat[bid]).reshape(3, 3)
+            end = R[:, 1] if R[:, 1] @ end0 > 0 else -R[:, 1]
+            self.knob = (bid, c, end, axis)
+            push = np.cross(axis, end)
+            push[2] = 0
+            push /= np.linalg.norm(push)
+            tgt = np.array([*(c[:2] + end[:2] * 0.03 + push[:2] * 0.1), self.push_start[2]])
+            a = self._move(tgt, grip=CLOSE, vmax=1.0)
+            qk = g.joint_qpos(self.knob_jid)
+            self.knob_max = max(self.knob_max, qk)
+            if qk < self.knob_max - 0.02 and self.t_phase > 5 and not self._turned_on(obj):
+                self._set_phase("up")  # the knob turns back: the finger slipped off, push again
+            elif self._turned_on(obj) and self.t_phase > 3:
                 self._set_phase("up")
             elif self.t_phase > 40:
                 self._set_phase("up")
             return a
         if self.phase == "up":
-            tgt = np.array([eef[0], eef[1], self.push_start[2] + 0.1])
-            a = self._move(tgt, grip=OPEN)
-            if eef[2] > tgt[2] - 0.02 or self.t_phase > 25:
-                self._next()
+            on = self._turned_on(obj)
+            tgt = np.array([eef[0], eef[1], self.push_start[2] + (0.1 if on else 0.04)])
+            a = self._move(tgt, grip=CLOSE if not on else OPEN)
+            if eef[2] > tgt[2] - 0.015 or self.t_phase > 25:
+                if not on and self.retries < 4:
+                    self.retries += 1  # the finger slipped off the lever: push again from where it is now
+                    self._set_phase("plan")
+                else:
+                    self._next()
             return a
         raise RuntimeError(self.phase)
 
