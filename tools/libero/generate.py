@@ -70,6 +70,9 @@ class Runner:
         env.reset()
         self._camera_obs(False)
         obs = env.set_init_state(self.init_states[init_id])
+        # reset() placed the fixtures by moving bodies in the model (not part of the state): keep that placement
+        m = self.env.env.sim.model._model
+        self.body_pos, self.body_quat = m.body_pos.copy(), m.body_quat.copy()
         for _ in range(NUM_WAIT):
             obs, _, _, _ = env.step(NOOP)
         ex = Expert()
@@ -92,9 +95,16 @@ class Runner:
                 break
         return success, states, actions, ex.supported
 
-    def render(self, states):
+    def render(self, states, body_pos=None, body_quat=None):
+        """Frames of the given flattened states; body_pos/body_quat: the episode's fixture placement (model
+        body poses), set first when given (a record's; generate.py renders right after the rollout, with the
+        placement still in the model)."""
         np = self.np
         e = self.env.env
+        if body_pos is not None:
+            m = e.sim.model._model
+            m.body_pos[:] = body_pos
+            m.body_quat[:] = body_quat
         frames = np.empty((len(states), IMG, IMG, 3), dtype=np.uint8)
         for i, s in enumerate(states):
             e.sim.set_state_from_flattened(s)
@@ -182,9 +192,11 @@ def verify_successes(out, done, bad_dir):
             records.load_record(path, r)
         except records.RecordError as exc:
             log(f"ERROR {exc} -- attempt will be redone")
-            if os.path.exists(path):
-                os.makedirs(bad_dir, exist_ok=True)
-                os.replace(path, os.path.join(bad_dir, os.path.basename(path) + f".{int(time.time())}"))
+            os.makedirs(bad_dir, exist_ok=True)
+            try:  # the other worker may have moved it already
+                os.replace(path, os.path.join(bad_dir, r["file"].replace("/", "_") + f".{int(time.time())}"))
+            except FileNotFoundError:
+                pass
             del done[key]
             n_bad += 1
     return n_bad
@@ -300,7 +312,8 @@ def main():
                 records.save_record(
                     path, suite=suite, task_id=task_id, init_id=init_id, instruction=runner.instruction,
                     actions=np.stack([actions[k] for k in keep]), step=np.array(keep), qpos=S[:, 1:1 + nq],
-                    state0=states[0], all_actions=np.stack(actions), expert_version=EXPERT_VERSION)
+                    state0=states[0], all_actions=np.stack(actions), expert_version=EXPERT_VERSION,
+                    body_pos=runner.body_pos, body_quat=runner.body_quat)
                 size = os.path.getsize(path)
                 kept = len(keep)
                 if args.frames_dir:

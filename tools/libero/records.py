@@ -1,9 +1,9 @@
 """Compact, committed training-episode records (data/libero_train/<suite>/taskTT_initII.npz).
 
 A record holds what is needed to re-render an episode's frames exactly (render_records.py) and to train on it,
-but no pixels. np.savez_compressed keys (format version 1):
+but no pixels. np.savez_compressed keys (format version 2):
 
-  format_version  int64 0-d     RECORD_FORMAT (1)
+  format_version  int64 0-d     RECORD_FORMAT (2)
   suite           unicode 0-d   e.g. "libero_goal"
   task_id         int64 0-d     benchmark task index (0-9)
   init_id         int64 0-d     index into get_task_init_states(task); training records: 10-49 only
@@ -14,6 +14,12 @@ but no pixels. np.savez_compressed keys (format version 1):
   state0          float64 [1+nq+nv] full flattened MuJoCo state (time, qpos, qvel) before control step 0
   all_actions     float32 [N,7] every action the expert sent (no-ops included), N = steps of the episode
   expert_version  int64 0-d     expert.EXPERT_VERSION that produced it
+  body_pos        float64 [nbody,3]  MuJoCo model.body_pos during the episode
+  body_quat       float64 [nbody,4]  MuJoCo model.body_quat during the episode
+
+Why body_pos/body_quat: env.reset() places the fixtures (cabinet, stove, ...) with a random sampler by moving
+their bodies in the *model* (about 1 cm from reset to reset); that is not part of the simulator state, so a
+frame re-rendered from qpos alone shows the fixtures in the wrong place (format version 1 had this bug).
 
 Why qpos and not the full state: the rendered frame depends on qpos only (frames rendered with qvel zeroed are
 pixel-identical), float32 states are not pixel-exact (up to 21/255 on object edges), and full float64 states are
@@ -27,11 +33,11 @@ import os
 import re
 import zipfile
 
-RECORD_FORMAT = 1
+RECORD_FORMAT = 2
 TRAIN_INITS = range(10, 50)  # init ids 0-9 of every task are evaluation-only
 EVAL_INITS = range(0, 10)
 KEYS = ("format_version", "suite", "task_id", "init_id", "instruction", "actions", "step", "qpos", "state0",
-        "all_actions", "expert_version")
+        "all_actions", "expert_version", "body_pos", "body_quat")
 SUITES = ("libero_spatial", "libero_object", "libero_goal", "libero_10")
 _NAME = re.compile(r"^task(\d\d)_init(\d\d)\.npz$")
 
@@ -61,7 +67,7 @@ def parse_path(path):
 
 
 def save_record(path, *, suite, task_id, init_id, instruction, actions, step, qpos, state0, all_actions,
-                expert_version):
+                expert_version, body_pos, body_quat):
     """Atomic write (temp file + rename): a killed writer leaves no torn record under the final name."""
     import numpy as np
     check_train_init(init_id)
@@ -74,7 +80,8 @@ def save_record(path, *, suite, task_id, init_id, instruction, actions, step, qp
             instruction=np.array(instruction), actions=np.asarray(actions, dtype=np.float32),
             step=np.asarray(step, dtype=np.int64), qpos=np.asarray(qpos, dtype=np.float64),
             state0=np.asarray(state0, dtype=np.float64), all_actions=np.asarray(all_actions, dtype=np.float32),
-            expert_version=np.array(expert_version, dtype=np.int64))
+            expert_version=np.array(expert_version, dtype=np.int64),
+            body_pos=np.asarray(body_pos, dtype=np.float64), body_quat=np.asarray(body_quat, dtype=np.float64))
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
@@ -89,8 +96,10 @@ def load_record(path, manifest_row=None, train=True):
         with np.load(path, allow_pickle=False) as z:
             missing = [k for k in KEYS if k not in z.files]
             if "format_version" in z.files and int(z["format_version"]) != RECORD_FORMAT:
-                raise RecordError(f"{path}: record format version {int(z['format_version'])}, this code reads "
-                                  f"version {RECORD_FORMAT}")
+                v = int(z["format_version"])
+                raise RecordError(f"{path}: record format version {v}, this code reads version {RECORD_FORMAT}"
+                                  + (" (version 1 lacks the fixture placement, its frames cannot be re-rendered; "
+                                     "regenerate the episode)" if v == 1 else ""))
             if missing:
                 raise RecordError(f"{path}: not a version-{RECORD_FORMAT} record, missing keys {missing}")
             r = {k: z[k] for k in KEYS}  # reads (and CRC-checks) every member
@@ -106,7 +115,9 @@ def load_record(path, manifest_row=None, train=True):
     if (r["actions"].ndim != 2 or r["actions"].shape[1] != 7 or r["step"].shape != (T,) or r["qpos"].ndim != 2
             or len(r["qpos"]) != T or T == 0 or r["all_actions"].ndim != 2 or r["all_actions"].shape[1] != 7
             or (T and int(r["step"].max()) >= len(r["all_actions"]))
-            or r["state0"].ndim != 1 or len(r["state0"]) < 1 + r["qpos"].shape[1]):
+            or r["state0"].ndim != 1 or len(r["state0"]) < 1 + r["qpos"].shape[1]
+            or r["body_pos"].ndim != 2 or r["body_pos"].shape[1] != 3
+            or r["body_quat"].shape != (len(r["body_pos"]), 4)):
         raise RecordError(f"{path}: inconsistent shapes (actions {r['actions'].shape}, step {r['step'].shape}, "
                           f"qpos {r['qpos'].shape}, all_actions {r['all_actions'].shape})")
     if not np.array_equal(r["all_actions"][r["step"]], r["actions"]):

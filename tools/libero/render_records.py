@@ -5,7 +5,8 @@
 
 For every record (validated against its path and its manifest row; a bad record is reported with the reason,
 skipped, left untouched, and makes the exit status 1): build the task's env once (generate.Runner), restore the
-record's qpos before each kept step into the simulator (set_state_from_flattened + forward), render the
+record's fixture placement (model body poses) and its qpos before each kept step into the simulator
+(set_state_from_flattened + forward), render the
 agentview camera at 224x224 and rotate it 180 degrees -- exactly generate.Runner.render, the function the
 held-out frames were rendered with. Writes <out>/<suite>/taskTT_initII.npz in the episode format of
 tools/libero/README.md (frames uint8 [T,224,224,3], actions float32 [T,7], instruction, suite, task_id, init_id,
@@ -46,12 +47,16 @@ def render_record(runner, rec):
         raise records.RecordError(f"record has nq={rec['qpos'].shape[1]} / state size {len(rec['state0'])}, the "
                                   f"env of {rec['suite']} task {rec['task_id']} has nq={nq} / state size "
                                   f"{len(runner.env.get_sim_state())}")
+    nbody = runner.env.env.sim.model._model.nbody
+    if len(rec["body_pos"]) != nbody:
+        raise records.RecordError(f"record has {len(rec['body_pos'])} bodies, the env of {rec['suite']} task "
+                                  f"{rec['task_id']} has {nbody}")
     states = []
     for q in rec["qpos"]:
         s = rec["state0"].copy()
         s[1:1 + nq] = q
         states.append(s)
-    return runner.render(states).astype(np.uint8)
+    return runner.render(states, rec["body_pos"], rec["body_quat"]).astype(np.uint8)
 
 
 def main():

@@ -4,13 +4,15 @@ the records, their steps and bytes, from data/libero_train/manifest.jsonl (or --
   tools/.venv-libero/bin/python tools/libero/summary.py            # table + totals
   tools/.venv-libero/bin/python tools/libero/summary.py --markdown # the per-task table for README.md
 
-Successes count every successful attempt (its record is kept whatever expert version made it); attempts count
+Successes count every successful attempt whose record is on disk in the current format (whatever expert
+version made it); attempts count
 those successes plus the failures of the newest expert version in the manifest (older failures are retried by
 generate.py). Throughput is physics only (sim_s: the rollout without rendering, scene builds excluded).
 """
 import argparse
 import json
 import os
+import sys
 from collections import defaultdict
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -32,6 +34,20 @@ def main():
                 continue
             rows[(r["suite"], r["task_id"], r["init_id"])] = r  # the last line of an attempt wins
     version = max((r.get("expert_version", 0) for r in rows.values()), default=0)
+    import numpy as np
+    sys.path.insert(0, HERE)
+    import records
+
+    def usable(r):  # a success counts only with a record of the current format on disk
+        try:
+            with np.load(os.path.join(args.out, r["file"])) as z:
+                return int(z["format_version"]) == records.RECORD_FORMAT
+        except Exception:  # noqa: BLE001
+            return False
+
+    stale = [k for k, r in rows.items() if r["success"] and not usable(r)]
+    for k in stale:
+        del rows[k]  # generate.py redoes these attempts
     per = defaultdict(lambda: {"ok": 0, "n": 0, "steps": 0, "bytes": 0, "unsupported": False, "instr": "",
                                "inits": []})
     tot = defaultdict(float)
@@ -72,7 +88,9 @@ def main():
             tot["bytes"] += p["bytes"]
             tot["tasks_ok"] += p["ok"] > 0
             tot["tasks_10"] += p["ok"] >= 10
-    print(f"\ntotal: {int(tot['ok'])} records / {int(tot['n'])} attempts (expert version {version} failures), "
+    print(f"\n{len(stale)} successes in the manifest without a usable record (old format / missing; redone by "
+          f"generate.py)")
+    print(f"total: {int(tot['ok'])} records / {int(tot['n'])} attempts (expert version {version} failures), "
           f"{int(tot['tasks_ok'])} tasks with a record, {int(tot['tasks_10'])} with >= 10; {int(tot['steps'])} "
           f"steps; {tot['bytes'] / 1e6:.1f} MB ({tot['bytes'] / max(tot['ok'], 1) / 1e3:.0f} KB/record); physics "
           f"{tot['sim_steps'] / max(tot['sim_s'], 1e-9):.1f} steps/s per worker")

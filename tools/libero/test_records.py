@@ -36,7 +36,8 @@ def main():
         all_actions = rng.uniform(-1, 1, (N, 7)).astype(np.float32)
         kw = dict(suite="libero_goal", task_id=3, init_id=17, instruction="open the top drawer",
                   actions=all_actions[step], step=step, qpos=rng.normal(size=(T, nq)),
-                  state0=rng.normal(size=1 + nq + nv), all_actions=all_actions, expert_version=2)
+                  state0=rng.normal(size=1 + nq + nv), all_actions=all_actions, expert_version=2,
+                  body_pos=rng.normal(size=(5, 3)), body_quat=rng.normal(size=(5, 4)))
         good = os.path.join(tmp, records.rel_path("libero_goal", 3, 17))
         records.save_record(good, **kw)
         r = records.load_record(good, {"suite": "libero_goal", "task_id": 3, "init_id": 17, "frames": T})
