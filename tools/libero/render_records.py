@@ -10,7 +10,8 @@ record's fixture placement (model body poses) and its qpos before each kept step
 agentview camera at 224x224 and rotate it 180 degrees -- exactly generate.Runner.render, the function the
 held-out frames were rendered with. Writes <out>/<suite>/taskTT_initII.npz in the episode format of
 tools/libero/README.md (frames uint8 [T,224,224,3], actions float32 [T,7], instruction, suite, task_id, init_id,
-success). Resumable: episodes already in --out are skipped (unless --force).
+success) and a line per episode in <out>/manifest.jsonl (split "train"), the layout tools/microvla/data.py
+reads. Resumable: episodes already in --out are skipped (unless --force).
 
 --compare DIR: instead of (or besides) writing, compare the re-rendered frames with DIR/<suite>/taskTT_initII.npz
 (e.g. frames generate.py --frames-dir rendered from the float64 states during generation) and print the max
@@ -26,7 +27,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 import check_env  # noqa: E402  (reads MUJOCO_GL before robosuite can set it)
 import records  # noqa: E402
-from generate import TRAIN_DIR, Runner, load_manifest, log, save_episode  # noqa: E402
+from generate import TRAIN_DIR, Runner, append_manifest, load_manifest, log, save_episode  # noqa: E402
 
 
 def find_records(paths):
@@ -106,6 +107,9 @@ def main():
         todo.append((suite, task_id, rel, rec))
     log(f"{len(files)} records, {len(bad)} bad, {len(todo)} to render (manifest: {manifest or 'none'})")
     todo.sort(key=lambda x: (x[0], x[1], x[2]))
+    out_rows = load_manifest(os.path.join(args.out, "manifest.jsonl")) if args.out else {}
+    if args.out:
+        os.makedirs(args.out, exist_ok=True)
     runner, key, n_frames, t_render, worst = None, None, 0, 0.0, 0
     for suite, task_id, rel, rec in todo:
         if key != (suite, task_id):
@@ -139,6 +143,13 @@ def main():
         if args.out:
             save_episode(os.path.join(args.out, rel), frames, rec["actions"], rec["instruction"], suite, task_id,
                          rec["init_id"], True)
+            if (suite, task_id, rec["init_id"]) not in out_rows:
+                row = {"suite": suite, "task_id": task_id, "init_id": rec["init_id"],
+                       "instruction": rec["instruction"], "steps": int(len(rec["all_actions"])),
+                       "frames": int(len(frames)), "success": True, "file": rel, "split": "train",
+                       "expert_version": rec["expert_version"]}
+                append_manifest(os.path.join(args.out, "manifest.jsonl"), row)
+                out_rows[(suite, task_id, rec["init_id"])] = row
         log(msg + f" | {n_frames / max(t_render, 1e-9):.2f} frames/s")
     if runner:
         runner.close()
