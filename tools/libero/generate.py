@@ -174,10 +174,14 @@ def train_visits(suites, tasks, per_visit, shard_i, shard_n):
 
 
 def read_attempts(manifest, version):
-    """Attempts that count for this expert version: every success (any version; its record is kept) and the
-    failures of this version. Failures of older expert versions are retried."""
+    """Attempts that count for this expert version: every success (any version) whose record file is there
+    (verify_successes moves unusable ones away) and the failures of this version. Failures of older expert
+    versions and successes without a record are retried."""
     rows = load_manifest(manifest)
-    return {k: r for k, r in rows.items() if r["success"] or r.get("expert_version") == version}
+    out = os.path.dirname(manifest)
+    return {k: r for k, r in rows.items()
+            if (r["success"] and os.path.exists(os.path.join(out, r["file"])))
+            or (not r["success"] and r.get("expert_version") == version)}
 
 
 def verify_successes(out, done, bad_dir):
