@@ -5,13 +5,13 @@ use candle_nn::{RmsNorm, VarBuilder};
 
 use crate::checkpoint::get;
 use crate::config::LlamaConfig;
-use crate::dense::Dense;
+use crate::cpu::dense::Dense;
 use crate::error::Result;
 use crate::kv_cache::KvCache;
 use crate::vision::softmax_f32;
 
 #[cfg(target_arch = "x86_64")]
-use super::few_rows;
+use crate::cpu::few_rows;
 
 /// Where a layer's keys and values go.
 #[derive(Debug)]
@@ -204,7 +204,7 @@ impl Mlp {
     pub fn forward(&self, xs: &Tensor) -> Result<Tensor> {
         let gate_up = self.gate_up.forward(xs)?;
         self.down
-            .forward(&crate::simd::silu_mul(&gate_up, self.intermediate)?)
+            .forward(&crate::cpu::simd::silu_mul(&gate_up, self.intermediate)?)
     }
 }
 

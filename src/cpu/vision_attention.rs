@@ -8,11 +8,11 @@
 //! DINOv2-L block (261 tokens, 16 heads of 64) on a 2-core machine: about 5.5 ms with candle's
 //! ops, about 2 ms here.
 
-use crate::head_attention::{concat_heads, head_attention, Rows};
+use super::head_attention::{concat_heads, head_attention, Rows};
 
 /// `qkv`: row-major `[n, 3 * heads * head_dim]` (q, k, v blocks, heads contiguous within each) ->
 /// attention output `[n, heads * head_dim]`, heads concatenated. Needs AVX-512F
-/// ([`crate::simd::supported`]).
+/// ([`crate::cpu::simd::supported`]).
 pub(crate) fn attention(qkv: &[f32], n: usize, heads: usize, head_dim: usize) -> Vec<f32> {
     let d = heads * head_dim;
     let scale = 1.0 / (head_dim as f32).sqrt();

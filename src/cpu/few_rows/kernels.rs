@@ -16,7 +16,7 @@ use std::arch::x86_64::{
     _mm512_unpackhi_pd, _mm512_unpackhi_ps, _mm512_unpacklo_pd, _mm512_unpacklo_ps,
 };
 
-use crate::simd::x86::softmax_in_place;
+use crate::cpu::simd::x86::softmax_in_place;
 
 const LANES: usize = 16;
 

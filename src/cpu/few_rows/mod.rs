@@ -17,8 +17,8 @@
 
 use candle_core::{Storage, Tensor};
 
+use super::head_attention::{concat_heads, head_attention, Rows};
 use crate::error::{Error, Result};
-use crate::head_attention::{concat_heads, head_attention, Rows};
 use crate::kv_cache::KvCache;
 
 mod kernels;
@@ -42,7 +42,9 @@ const PARALLEL_MIN_WORK: usize = 1 << 20;
 /// Whether this CPU runs the path, for this head size (a multiple of 32: the rotary halves
 /// must fill whole vectors).
 pub(crate) fn supported(head_dim: usize) -> bool {
-    head_dim.is_multiple_of(2 * LANES) && head_dim <= MAX_CHUNKS * LANES && crate::simd::supported()
+    head_dim.is_multiple_of(2 * LANES)
+        && head_dim <= MAX_CHUNKS * LANES
+        && crate::cpu::simd::supported()
 }
 
 /// Vectors per head row the kernels hold in registers (head size up to 256).

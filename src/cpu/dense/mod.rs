@@ -108,7 +108,7 @@ impl Dense {
             && weight.dtype() == DType::F32
             && !weight.track_op()
             && bias.as_ref().is_none_or(|b| !b.track_op())
-            && crate::simd::supported()
+            && crate::cpu::simd::supported()
         {
             let values = weight.flatten_all()?.to_vec1::<f32>()?;
             let bias = bias.map(|b| b.to_vec1::<f32>()).transpose()?;
@@ -228,7 +228,7 @@ impl Dense {
                     None => ys,
                 };
                 return if gelu {
-                    crate::simd::gelu_erf(&ys)
+                    crate::cpu::simd::gelu_erf(&ys)
                 } else {
                     Ok(ys)
                 };
@@ -258,7 +258,7 @@ impl Dense {
         let mut out = with_cpu_rows(xs, rows, in_dim, |values| self.cpu_matmul(values, rows))??;
         let mut out_dims = lead.to_vec();
         out_dims.push(out_dim);
-        if gelu && !crate::simd::gelu_erf_in_place(&mut out) {
+        if gelu && !crate::cpu::simd::gelu_erf_in_place(&mut out) {
             return Ok(Tensor::from_vec(out, out_dims, device)?.gelu_erf()?);
         }
         Ok(Tensor::from_vec(out, out_dims, device)?)

@@ -102,7 +102,7 @@ impl PackedWeight {
     }
 
     /// `x`: row-major `[m, k]` -> row-major `[m, n]`. Needs AVX-512F
-    /// ([`crate::simd::supported`]).
+    /// ([`crate::cpu::simd::supported`]).
     pub(crate) fn matmul(&self, x: &[f32], m: usize, threads: usize) -> Vec<f32> {
         self.matmul_columns(x, m, threads, 0..self.n)
     }
@@ -400,7 +400,7 @@ mod tests {
 
     #[test]
     fn matches_a_float64_reference_on_ragged_shapes() {
-        if !crate::simd::avx512_or_skip("matches_a_float64_reference_on_ragged_shapes") {
+        if !crate::cpu::simd::avx512_or_skip("matches_a_float64_reference_on_ragged_shapes") {
             return;
         }
         // Rows around the strip height, columns around the panel width, depth around KC.
@@ -438,7 +438,7 @@ mod tests {
 
     #[test]
     fn results_do_not_depend_on_the_thread_count() {
-        if !crate::simd::avx512_or_skip("results_do_not_depend_on_the_thread_count") {
+        if !crate::cpu::simd::avx512_or_skip("results_do_not_depend_on_the_thread_count") {
             return;
         }
         let (m, n, k) = (40, 200, 700);
@@ -449,7 +449,7 @@ mod tests {
 
     #[test]
     fn bf16_panels_compute_exactly_what_f32_panels_do() {
-        if !crate::simd::avx512_or_skip("bf16_panels_compute_exactly_what_f32_panels_do") {
+        if !crate::cpu::simd::avx512_or_skip("bf16_panels_compute_exactly_what_f32_panels_do") {
             return;
         }
         for &(m, n, k) in &[(1, 33, 7), (6, 768, 256), (14, 65, 2100), (3, 1, 1)] {
@@ -479,8 +479,9 @@ mod tests {
 
     #[test]
     fn a_column_range_computes_those_columns_of_the_full_product() {
-        if !crate::simd::avx512_or_skip("a_column_range_computes_those_columns_of_the_full_product")
-        {
+        if !crate::cpu::simd::avx512_or_skip(
+            "a_column_range_computes_those_columns_of_the_full_product",
+        ) {
             return;
         }
         let (m, n, k) = (5, 100, 70);

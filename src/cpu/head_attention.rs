@@ -15,7 +15,7 @@ pub(crate) struct Rows<P> {
 /// `[n, total]` or `None`; writes `n` rows of `dim` to `out`.
 ///
 /// # Safety
-/// AVX-512F must be available ([`crate::simd::supported`]); every row addressed through the
+/// AVX-512F must be available ([`crate::cpu::simd::supported`]); every row addressed through the
 /// given starts and strides must lie inside its allocation, and `out`'s rows must not overlap
 /// the inputs or each other.
 #[allow(clippy::too_many_arguments)]
@@ -57,7 +57,7 @@ pub(crate) unsafe fn head_attention(
                 *s += m;
             }
         }
-        crate::simd::x86::softmax_in_place(line);
+        crate::cpu::simd::x86::softmax_in_place(line);
     }
     // out = p v with p `n x total` and v `total x dim`.
     gemm::gemm(
