@@ -66,13 +66,11 @@ impl Attention {
         let (n, d) = xs.dims2()?;
         let hd = d / self.num_heads;
         #[cfg(target_arch = "x86_64")]
-        if xs.device().is_cpu()
-            && xs.dtype() == DType::F32
-            && !xs.track_op()
-            && crate::cpu::simd::supported()
+        if let Some(avx) = crate::cpu::Avx512::detect()
+            .filter(|_| xs.device().is_cpu() && xs.dtype() == DType::F32 && !xs.track_op())
         {
             let qkv = self.qkv.forward(xs)?.flatten_all()?.to_vec1::<f32>()?;
-            let out = crate::cpu::vision_attention::attention(&qkv, n, self.num_heads, hd);
+            let out = crate::cpu::vision_attention::attention(avx, &qkv, n, self.num_heads, hd)?;
             return self
                 .proj
                 .forward(&Tensor::from_vec(out, (n, d), xs.device())?);
