@@ -3,14 +3,12 @@ pub mod accept;
 pub mod action;
 pub mod checkpoint;
 pub mod config;
+mod cpu;
 pub mod decode;
-pub mod dense;
 pub mod device;
 pub mod draft;
 pub mod embedded;
 pub mod error;
-#[cfg(target_arch = "x86_64")]
-mod head_attention;
 #[cfg(feature = "hub")]
 pub mod hub;
 pub mod kv_cache;
@@ -18,7 +16,6 @@ pub mod llama;
 pub mod policy;
 pub mod processor;
 pub mod projector;
-pub mod simd;
 pub mod synthetic;
 pub mod train;
 pub mod verifier;

@@ -5,7 +5,7 @@ use candle_nn::VarBuilder;
 
 use crate::checkpoint::get;
 use crate::config::{OpenVlaConfig, ProjectorKind};
-use crate::dense::Dense;
+use crate::cpu::dense::Dense;
 use crate::error::Result;
 
 /// `projector.fc{1,2,3}` with exact GELU between them, as named by `arch_specifier`.

@@ -161,7 +161,7 @@ pub fn random_draft_config(verifier: &LlamaConfig) -> DraftConfig {
 
 /// Random weights rounded through bf16, the dtype OpenVLA's checkpoints are published in (and
 /// `train_draft` exports draft heads in), so that a cost measured on them is the cost of such a
-/// checkpoint (exact-bf16 weights run the CPU's bf16 panels; see `spec_vla::dense`).
+/// checkpoint (exact-bf16 weights run the CPU's bf16 panels).
 pub fn as_published(
     weights: std::collections::HashMap<String, candle_core::Tensor>,
 ) -> Result<std::collections::HashMap<String, candle_core::Tensor>> {

@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 use crate::accept::ActionIds;
 use crate::checkpoint::get;
 use crate::config::{read_text, LlamaConfig};
-use crate::dense::Dense;
+use crate::cpu::dense::Dense;
 use crate::error::{Error, Result};
 use crate::kv_cache::KvCache;
 use crate::llama::{AttentionMask, DecoderLayer, KvSource, Llama, Positions, RotaryTable};
@@ -412,14 +412,14 @@ impl EagleDraft {
         };
         let halves = before >= SPLIT_MIN_ROWS
             && features.device().is_cpu()
-            && crate::dense::cpu_threads() > 1;
+            && crate::cpu::dense::cpu_threads() > 1;
         let blocks = if halves {
             // Rows are independent up to the cache write: two halves on two cores, each half's
             // matmuls on its own thread (one wake-up of the pool instead of one per matmul).
             let half = before / 2;
             let (first, second) = rayon::join(
-                || crate::dense::on_calling_thread(|| row_keys_values(0, half)),
-                || crate::dense::on_calling_thread(|| row_keys_values(half, before - half)),
+                || crate::cpu::dense::on_calling_thread(|| row_keys_values(0, half)),
+                || crate::cpu::dense::on_calling_thread(|| row_keys_values(half, before - half)),
             );
             vec![first?, second?]
         } else {

@@ -5,13 +5,13 @@ use candle_nn::{RmsNorm, VarBuilder};
 
 use crate::checkpoint::get;
 use crate::config::LlamaConfig;
-use crate::dense::Dense;
+use crate::cpu::dense::Dense;
 use crate::error::Result;
 use crate::kv_cache::KvCache;
 use crate::vision::softmax_f32;
 
 #[cfg(target_arch = "x86_64")]
-use super::few_rows;
+use crate::cpu::few_rows;
 
 /// Where a layer's keys and values go.
 #[derive(Debug)]
@@ -67,12 +67,16 @@ impl Attention {
         kv: KvSource<'_>,
     ) -> Result<Tensor> {
         let qkv = self.qkv.forward(xs)?;
-        let out = match kv {
+        let fast = match &kv {
+            KvSource::Cache { cache, .. } => self.few_rows_path(&qkv, cache.len()),
+            KvSource::Ephemeral => None,
+        };
+        let out = match (kv, fast) {
             #[cfg(target_arch = "x86_64")]
-            KvSource::Cache { cache, layer } if self.few_rows_path(&qkv, cache.len()) => {
-                few_rows::attention(&qkv, cos, sin, mask, cache, layer, self.heads())?
+            (KvSource::Cache { cache, layer }, Some(avx)) => {
+                few_rows::attention(avx, &qkv, cos, sin, mask, cache, layer, self.heads())?
             }
-            kv => self.attend_with_candle(&qkv, cos, sin, mask, kv)?,
+            (kv, _) => self.attend_with_candle(&qkv, cos, sin, mask, kv)?,
         };
         self.o_proj.forward(&out)
     }
@@ -86,16 +90,23 @@ impl Attention {
         }
     }
 
-    /// Whether [`few_rows::attention`] serves this input: f32 on an AVX-512 CPU, little work
-    /// (`cached` positions before the new rows), no gradient to keep.
+    /// The proof of AVX-512 when `few_rows::attention` serves this input: f32 on an AVX-512
+    /// CPU, a head size it takes, little work (`cached` positions before the new rows), no
+    /// gradient to keep.
     #[cfg(target_arch = "x86_64")]
-    fn few_rows_path(&self, qkv: &Tensor, cached: usize) -> bool {
+    fn few_rows_path(&self, qkv: &Tensor, cached: usize) -> Option<crate::cpu::Avx512> {
         let work = |n: usize| n * (cached + n) * self.num_heads * self.head_dim;
-        qkv.device().is_cpu()
+        let fits = qkv.device().is_cpu()
             && qkv.dtype() == candle_core::DType::F32
             && qkv.dim(0).is_ok_and(|n| work(n) <= few_rows::MAX_WORK)
-            && !qkv.track_op()
-            && few_rows::supported(self.head_dim)
+            && !qkv.track_op();
+        few_rows::supported(self.head_dim).filter(|_| fits)
+    }
+
+    /// No few-row path off x86-64.
+    #[cfg(not(target_arch = "x86_64"))]
+    fn few_rows_path(&self, _: &Tensor, _: usize) -> Option<crate::cpu::Avx512> {
+        None
     }
 
     /// Heads `offset..offset + count` of `qkv` as `[1, count, n, head_dim]`.
@@ -204,7 +215,7 @@ impl Mlp {
     pub fn forward(&self, xs: &Tensor) -> Result<Tensor> {
         let gate_up = self.gate_up.forward(xs)?;
         self.down
-            .forward(&crate::simd::silu_mul(&gate_up, self.intermediate)?)
+            .forward(&crate::cpu::simd::silu_mul(&gate_up, self.intermediate)?)
     }
 }
 
@@ -289,9 +300,9 @@ mod tests {
     /// tree mask over the cache and one unmasked row.
     #[test]
     fn few_row_attention_matches_candle() -> Result<()> {
-        if !few_rows::supported(32) {
+        let Some(avx) = crate::cpu::avx512_or_skip("few_row_attention_matches_candle") else {
             return Ok(());
-        }
+        };
         let dev = Device::Cpu;
         let cfg = LlamaConfig {
             hidden_size: 128,
@@ -328,7 +339,7 @@ mod tests {
             kv: 2,
             dim: 32,
         };
-        let out = few_rows::attention(&empty, &c0, &s0, None, &mut fast, 0, heads)?;
+        let out = few_rows::attention(avx, &empty, &c0, &s0, None, &mut fast, 0, heads)?;
         assert_eq!(out.dims(), &[0, 128]);
         assert_eq!(fast.len(), 40);
         // Our kernels below 32 rows, per-head gemms from 32, heads in parallel at 100.
@@ -355,7 +366,8 @@ mod tests {
                 kv: 2,
                 dim: 32,
             };
-            let got = few_rows::attention(&qkv, &cos, &sin, mask.as_ref(), &mut fast, 0, heads)?;
+            let got =
+                few_rows::attention(avx, &qkv, &cos, &sin, mask.as_ref(), &mut fast, 0, heads)?;
             let kv = KvSource::Cache {
                 cache: &mut slow,
                 layer: 0,
@@ -391,9 +403,11 @@ mod tests {
     /// them one at a time (decoding) gives: each row's result depends only on what it sees.
     #[test]
     fn a_chain_in_one_call_matches_one_row_at_a_time_exactly() -> Result<()> {
-        if !few_rows::supported(32) {
+        let Some(avx) =
+            crate::cpu::avx512_or_skip("a_chain_in_one_call_matches_one_row_at_a_time_exactly")
+        else {
             return Ok(());
-        }
+        };
         let dev = Device::Cpu;
         let heads = few_rows::Heads {
             query: 4,
@@ -411,12 +425,13 @@ mod tests {
         let (cos, sin) = rope.select(&super::super::Positions::Contiguous { start: 0 }, past)?;
         let causal = super::super::AttentionMask::Causal.build(0, past, DType::F32, &dev)?;
         for cache in [&mut together, &mut apart] {
-            few_rows::attention(&past_qkv, &cos, &sin, causal.as_ref(), cache, 0, heads)?;
+            few_rows::attention(avx, &past_qkv, &cos, &sin, causal.as_ref(), cache, 0, heads)?;
             cache.advance(past)?;
         }
         let (cos, sin) = rope.select(&super::super::Positions::Contiguous { start: past }, n)?;
         let chain = super::super::AttentionMask::Causal.build(past, n, DType::F32, &dev)?;
         let all = few_rows::attention(
+            avx,
             &new_qkv,
             &cos,
             &sin,
@@ -427,6 +442,7 @@ mod tests {
         )?;
         for row in 0..n {
             let one = few_rows::attention(
+                avx,
                 &new_qkv.narrow(0, row, 1)?,
                 &cos.narrow(0, row, 1)?,
                 &sin.narrow(0, row, 1)?,

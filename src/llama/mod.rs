@@ -2,8 +2,6 @@
 //! caller-owned [`KvCache`]. (candle-transformers' Llama returns last-position logits only,
 //! assumes contiguous positions and cannot take a tree mask.)
 
-#[cfg(target_arch = "x86_64")]
-mod few_rows;
 mod layer;
 mod rope;
 
@@ -15,7 +13,7 @@ use candle_nn::{RmsNorm, VarBuilder};
 
 use crate::checkpoint::get;
 use crate::config::LlamaConfig;
-use crate::dense::Dense;
+use crate::cpu::dense::Dense;
 use crate::error::{Error, Result};
 use crate::kv_cache::KvCache;
 

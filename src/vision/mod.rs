@@ -1,7 +1,5 @@
 //! The vision backbone: one or two ViT towers whose patch features are concatenated.
 
-#[cfg(target_arch = "x86_64")]
-mod cpu_attention;
 mod vit;
 
 pub(crate) use vit::softmax_f32;

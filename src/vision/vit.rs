@@ -10,7 +10,7 @@ use candle_nn::VarBuilder;
 
 use crate::checkpoint::get;
 use crate::config::VitConfig;
-use crate::dense::Dense;
+use crate::cpu::dense::Dense;
 use crate::error::Result;
 
 fn linear(vb: &VarBuilder, inp: usize, out: usize, name: &str) -> Result<Dense> {
@@ -29,7 +29,7 @@ struct LayerNorm {
 
 impl LayerNorm {
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
-        crate::simd::layer_norm(xs, &self.weight, &self.bias, self.eps)
+        crate::cpu::simd::layer_norm(xs, &self.weight, &self.bias, self.eps)
     }
 }
 
@@ -66,13 +66,11 @@ impl Attention {
         let (n, d) = xs.dims2()?;
         let hd = d / self.num_heads;
         #[cfg(target_arch = "x86_64")]
-        if xs.device().is_cpu()
-            && xs.dtype() == DType::F32
-            && !xs.track_op()
-            && crate::simd::supported()
+        if let Some(avx) = crate::cpu::Avx512::detect()
+            .filter(|_| xs.device().is_cpu() && xs.dtype() == DType::F32 && !xs.track_op())
         {
             let qkv = self.qkv.forward(xs)?.flatten_all()?.to_vec1::<f32>()?;
-            let out = super::cpu_attention::attention(&qkv, n, self.num_heads, hd);
+            let out = crate::cpu::vision_attention::attention(avx, &qkv, n, self.num_heads, hd)?;
             return self
                 .proj
                 .forward(&Tensor::from_vec(out, (n, d), xs.device())?);
@@ -98,7 +96,7 @@ impl Attention {
 /// Softmax over the last axis, computed in f32 whatever the model dtype.
 pub(crate) fn softmax_f32(xs: &Tensor) -> Result<Tensor> {
     let dtype = xs.dtype();
-    let probs = crate::simd::softmax_last_dim(&xs.to_dtype(DType::F32)?)?;
+    let probs = crate::cpu::simd::softmax_last_dim(&xs.to_dtype(DType::F32)?)?;
     Ok(probs.to_dtype(dtype)?)
 }
 

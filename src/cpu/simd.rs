@@ -9,53 +9,26 @@
 use candle_core::{Device, Tensor};
 use rayon::prelude::*;
 
+use super::Avx512;
 use crate::error::Result;
 
 /// Elements per thread below which a kernel stays on the calling thread.
 const PARALLEL_CHUNK: usize = 1 << 16;
 
-/// For tests of AVX-512 kernels: `true` when this CPU runs them. Otherwise the test is skipped
-/// visibly (a line on stderr naming it), and fails instead when `SPEC_VLA_REQUIRE_AVX512` is set,
-/// as `.ci/run` sets it on AVX-512 machines, so that a kernel test can never pass by not running.
-#[cfg(test)]
-pub(crate) fn avx512_or_skip(test: &str) -> bool {
-    if supported() {
-        return true;
-    }
-    assert!(
-        std::env::var_os("SPEC_VLA_REQUIRE_AVX512").is_none(),
-        "{test}: SPEC_VLA_REQUIRE_AVX512 is set but this CPU has no AVX-512F"
-    );
-    eprintln!("SKIPPED {test}: this CPU has no AVX-512F, so the kernel under test never runs here");
-    false
-}
-
-/// Whether this CPU runs the kernels.
-pub(crate) fn supported() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        std::arch::is_x86_feature_detected!("avx512f")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
-}
-
-/// Whether `t` can take a kernel here: f32, on the CPU, no gradient to keep.
-fn eligible(t: &Tensor) -> bool {
-    t.device().is_cpu() && t.dtype() == candle_core::DType::F32 && !t.track_op() && supported()
+/// The proof of AVX-512 when `t` can take a kernel here: f32, on the CPU, no gradient to keep.
+fn eligible(t: &Tensor) -> Option<Avx512> {
+    let fits = t.device().is_cpu() && t.dtype() == candle_core::DType::F32 && !t.track_op();
+    Avx512::detect().filter(|_| fits)
 }
 
 /// Exact GELU, `x / 2 * (1 + erf(x / sqrt 2))`, as candle's `gelu_erf`.
 pub fn gelu_erf(xs: &Tensor) -> Result<Tensor> {
     #[cfg(target_arch = "x86_64")]
-    if eligible(xs) {
+    if let Some(avx) = eligible(xs) {
         let mut values = xs.flatten_all()?.to_vec1::<f32>()?;
         values
             .par_chunks_mut(PARALLEL_CHUNK)
-            // SAFETY: `eligible` checked AVX-512F.
-            .for_each(|chunk| unsafe { x86::gelu_erf_in_place(chunk) });
+            .for_each(|chunk| gelu_erf_chunk(avx, chunk));
         return Ok(Tensor::from_vec(values, xs.shape(), &Device::Cpu)?);
     }
     Ok(xs.gelu_erf()?)
@@ -65,22 +38,44 @@ pub fn gelu_erf(xs: &Tensor) -> Result<Tensor> {
 /// untouched) otherwise.
 pub(crate) fn gelu_erf_in_place(values: &mut [f32]) -> bool {
     #[cfg(target_arch = "x86_64")]
-    if supported() {
+    if let Some(avx) = Avx512::detect() {
         values
             .par_chunks_mut(PARALLEL_CHUNK)
-            // SAFETY: AVX-512F checked above.
-            .for_each(|chunk| unsafe { x86::gelu_erf_in_place(chunk) });
+            .for_each(|chunk| gelu_erf_chunk(avx, chunk));
         return true;
     }
     let _ = values;
     false
 }
 
+/// Exact GELU on `values` in place, on the calling thread.
+#[cfg(target_arch = "x86_64")]
+fn gelu_erf_chunk(_: Avx512, values: &mut [f32]) {
+    // SAFETY: the token proves AVX-512F; the kernel touches only `values`.
+    unsafe { x86::gelu_erf_in_place(values) }
+}
+
+/// `out = silu(gate) * up` element by element over `out` (inputs shorter than `out` read as 0).
+#[cfg(target_arch = "x86_64")]
+fn silu_mul_row(_: Avx512, gate: &[f32], up: &[f32], out: &mut [f32]) {
+    // SAFETY: the token proves AVX-512F; the kernel reads only inside `gate` and `up` and
+    // writes only inside `out`.
+    unsafe { x86::silu_mul(gate, up, out) }
+}
+
+/// Softmax of `values` in place, max-subtracted; `-inf` entries become exactly 0.
+#[cfg(target_arch = "x86_64")]
+#[inline]
+pub(crate) fn softmax_in_place(_: Avx512, values: &mut [f32]) {
+    // SAFETY: the token proves AVX-512F; the kernel touches only `values`.
+    unsafe { x86::softmax_in_place(values) }
+}
+
 /// LayerNorm over the last axis, `(x - mean) / sqrt(var + eps) * weight + bias`, as
 /// candle's `LayerNorm` (biased variance).
 pub fn layer_norm(xs: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> Result<Tensor> {
     let width = xs.dim(candle_core::D::Minus1)?;
-    if eligible(xs) && weight.dims() == [width] && bias.dims() == [width] && width > 0 {
+    if eligible(xs).is_some() && weight.dims() == [width] && bias.dims() == [width] && width > 0 {
         let w = weight.to_dtype(candle_core::DType::F32)?.to_vec1::<f32>()?;
         let b = bias.to_dtype(candle_core::DType::F32)?.to_vec1::<f32>()?;
         let mut values = xs.flatten_all()?.to_vec1::<f32>()?;
@@ -131,7 +126,10 @@ fn normalise_row(row: &mut [f32], weight: &[f32], bias: &[f32], eps: f32) {
 /// the gate, then the up projection) -> `[rows, inter]`. `silu(x) = x / (1 + e^-x)`, as candle's.
 pub fn silu_mul(gate_up: &Tensor, inter: usize) -> Result<Tensor> {
     #[cfg(target_arch = "x86_64")]
-    if eligible(gate_up) && gate_up.rank() == 2 && gate_up.dim(1)? == 2 * inter && inter > 0 {
+    if let (Some(avx), true) = (
+        eligible(gate_up),
+        gate_up.rank() == 2 && gate_up.dim(1)? == 2 * inter && inter > 0,
+    ) {
         let rows = gate_up.dim(0)?;
         let values = gate_up.flatten_all()?.to_vec1::<f32>()?;
         let mut out = vec![0f32; rows * inter];
@@ -144,8 +142,7 @@ pub fn silu_mul(gate_up: &Tensor, inter: usize) -> Result<Tensor> {
                     .zip(gate_up.chunks_exact(2 * inter))
                 {
                     let (gate, up) = row.split_at(inter);
-                    // SAFETY: `eligible` checked AVX-512F.
-                    unsafe { x86::silu_mul(gate, up, out) }
+                    silu_mul_row(avx, gate, up, out);
                 }
             });
         return Ok(Tensor::from_vec(out, (rows, inter), &Device::Cpu)?);
@@ -158,15 +155,14 @@ pub fn silu_mul(gate_up: &Tensor, inter: usize) -> Result<Tensor> {
 /// Softmax over the last axis, as candle's `softmax_last_dim`.
 pub fn softmax_last_dim(xs: &Tensor) -> Result<Tensor> {
     #[cfg(target_arch = "x86_64")]
-    if eligible(xs) && xs.rank() > 0 {
+    if let (Some(avx), true) = (eligible(xs), xs.rank() > 0) {
         let row = xs.dim(candle_core::D::Minus1)?;
         if let Some(rows_per_chunk) = PARALLEL_CHUNK.checked_div(row) {
             let mut values = xs.flatten_all()?.to_vec1::<f32>()?;
             let chunk = rows_per_chunk.max(1) * row;
             values.par_chunks_mut(chunk).for_each(|chunk| {
                 for r in chunk.chunks_exact_mut(row) {
-                    // SAFETY: `eligible` checked AVX-512F.
-                    unsafe { x86::softmax_in_place(r) }
+                    softmax_in_place(avx, r);
                 }
             });
             return Ok(Tensor::from_vec(values, xs.shape(), &Device::Cpu)?);
@@ -232,8 +228,11 @@ mod tests {
     }
 }
 
+/// The AVX-512 kernels. Each is sound for slices of any lengths (loads and stores are masked to
+/// the slice); calling one needs `unsafe` only because it needs AVX-512F, which the wrappers
+/// above prove with an [`Avx512`].
 #[cfg(target_arch = "x86_64")]
-pub(crate) mod x86 {
+mod x86 {
     use std::arch::x86_64::*;
 
     const LANES: usize = 16;
@@ -242,7 +241,7 @@ pub(crate) mod x86 {
     /// `2^n`. Inputs below `-87.3` (including `-inf`) give exactly 0; inputs above 88.7 give
     /// infinity.
     #[target_feature(enable = "avx512f")]
-    pub(crate) fn exp(x: __m512) -> __m512 {
+    fn exp(x: __m512) -> __m512 {
         const LN2_HI: f32 = 0.693_359_4;
         const LN2_LO: f32 = -2.121_944_4e-4;
         let underflow = _mm512_cmp_ps_mask::<_CMP_LT_OQ>(x, _mm512_set1_ps(-87.3));
@@ -299,33 +298,51 @@ pub(crate) mod x86 {
         )
     }
 
-    /// Loads `xs[i..]` (up to 16 values; the rest of the vector is `fill`).
+    /// The lanes of `xs[i..i + 16]` that lie inside `xs` (none when `i >= xs.len()`).
+    fn lanes(xs: &[f32], i: usize) -> __mmask16 {
+        match xs.len().saturating_sub(i) {
+            0 => 0,
+            len if len >= LANES => !0,
+            len => (1u16 << len) - 1,
+        }
+    }
+
+    /// Loads `xs[i..]` (up to 16 values; the rest of the vector, and all of it when `i` is past
+    /// the end, is `fill`).
     #[target_feature(enable = "avx512f")]
     fn load(xs: &[f32], i: usize, fill: f32) -> (__m512, __mmask16) {
-        let len = (xs.len() - i).min(LANES);
-        let mask: __mmask16 = if len == LANES { !0 } else { (1u16 << len) - 1 };
-        // SAFETY: the mask covers only `xs[i..i + len]`, inside the slice.
+        let mask = lanes(xs, i);
+        if mask == 0 {
+            return (_mm512_set1_ps(fill), 0);
+        }
+        // SAFETY: `i < xs.len()`, and the mask covers only values inside the slice.
         let v = unsafe { _mm512_mask_loadu_ps(_mm512_set1_ps(fill), mask, xs.as_ptr().add(i)) };
         (v, mask)
     }
 
+    /// Stores the lanes of `v` in `mask` to `xs[i..]`, dropping those past the end.
     #[target_feature(enable = "avx512f")]
     fn store(xs: &mut [f32], i: usize, mask: __mmask16, v: __m512) {
-        // SAFETY: `mask` came from `load` on the same slice and offset.
+        let mask = mask & lanes(xs, i);
+        if mask == 0 {
+            return;
+        }
+        // SAFETY: `i < xs.len()`, and the mask covers only values inside the slice.
         unsafe { _mm512_mask_storeu_ps(xs.as_mut_ptr().add(i), mask, v) }
     }
 
     #[target_feature(enable = "avx512f")]
-    pub(crate) fn gelu_erf_in_place(xs: &mut [f32]) {
+    pub(super) fn gelu_erf_in_place(xs: &mut [f32]) {
         for i in (0..xs.len()).step_by(LANES) {
             let (v, mask) = load(xs, i, 0.0);
             store(xs, i, mask, gelu(v));
         }
     }
 
-    /// `out = gate / (1 + e^-gate) * up`, element by element (all three of one length).
+    /// `out = gate / (1 + e^-gate) * up`, element by element over `out` (inputs past the end of
+    /// `gate` or `up` read as 0; the wrapper passes three slices of one length).
     #[target_feature(enable = "avx512f")]
-    pub(crate) fn silu_mul(gate: &[f32], up: &[f32], out: &mut [f32]) {
+    pub(super) fn silu_mul(gate: &[f32], up: &[f32], out: &mut [f32]) {
         let one = _mm512_set1_ps(1.0);
         for i in (0..out.len()).step_by(LANES) {
             let (g, mask) = load(gate, i, 0.0);
@@ -338,7 +355,7 @@ pub(crate) mod x86 {
 
     /// Softmax of `xs` in place, max-subtracted; `-inf` entries become exactly 0.
     #[target_feature(enable = "avx512f")]
-    pub(crate) fn softmax_in_place(xs: &mut [f32]) {
+    pub(super) fn softmax_in_place(xs: &mut [f32]) {
         let mut maxv = _mm512_set1_ps(f32::NEG_INFINITY);
         for i in (0..xs.len()).step_by(LANES) {
             maxv = _mm512_max_ps(maxv, load(xs, i, f32::NEG_INFINITY).0);
@@ -377,7 +394,7 @@ pub(crate) mod x86 {
 
         #[test]
         fn exp_is_accurate_and_underflows_to_zero() {
-            if !super::super::avx512_or_skip("exp_is_accurate_and_underflows_to_zero") {
+            if crate::cpu::avx512_or_skip("exp_is_accurate_and_underflows_to_zero").is_none() {
                 return;
             }
             let xs: Vec<f32> = (0..7900)
@@ -413,7 +430,7 @@ pub(crate) mod x86 {
 
         #[test]
         fn gelu_matches_the_exact_definition() {
-            if !super::super::avx512_or_skip("gelu_matches_the_exact_definition") {
+            if crate::cpu::avx512_or_skip("gelu_matches_the_exact_definition").is_none() {
                 return;
             }
             let mut xs: Vec<f32> = (0..4001).map(|i| -4.0 + i as f32 * 0.002).collect();
@@ -432,8 +449,29 @@ pub(crate) mod x86 {
         }
 
         #[test]
+        fn kernels_stay_inside_slices_of_any_length() {
+            let Some(avx) = crate::cpu::avx512_or_skip("kernels_stay_inside_slices_of_any_length")
+            else {
+                return;
+            };
+            let gate = [1.0f32; 20];
+            let up = [2.0f32; 3];
+            let mut out = [7.0f32; 18];
+            super::super::silu_mul_row(avx, &gate, &up, &mut out);
+            let silu_1 = 1.0 / (1.0 + (-1.0f32).exp());
+            for (i, y) in out.iter().enumerate() {
+                // Values past the end of `up` read as 0.
+                let want = if i < 3 { silu_1 * 2.0 } else { 0.0 };
+                assert!((y - want).abs() < 1e-6, "{i}: {y}");
+            }
+            super::super::silu_mul_row(avx, &gate, &up, &mut []);
+            super::super::softmax_in_place(avx, &mut []);
+        }
+
+        #[test]
         fn softmax_sums_to_one_and_zeroes_masked_entries() {
-            if !super::super::avx512_or_skip("softmax_sums_to_one_and_zeroes_masked_entries") {
+            if crate::cpu::avx512_or_skip("softmax_sums_to_one_and_zeroes_masked_entries").is_none()
+            {
                 return;
             }
             for len in [1usize, 15, 16, 17, 261] {

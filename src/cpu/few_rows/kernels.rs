@@ -16,7 +16,10 @@ use std::arch::x86_64::{
     _mm512_unpackhi_pd, _mm512_unpackhi_ps, _mm512_unpacklo_pd, _mm512_unpacklo_ps,
 };
 
-use crate::simd::x86::softmax_in_place;
+use super::{fits, MAX_CHUNKS};
+use crate::cpu::simd::softmax_in_place;
+use crate::cpu::{check_len, span, Avx512};
+use crate::error::{Error, Result};
 
 const LANES: usize = 16;
 
@@ -29,6 +32,7 @@ pub(super) struct HeadInputs<'a> {
     pub mask: Option<&'a [f32]>,
     pub n: usize,
     pub total: usize,
+    pub dim: usize,
     pub scale: f32,
 }
 
@@ -54,16 +58,73 @@ impl Scratch {
     }
 }
 
-/// Softmax attention of one head for `CHUNKS` vectors per head row (`dim = 16 CHUNKS`); row `r`
-/// is written to `out[r * out_stride..][..dim]`. `scratch` comes from
-/// [`Scratch::new`]`(n, total, dim)`.
+/// Softmax attention of one head; row `r` is written to `out[r * out_stride..][..dim]`.
+/// `scratch` comes from [`Scratch::new`]`(n, total, dim)`.
+///
+/// An error, with nothing written, when the head size is not one [`fits`] takes, `total` is 0,
+/// or a slice (inputs, scratch or `out`) holds fewer values than its rows need.
+pub(super) fn head(
+    avx: Avx512,
+    inputs: &HeadInputs<'_>,
+    scratch: &mut Scratch,
+    out: &mut [f32],
+    out_stride: usize,
+) -> Result<()> {
+    let &HeadInputs { n, total, dim, .. } = inputs;
+    if !fits(dim) {
+        return Err(Error::InvalidConfig(format!(
+            "CPU kernel: few-row attention over heads of {dim}"
+        )));
+    }
+    if n == 0 {
+        return Ok(());
+    }
+    if total == 0 {
+        return Err(Error::InvalidConfig(
+            "CPU kernel: attention over no positions".to_string(),
+        ));
+    }
+    check_len("queries", inputs.queries.len(), n.checked_mul(dim))?;
+    check_len("keys", inputs.keys.len(), total.checked_mul(dim))?;
+    check_len("values", inputs.values.len(), total.checked_mul(dim))?;
+    if let Some(mask) = inputs.mask {
+        check_len("mask", mask.len(), n.checked_mul(total))?;
+    }
+    check_len(
+        "probabilities",
+        scratch.probs.len(),
+        n.checked_mul(padded(total)),
+    )?;
+    check_len("tail keys", scratch.tail_keys.len(), Some(LANES * dim))?;
+    check_len("out", out.len(), span(n, dim, out_stride))?;
+    // SAFETY: the token proves AVX-512F; `CHUNKS = dim / 16` and every length `head_chunks`
+    // reads or writes through pointers was checked above.
+    unsafe {
+        match dim / LANES {
+            2 => head_chunks::<2>(avx, inputs, scratch, out, out_stride),
+            4 => head_chunks::<4>(avx, inputs, scratch, out, out_stride),
+            6 => head_chunks::<6>(avx, inputs, scratch, out, out_stride),
+            8 => head_chunks::<8>(avx, inputs, scratch, out, out_stride),
+            10 => head_chunks::<10>(avx, inputs, scratch, out, out_stride),
+            12 => head_chunks::<12>(avx, inputs, scratch, out, out_stride),
+            14 => head_chunks::<14>(avx, inputs, scratch, out, out_stride),
+            MAX_CHUNKS => head_chunks::<MAX_CHUNKS>(avx, inputs, scratch, out, out_stride),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// [`head`] for `CHUNKS` vectors per head row (`dim = 16 CHUNKS`).
 ///
 /// # Safety
-/// AVX-512F must be available. `queries` holds `n` rows, `keys` and `values` `total` rows and
-/// `mask` (when given) `n * total` values, all checked by the caller; `out` holds
-/// `(n - 1) * out_stride + dim` values.
+/// `inputs.dim == 16 * CHUNKS`, `n` and `total` at least 1, and the lengths [`head`] checks:
+/// `queries` holds `n` rows, `keys` and `values` `total` rows and `mask` (when given)
+/// `n * total` values; `scratch` holds `n * padded(total)` probabilities and 16 tail key rows;
+/// `out` holds `(n - 1) * out_stride + dim` values.
 #[target_feature(enable = "avx512f")]
-pub(super) unsafe fn head<const CHUNKS: usize>(
+unsafe fn head_chunks<const CHUNKS: usize>(
+    avx: Avx512,
     inputs: &HeadInputs<'_>,
     scratch: &mut Scratch,
     out: &mut [f32],
@@ -100,7 +161,7 @@ pub(super) unsafe fn head<const CHUNKS: usize>(
             }
         }
         row_probs[total..].fill(f32::NEG_INFINITY);
-        softmax_in_place(row_probs);
+        softmax_in_place(avx, row_probs);
     }
     let rows_together = match CHUNKS {
         0..=2 => 8,
@@ -211,5 +272,45 @@ unsafe fn weighted_sum<const CHUNKS: usize, const ROWS: usize>(
         for (c, s) in sums.iter().enumerate() {
             _mm512_storeu_ps(out.add(g * out_stride + c * LANES), *s);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_head_kernel_checks_what_it_reads() {
+        let Some(avx) = crate::cpu::avx512_or_skip("the_head_kernel_checks_what_it_reads") else {
+            return;
+        };
+        let (n, total, dim) = (2, 20, 32);
+        let queries = vec![0.1f32; n * dim];
+        let keys = vec![0.2f32; total * dim];
+        let values = vec![0.3f32; total * dim];
+        let mut scratch = Scratch::new(n, total, dim);
+        let mut out = vec![0f32; n * dim];
+        let good = HeadInputs {
+            queries: &queries,
+            keys: &keys,
+            values: &values,
+            mask: None,
+            n,
+            total,
+            dim,
+            scale: 1.0,
+        };
+        assert!(head(avx, &good, &mut scratch, &mut out, dim).is_ok());
+        assert!(out.iter().all(|&y| (y - 0.3).abs() < 1e-6));
+        let short_keys = HeadInputs {
+            keys: &keys[..keys.len() - 1],
+            ..good
+        };
+        assert!(head(avx, &short_keys, &mut scratch, &mut out, dim).is_err());
+        let odd_heads = HeadInputs { dim: 48, ..good };
+        assert!(head(avx, &odd_heads, &mut scratch, &mut out, dim).is_err());
+        assert!(head(avx, &good, &mut scratch, &mut out[1..], dim).is_err());
+        let mut small = Scratch::new(1, total, dim);
+        assert!(head(avx, &good, &mut small, &mut out, dim).is_err());
     }
 }

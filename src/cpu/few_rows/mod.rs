@@ -17,8 +17,9 @@
 
 use candle_core::{Storage, Tensor};
 
+use super::head_attention::{concat_heads, head_attention, Rows, RowsMut};
+use super::Avx512;
 use crate::error::{Error, Result};
-use crate::head_attention::{concat_heads, head_attention, Rows};
 use crate::kv_cache::KvCache;
 
 mod kernels;
@@ -39,10 +40,15 @@ const GEMM_MIN_ROWS: usize = 32;
 /// among rayon's threads (a prefill; a tree verification stays on the calling thread).
 const PARALLEL_MIN_WORK: usize = 1 << 20;
 
-/// Whether this CPU runs the path, for this head size (a multiple of 32: the rotary halves
-/// must fill whole vectors).
-pub(crate) fn supported(head_dim: usize) -> bool {
-    head_dim.is_multiple_of(2 * LANES) && head_dim <= MAX_CHUNKS * LANES && crate::simd::supported()
+/// The proof of AVX-512 when this CPU runs the path for this head size (see [`fits`]).
+pub(crate) fn supported(head_dim: usize) -> Option<Avx512> {
+    Avx512::detect().filter(|_| fits(head_dim))
+}
+
+/// Whether the kernels take this head size: a multiple of 32 (the rotary halves must fill whole
+/// vectors) up to `16 * MAX_CHUNKS`.
+fn fits(head_dim: usize) -> bool {
+    head_dim > 0 && head_dim.is_multiple_of(2 * LANES) && head_dim <= MAX_CHUNKS * LANES
 }
 
 /// Vectors per head row the kernels hold in registers (head size up to 256).
@@ -60,7 +66,10 @@ pub(crate) struct Heads {
 /// `mask`: additive `[n, cache.len() + n]` or `None` (causal within the new rows is then the
 /// caller's promise of `n == 1`, as for candle's path). Writes the new keys and values to
 /// `layer` of `cache` and returns the attention output `[n, query * dim]`, heads concatenated.
+/// An error when a shape disagrees or the head size is not one [`supported`] takes.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn attention(
+    avx: Avx512,
     qkv: &Tensor,
     cos: &Tensor,
     sin: &Tensor,
@@ -74,6 +83,13 @@ pub(crate) fn attention(
     if width != (query + 2 * kv) * dim || kv == 0 || query % kv != 0 {
         return Err(Error::InvalidConfig(format!(
             "qkv of width {width} for {query} query and {kv} kv heads of {dim}"
+        )));
+    }
+    if !fits(dim) {
+        return Err(Error::InvalidConfig(format!(
+            "few-row attention takes head sizes that are multiples of {} up to {}, not {dim}",
+            2 * LANES,
+            MAX_CHUNKS * LANES
         )));
     }
     let device = qkv.device().clone();
@@ -152,44 +168,44 @@ pub(crate) fn attention(
         let v_all = v_cpu.as_slice::<f32>()?;
         let rep = query / kv;
         let scale = 1.0 / (dim as f32).sqrt();
-        let head_kv = |h: usize| {
+        let head_kv = |h: usize| -> Result<(&[f32], &[f32])> {
             let g = h / rep;
-            (
-                &k_all[k_start + g * k_stride..][..total * dim],
-                &v_all[v_start + g * v_stride..][..total * dim],
-            )
+            Ok((
+                kv_head_rows(k_all, k_start + g * k_stride, total * dim)?,
+                kv_head_rows(v_all, v_start + g * v_stride, total * dim)?,
+            ))
         };
         if n >= GEMM_MIN_ROWS {
             // Per head: scores = scale q k^T and out = p v as two small gemms, heads on rayon's
             // pool when there is enough work to share.
             let parallel = n * total * query * dim >= PARALLEL_MIN_WORK;
             concat_heads(query, n, dim, parallel, |h, head_out| {
-                let (keys, values) = head_kv(h);
+                let (keys, values) = head_kv(h)?;
                 let q_head = &q[h * n * dim..][..n * dim];
-                let rows = |start: *const f32| Rows { start, stride: dim };
-                // SAFETY: `supported()` was checked by the caller (AVX-512F); `q_head` and
-                // `head_out` hold `n` rows of `dim`, `keys` and `values` `total` rows of `dim`.
-                unsafe {
-                    head_attention(
-                        rows(q_head.as_ptr()),
-                        rows(keys.as_ptr()),
-                        rows(values.as_ptr()),
-                        mask.as_deref(),
-                        (n, total, dim),
-                        scale,
-                        Rows {
-                            start: head_out.as_mut_ptr(),
-                            stride: dim,
-                        },
-                    )
+                let rows = |values| Rows {
+                    values,
+                    stride: dim,
                 };
-            })
+                head_attention(
+                    avx,
+                    rows(q_head),
+                    rows(keys),
+                    rows(values),
+                    mask.as_deref(),
+                    (n, total, dim),
+                    scale,
+                    RowsMut {
+                        values: head_out,
+                        stride: dim,
+                    },
+                )
+            })?
         } else {
             let width = query * dim;
             let mut out = vec![0f32; n * width];
             let mut scratch = kernels::Scratch::new(n, total, dim);
             for h in 0..query {
-                let (keys, values) = head_kv(h);
+                let (keys, values) = head_kv(h)?;
                 let inputs = kernels::HeadInputs {
                     queries: &q[h * n * dim..][..n * dim],
                     keys,
@@ -197,19 +213,27 @@ pub(crate) fn attention(
                     mask: mask.as_deref(),
                     n,
                     total,
+                    dim,
                     scale,
                 };
-                let out = &mut out[h * dim..];
-                // SAFETY: `supported()` was checked by the caller (AVX-512F) and limits `dim`
-                // to even multiples of 16 up to 16 * MAX_CHUNKS; the slices hold `n` query rows,
-                // `total` key and value rows and `n * total` mask values (checked above), and
-                // `out` from head `h` on holds `(n - 1) * width + dim` values.
-                unsafe { run_head(dim / LANES, &inputs, &mut scratch, out, width) };
+                kernels::head(avx, &inputs, &mut scratch, &mut out[h * dim..], width)?;
             }
             out
         }
     };
     Ok(Tensor::from_vec(out, (n, query * dim), &device)?)
+}
+
+/// `len` values of a cache's storage from `start` on: one kv head's rows.
+fn kv_head_rows(all: &[f32], start: usize, len: usize) -> Result<&[f32]> {
+    start
+        .checked_add(len)
+        .and_then(|end| all.get(start..end))
+        .ok_or_else(|| {
+            Error::Unavailable(format!(
+                "few-row attention: {len} values from {start} lie outside the cache's storage"
+            ))
+        })
 }
 
 /// The values of a small f32 tensor, in row-major order.
@@ -225,28 +249,5 @@ fn rotate(x: &[f32], cos: &[f32], sin: &[f32], out: &mut [f32]) {
     for i in 0..half {
         o1[i] = x1[i] * cos[i] - x2[i] * sin[i];
         o2[i] = x2[i] * cos[i] + x1[i] * sin[i];
-    }
-}
-
-/// [`kernels::head`] for `chunks` vectors per head row.
-///
-/// # Safety
-/// As for [`kernels::head`], with `chunks` even and at most [`MAX_CHUNKS`].
-unsafe fn run_head(
-    chunks: usize,
-    inputs: &kernels::HeadInputs<'_>,
-    scratch: &mut kernels::Scratch,
-    out: &mut [f32],
-    out_stride: usize,
-) {
-    match chunks {
-        2 => kernels::head::<2>(inputs, scratch, out, out_stride),
-        4 => kernels::head::<4>(inputs, scratch, out, out_stride),
-        6 => kernels::head::<6>(inputs, scratch, out, out_stride),
-        8 => kernels::head::<8>(inputs, scratch, out, out_stride),
-        10 => kernels::head::<10>(inputs, scratch, out, out_stride),
-        12 => kernels::head::<12>(inputs, scratch, out, out_stride),
-        14 => kernels::head::<14>(inputs, scratch, out, out_stride),
-        _ => kernels::head::<16>(inputs, scratch, out, out_stride),
     }
 }

@@ -104,17 +104,18 @@ impl Dense {
         let (out_dim, _) = weight.dims2()?;
         check_bias(out_dim, bias.as_ref())?;
         #[cfg(target_arch = "x86_64")]
-        if weight.device().is_cpu()
-            && weight.dtype() == DType::F32
-            && !weight.track_op()
-            && bias.as_ref().is_none_or(|b| !b.track_op())
-            && crate::simd::supported()
-        {
+        if let Some(avx) = super::Avx512::detect().filter(|_| {
+            weight.device().is_cpu()
+                && weight.dtype() == DType::F32
+                && !weight.track_op()
+                && bias.as_ref().is_none_or(|b| !b.track_op())
+        }) {
             let values = weight.flatten_all()?.to_vec1::<f32>()?;
             let bias = bias.map(|b| b.to_vec1::<f32>()).transpose()?;
+            let in_dim = weight.dim(1)?;
             return Ok(Self {
                 inner: Inner::Packed {
-                    weight: packed::PackedWeight::new(&values, out_dim, weight.dim(1)?, bias),
+                    weight: packed::PackedWeight::new(avx, &values, out_dim, in_dim, bias)?,
                     device: weight.device().clone(),
                 },
             });
@@ -192,7 +193,7 @@ impl Dense {
                     let rows: usize = lead.iter().product();
                     let out = with_cpu_rows(xs, rows, width, |values| {
                         weight.matmul_columns(values, rows, cpu_threads(), start..start + len)
-                    })?;
+                    })??;
                     let mut out_dims = lead.to_vec();
                     out_dims.push(len);
                     return Ok(Tensor::from_vec(out, out_dims, device)?);
@@ -228,7 +229,7 @@ impl Dense {
                     None => ys,
                 };
                 return if gelu {
-                    crate::simd::gelu_erf(&ys)
+                    crate::cpu::simd::gelu_erf(&ys)
                 } else {
                     Ok(ys)
                 };
@@ -258,7 +259,7 @@ impl Dense {
         let mut out = with_cpu_rows(xs, rows, in_dim, |values| self.cpu_matmul(values, rows))??;
         let mut out_dims = lead.to_vec();
         out_dims.push(out_dim);
-        if gelu && !crate::simd::gelu_erf_in_place(&mut out) {
+        if gelu && !crate::cpu::simd::gelu_erf_in_place(&mut out) {
             return Ok(Tensor::from_vec(out, out_dims, device)?.gelu_erf()?);
         }
         Ok(Tensor::from_vec(out, out_dims, device)?)
@@ -268,14 +269,14 @@ impl Dense {
     fn cpu_matmul(&self, x: &[f32], rows: usize) -> Result<Vec<f32>> {
         Ok(match &self.inner {
             #[cfg(target_arch = "x86_64")]
-            Inner::Packed { weight, .. } => weight.matmul(x, rows, cpu_threads()),
+            Inner::Packed { weight, .. } => weight.matmul(x, rows, cpu_threads())?,
             Inner::Gemm {
                 weight_t,
                 bias,
                 in_dim,
                 out_dim,
                 ..
-            } => gemm_rows(x, rows, weight_t, bias.as_deref(), *in_dim, *out_dim),
+            } => gemm_rows(x, rows, weight_t, bias.as_deref(), *in_dim, *out_dim)?,
             Inner::Candle { .. } => {
                 return Err(Error::Unavailable(
                     "a candle dense layer has no CPU kernel".to_string(),
@@ -301,18 +302,53 @@ fn with_cpu_rows<R>(
         ));
     };
     let start = layout.start_offset();
-    Ok(f(&cpu.as_slice::<f32>()?[start..start + rows * width]))
+    let values = rows
+        .checked_mul(width)
+        .and_then(|len| {
+            cpu.as_slice::<f32>()
+                .ok()?
+                .get(start..start.checked_add(len)?)
+        })
+        .ok_or_else(|| {
+            Error::InvalidConfig(format!(
+                "a dense layer's input does not hold {rows} rows of {width}"
+            ))
+        })?;
+    Ok(f(values))
 }
 
 /// `x [m, k] . w [k, n] + bias` with the gemm crate (candle's CPU gemm), the bias pre-filled in
-/// the output so that the gemm accumulates onto it.
-fn gemm_rows(x: &[f32], m: usize, w: &[f32], bias: Option<&[f32]>, k: usize, n: usize) -> Vec<f32> {
+/// the output so that the gemm accumulates onto it. An error when `x` is not `m * k` values, `w`
+/// not `k * n` or `bias` not `n`.
+fn gemm_rows(
+    x: &[f32],
+    m: usize,
+    w: &[f32],
+    bias: Option<&[f32]>,
+    k: usize,
+    n: usize,
+) -> Result<Vec<f32>> {
+    let fits = |name: &str, len: usize, rows: usize, cols: usize| {
+        if rows.checked_mul(cols) == Some(len) {
+            Ok(())
+        } else {
+            Err(Error::InvalidConfig(format!(
+                "a dense layer's `{name}` of {len} values for [{rows}, {cols}]"
+            )))
+        }
+    };
+    fits("x", x.len(), m, k)?;
+    fits("weight", w.len(), k, n)?;
+    if let Some(bias) = bias {
+        fits("bias", bias.len(), 1, n)?;
+    }
+    fits("output", m.saturating_mul(n), m, n)?;
     let mut out = match bias {
         Some(bias) => bias.repeat(m),
         None => vec![0f32; m * n],
     };
     if m == 0 || n == 0 || k == 0 {
-        return out;
+        return Ok(out);
     }
     let threads = cpu_threads();
     let parallelism = if threads > 1 {
@@ -320,8 +356,8 @@ fn gemm_rows(x: &[f32], m: usize, w: &[f32], bias: Option<&[f32]>, k: usize, n: 
     } else {
         gemm::Parallelism::None
     };
-    // SAFETY: `out` is `m x n`, `x` is `m x k` and `w` is `k x n`, all row-major and
-    // contiguous (checked by the caller's slicing and by construction); no aliasing.
+    // SAFETY: `out` is `m x n`, `x` is `m x k` and `w` is `k x n` (checked above), all
+    // row-major and contiguous; `out` is our own, so it aliases neither input.
     unsafe {
         gemm::gemm(
             m,
@@ -345,7 +381,7 @@ fn gemm_rows(x: &[f32], m: usize, w: &[f32], bias: Option<&[f32]>, k: usize, n: 
             parallelism,
         );
     }
-    out
+    Ok(out)
 }
 
 /// `xs @ weight_t[:, start..start + len] + bias[start..start + len]` when `weight_t` is a view

@@ -23,6 +23,9 @@ use std::arch::x86_64::{
     _mm512_storeu_ps, _mm_prefetch, _MM_HINT_T0,
 };
 
+use crate::cpu::{check_len, Avx512};
+use crate::error::{Error, Result};
+
 /// Output columns per panel: two 16-lane vectors.
 pub(crate) const NR: usize = 32;
 /// Rows per strip (the micro-kernel's register tile is `MR x NR`).
@@ -53,9 +56,11 @@ enum Panels {
     Bf16(Vec<u16>),
 }
 
-/// A weight `[n, k]` packed into `NR`-column panels.
+/// A weight `[n, k]` packed into `NR`-column panels, with the proof of AVX-512 its matmuls
+/// run on.
 #[derive(Debug, Clone)]
 pub(crate) struct PackedWeight {
+    avx: Avx512,
     panels: Panels,
     bias: Option<Vec<f32>>,
     n: usize,
@@ -64,27 +69,55 @@ pub(crate) struct PackedWeight {
 
 impl PackedWeight {
     /// `weight`: row-major `[n, k]`; `bias`: `n` values. Panels are stored in bf16 when every
-    /// weight is exactly a bf16 value (see [`Panels::Bf16`]), in f32 otherwise.
-    pub(crate) fn new(weight: &[f32], n: usize, k: usize, bias: Option<Vec<f32>>) -> Self {
+    /// weight is exactly a bf16 value (see [`Panels::Bf16`]), in f32 otherwise. An error when
+    /// `weight` is not `n * k` values or `bias` not `n`.
+    pub(crate) fn new(
+        avx: Avx512,
+        weight: &[f32],
+        n: usize,
+        k: usize,
+        bias: Option<Vec<f32>>,
+    ) -> Result<Self> {
         let exact_bf16 = weight.iter().all(|w| w.to_bits() & 0xFFFF == 0);
-        Self::with_storage(weight, n, k, bias, exact_bf16)
+        Self::with_storage(avx, weight, n, k, bias, exact_bf16)
     }
 
     /// As [`new`](Self::new), with the storage chosen by the caller; `bf16` must only be asked
     /// for weights that are exact bf16 values (otherwise their low bits are dropped).
     fn with_storage(
+        avx: Avx512,
         weight: &[f32],
         n: usize,
         k: usize,
         bias: Option<Vec<f32>>,
         bf16: bool,
-    ) -> Self {
+    ) -> Result<Self> {
+        if n.checked_mul(k) != Some(weight.len()) {
+            return Err(Error::InvalidConfig(format!(
+                "CPU kernel: a [{n}, {k}] weight of {} values",
+                weight.len()
+            )));
+        }
+        if let Some(bias) = &bias {
+            if bias.len() != n {
+                return Err(Error::InvalidConfig(format!(
+                    "CPU kernel: a bias of {} values for {n} outputs",
+                    bias.len()
+                )));
+            }
+        }
         let panels = if bf16 {
             Panels::Bf16(pack(weight, n, k, |w| (w.to_bits() >> 16) as u16))
         } else {
             Panels::F32(pack(weight, n, k, |w| w))
         };
-        Self { panels, bias, n, k }
+        Ok(Self {
+            avx,
+            panels,
+            bias,
+            n,
+            k,
+        })
     }
 
     /// Whether the panels are stored in bf16.
@@ -101,9 +134,9 @@ impl PackedWeight {
         self.k
     }
 
-    /// `x`: row-major `[m, k]` -> row-major `[m, n]`. Needs AVX-512F
-    /// ([`crate::simd::supported`]).
-    pub(crate) fn matmul(&self, x: &[f32], m: usize, threads: usize) -> Vec<f32> {
+    /// `x`: row-major `[m, k]` -> row-major `[m, n]`; an error when `x` holds fewer than
+    /// `m * k` values.
+    pub(crate) fn matmul(&self, x: &[f32], m: usize, threads: usize) -> Result<Vec<f32>> {
         self.matmul_columns(x, m, threads, 0..self.n)
     }
 
@@ -116,19 +149,25 @@ impl PackedWeight {
         m: usize,
         threads: usize,
         cols: std::ops::Range<usize>,
-    ) -> Vec<f32> {
+    ) -> Result<Vec<f32>> {
         let k = self.k;
+        check_len("x", x.len(), m.checked_mul(k))?;
         let (start, end) = (cols.start, cols.end.min(self.n).max(cols.start));
         let width = end - start;
         if width == 0 {
-            return Vec::new();
+            return Ok(Vec::new());
         }
         let first = start / NR;
         // Where column `start` sits in the first panel.
         let offset = start - first * NR;
         let num_panels = end.div_ceil(NR).saturating_sub(first);
         let ldc = num_panels * NR;
-        let mut out = vec![0f32; m * ldc];
+        let Some(out_len) = m.checked_mul(ldc) else {
+            return Err(Error::InvalidConfig(format!(
+                "CPU kernel: {m} rows of {ldc} outputs"
+            )));
+        };
+        let mut out = vec![0f32; out_len];
         if let Some(bias) = &self.bias {
             for row in out.chunks_exact_mut(ldc) {
                 row[offset..offset + width].copy_from_slice(&bias[start..end]);
@@ -142,6 +181,7 @@ impl PackedWeight {
                 threads.clamp(1, num_panels)
             };
             let job = Job {
+                avx: self.avx,
                 strips: &strips,
                 panels: &self.panels,
                 out: OutPtr(out.as_mut_ptr()),
@@ -151,7 +191,8 @@ impl PackedWeight {
                 ldc,
             };
             if threads == 1 {
-                job.run(first..first + num_panels);
+                // SAFETY: `out` is `m x ldc`, and this thread alone writes to it.
+                unsafe { job.run(first..first + num_panels) };
             } else {
                 let per_thread = num_panels.div_ceil(threads);
                 let range = |t: usize| {
@@ -162,9 +203,11 @@ impl PackedWeight {
                     let job = &job;
                     for t in 1..threads {
                         let panels = range(t);
-                        scope.spawn(move |_| job.run(panels));
+                        // SAFETY: `out` is `m x ldc`, and the threads' panel ranges are disjoint.
+                        scope.spawn(move |_| unsafe { job.run(panels) });
                     }
-                    job.run(range(0));
+                    // SAFETY: as for the spawned threads.
+                    unsafe { job.run(range(0)) };
                 });
             }
         }
@@ -175,13 +218,16 @@ impl PackedWeight {
             }
             out.truncate(m * width);
         }
-        out
+        Ok(out)
     }
 }
 
 /// `weight` `[n, k]` as `NR`-column panels `[k][NR]`, zero-padded past `n`, each value mapped
 /// by `store`.
 fn pack<T: Copy + Default>(weight: &[f32], n: usize, k: usize, store: impl Fn(f32) -> T) -> Vec<T> {
+    if k == 0 {
+        return Vec::new();
+    }
     let num_panels = n.div_ceil(NR);
     let mut panels = vec![T::default(); num_panels * k * NR];
     for (row, values) in weight.chunks_exact(k).take(n).enumerate() {
@@ -219,6 +265,7 @@ unsafe impl Send for OutPtr {}
 unsafe impl Sync for OutPtr {}
 
 struct Job<'a> {
+    avx: Avx512,
     strips: &'a [f32],
     panels: &'a Panels,
     out: OutPtr,
@@ -230,9 +277,15 @@ struct Job<'a> {
 }
 
 impl Job<'_> {
-    /// Accumulates the columns of `panels` into the output.
-    fn run(&self, panels: std::ops::Range<usize>) {
+    /// Accumulates the columns of `panels` (clamped to the output's) into the output.
+    ///
+    /// # Safety
+    /// `out` points at `m x ldc` writable values, and no other thread reads or writes the columns
+    /// of `panels` meanwhile.
+    unsafe fn run(&self, panels: std::ops::Range<usize>) {
         let (m, k) = (self.m, self.k);
+        let panels =
+            panels.start.max(self.first_panel)..panels.end.min(self.first_panel + self.ldc / NR);
         for k0 in (0..k).step_by(KC) {
             let kc = KC.min(k - k0);
             for panel in panels.clone() {
@@ -241,19 +294,32 @@ impl Job<'_> {
                     let row0 = s * MR;
                     let rows = MR.min(m - row0);
                     let a = &self.strips[row0 * k + k0 * rows..][..kc * rows];
+                    let avx = self.avx;
                     // SAFETY: the tile `rows x NR` at (row0, (panel - first_panel) * NR) lies
-                    // inside the `m x ldc` output, and only this thread writes the columns of
-                    // `panel`; the panel slices hold `kc * NR` values.
+                    // inside the `m x ldc` output (`panels` is clamped to its columns), and only
+                    // this thread writes the columns of `panel` (this function's contract).
                     unsafe {
                         let column = (panel - self.first_panel) * NR;
                         let c = self.out.0.add(row0 * self.ldc + column);
                         match self.panels {
-                            Panels::F32(p) => {
-                                tile::<F32Panel>(rows, kc, a, &p[offset..][..kc * NR], c, self.ldc)
-                            }
-                            Panels::Bf16(p) => {
-                                tile::<Bf16Panel>(rows, kc, a, &p[offset..][..kc * NR], c, self.ldc)
-                            }
+                            Panels::F32(p) => tile::<F32Panel>(
+                                avx,
+                                rows,
+                                kc,
+                                a,
+                                &p[offset..][..kc * NR],
+                                c,
+                                self.ldc,
+                            ),
+                            Panels::Bf16(p) => tile::<Bf16Panel>(
+                                avx,
+                                rows,
+                                kc,
+                                a,
+                                &p[offset..][..kc * NR],
+                                c,
+                                self.ldc,
+                            ),
                         }
                     }
                 }
@@ -300,12 +366,15 @@ impl PanelFormat for Bf16Panel {
     }
 }
 
-/// Dispatches to the micro-kernel for `rows` (1..=MR) rows.
+/// Dispatches to the micro-kernel for `rows` (1..=MR) rows; `a` and `b` shorter than `kc`
+/// steps compute nothing.
 ///
 /// # Safety
-/// AVX-512F must be available; `c` must point at a writable `rows x NR` tile with row stride
-/// `ldc`; `a` holds `kc * rows` values and `b` holds `kc * NR`.
+/// `c` must point at a writable `rows x NR` tile with row stride `ldc` that nothing else reads
+/// or writes meanwhile.
+#[allow(clippy::too_many_arguments)]
 unsafe fn tile<P: PanelFormat>(
+    _: Avx512,
     rows: usize,
     kc: usize,
     a: &[f32],
@@ -313,7 +382,12 @@ unsafe fn tile<P: PanelFormat>(
     c: *mut f32,
     ldc: usize,
 ) {
+    if a.len() < kc * rows || b.len() < kc * NR {
+        return;
+    }
     let (a, b) = (a.as_ptr(), b.as_ptr());
+    // SAFETY (of the calls below): the token proves AVX-512F, `a` and `b` hold `kc` steps
+    // (checked above) and the caller vouches for `c`.
     macro_rules! dispatch {
         ($($r:literal)*) => {
             match rows {
@@ -400,9 +474,10 @@ mod tests {
 
     #[test]
     fn matches_a_float64_reference_on_ragged_shapes() {
-        if !crate::simd::avx512_or_skip("matches_a_float64_reference_on_ragged_shapes") {
+        let Some(avx) = crate::cpu::avx512_or_skip("matches_a_float64_reference_on_ragged_shapes")
+        else {
             return;
-        }
+        };
         // Rows around the strip height, columns around the panel width, depth around KC.
         for &(m, n, k) in &[
             (1, 1, 1),
@@ -418,9 +493,10 @@ mod tests {
             let w = values(n * k, 2);
             let bias = values(n, 3);
             for with_bias in [false, true] {
-                let packed = PackedWeight::new(&w, n, k, with_bias.then(|| bias.clone()));
+                let packed =
+                    PackedWeight::new(avx, &w, n, k, with_bias.then(|| bias.clone())).unwrap();
                 for threads in [1, 2, 3] {
-                    let y = packed.matmul(&x, m, threads);
+                    let y = packed.matmul(&x, m, threads).unwrap();
                     let expected = reference(&x, &w, with_bias.then_some(bias.as_slice()), m, n, k);
                     assert_eq!(y.len(), m * n);
                     for (got, want) in y.iter().zip(&expected) {
@@ -438,20 +514,26 @@ mod tests {
 
     #[test]
     fn results_do_not_depend_on_the_thread_count() {
-        if !crate::simd::avx512_or_skip("results_do_not_depend_on_the_thread_count") {
+        let Some(avx) = crate::cpu::avx512_or_skip("results_do_not_depend_on_the_thread_count")
+        else {
             return;
-        }
+        };
         let (m, n, k) = (40, 200, 700);
-        let packed = PackedWeight::new(&values(n * k, 5), n, k, None);
+        let packed = PackedWeight::new(avx, &values(n * k, 5), n, k, None).unwrap();
         let x = values(m * k, 6);
-        assert_eq!(packed.matmul(&x, m, 1), packed.matmul(&x, m, 4));
+        assert_eq!(
+            packed.matmul(&x, m, 1).unwrap(),
+            packed.matmul(&x, m, 4).unwrap()
+        );
     }
 
     #[test]
     fn bf16_panels_compute_exactly_what_f32_panels_do() {
-        if !crate::simd::avx512_or_skip("bf16_panels_compute_exactly_what_f32_panels_do") {
+        let Some(avx) =
+            crate::cpu::avx512_or_skip("bf16_panels_compute_exactly_what_f32_panels_do")
+        else {
             return;
-        }
+        };
         for &(m, n, k) in &[(1, 33, 7), (6, 768, 256), (14, 65, 2100), (3, 1, 1)] {
             // Weights rounded to bf16 (truncated), as a bf16 checkpoint widened to f32 holds.
             let w: Vec<f32> = values(n * k, 7)
@@ -460,13 +542,13 @@ mod tests {
                 .collect();
             let x = values(m * k, 8);
             let bias = Some(values(n, 9));
-            let auto = PackedWeight::new(&w, n, k, bias.clone());
-            let f32_panels = PackedWeight::with_storage(&w, n, k, bias, false);
+            let auto = PackedWeight::new(avx, &w, n, k, bias.clone()).unwrap();
+            let f32_panels = PackedWeight::with_storage(avx, &w, n, k, bias, false).unwrap();
             assert!(auto.is_bf16() && !f32_panels.is_bf16());
             for threads in [1, 2] {
                 assert_eq!(
-                    auto.matmul(&x, m, threads),
-                    f32_panels.matmul(&x, m, threads),
+                    auto.matmul(&x, m, threads).unwrap(),
+                    f32_panels.matmul(&x, m, threads).unwrap(),
                     "m={m} n={n} k={k}"
                 );
             }
@@ -474,24 +556,40 @@ mod tests {
         // One weight with low bits set keeps the whole matrix in f32.
         let mut w = vec![0.5f32; 64];
         w[17] = 0.1;
-        assert!(!PackedWeight::new(&w, 8, 8, None).is_bf16());
+        assert!(!PackedWeight::new(avx, &w, 8, 8, None).unwrap().is_bf16());
+    }
+
+    #[test]
+    fn wrong_lengths_are_errors() {
+        let Some(avx) = crate::cpu::avx512_or_skip("wrong_lengths_are_errors") else {
+            return;
+        };
+        let w = values(6 * 4, 14);
+        assert!(PackedWeight::new(avx, &w, 6, 5, None).is_err());
+        assert!(PackedWeight::new(avx, &w, 6, 4, Some(values(5, 15))).is_err());
+        let packed = PackedWeight::new(avx, &w, 6, 4, None).unwrap();
+        assert!(packed.matmul(&values(7, 16), 2, 1).is_err());
+        assert_eq!(packed.matmul(&values(8, 16), 2, 1).unwrap().len(), 12);
+        let empty = PackedWeight::new(avx, &[], 3, 0, None).unwrap();
+        assert_eq!(empty.matmul(&[], 2, 1).unwrap(), vec![0.0; 6]);
     }
 
     #[test]
     fn a_column_range_computes_those_columns_of_the_full_product() {
-        if !crate::simd::avx512_or_skip("a_column_range_computes_those_columns_of_the_full_product")
-        {
+        let Some(avx) =
+            crate::cpu::avx512_or_skip("a_column_range_computes_those_columns_of_the_full_product")
+        else {
             return;
-        }
+        };
         let (m, n, k) = (5, 100, 70);
         let w = values(n * k, 11);
         let x = values(m * k, 12);
-        let packed = PackedWeight::new(&w, n, k, Some(values(n, 13)));
-        let full = packed.matmul(&x, m, 1);
+        let packed = PackedWeight::new(avx, &w, n, k, Some(values(n, 13))).unwrap();
+        let full = packed.matmul(&x, m, 1).unwrap();
         for cols in [0..100, 32..96, 64..100, 5..37, 33..34, 90..90, 96..200] {
             let end = cols.end.min(n);
             let width = end.saturating_sub(cols.start);
-            let part = packed.matmul_columns(&x, m, 2, cols.clone());
+            let part = packed.matmul_columns(&x, m, 2, cols.clone()).unwrap();
             let expected: Vec<f32> = (0..m)
                 .flat_map(|r| full[r * n + cols.start..r * n + cols.start + width].to_vec())
                 .collect();

@@ -1,0 +1,79 @@
+//! Hand-written f32 CPU kernels, for x86-64 CPUs with AVX-512, where candle's per-op cost
+//! dominates: dense layers ([`dense`]), element-wise kernels ([`simd`]), one attention head as
+//! two gemms (`head_attention`), the Llama's attention for a few query rows (`few_rows`) and the
+//! vision towers' attention (`vision_attention`). Everywhere else candle's ops run.
+//!
+//! Every kernel that runs AVX-512 instructions takes an [`Avx512`], which only
+//! [`Avx512::detect`] makes, and checks the length of every slice it reads or writes before
+//! entering its `unsafe` code: a wrong length is an error, never a read or write out of bounds.
+
+pub(crate) mod dense;
+#[cfg(target_arch = "x86_64")]
+pub(crate) mod few_rows;
+#[cfg(target_arch = "x86_64")]
+mod head_attention;
+pub(crate) mod simd;
+#[cfg(target_arch = "x86_64")]
+pub(crate) mod vision_attention;
+
+use crate::error::{Error, Result};
+
+/// Proof that this CPU runs the AVX-512 instructions the kernels use (AVX-512F, which implies
+/// the AVX2, FMA and SSE instructions they also use). Zero-sized; the private field keeps any
+/// code but [`Avx512::detect`] from making one.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Avx512(());
+
+impl Avx512 {
+    /// `Some` when this CPU has AVX-512F (the only feature the kernels enable); always `None`
+    /// off x86-64. The standard library caches the CPU's answer, so this costs a load.
+    pub(crate) fn detect() -> Option<Self> {
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            return Some(Self(()));
+        }
+        None
+    }
+}
+
+/// For tests of AVX-512 kernels: the proof when this CPU runs them. Otherwise the test is
+/// skipped visibly (a line on stderr naming it), and fails instead when
+/// `SPEC_VLA_REQUIRE_AVX512` is set, as `.ci/run` sets it on AVX-512 machines, so that a kernel
+/// test can never pass by not running.
+#[cfg(test)]
+pub(crate) fn avx512_or_skip(test: &str) -> Option<Avx512> {
+    let avx = Avx512::detect();
+    if avx.is_none() {
+        assert!(
+            std::env::var_os("SPEC_VLA_REQUIRE_AVX512").is_none(),
+            "{test}: SPEC_VLA_REQUIRE_AVX512 is set but this CPU has no AVX-512F"
+        );
+        eprintln!(
+            "SKIPPED {test}: this CPU has no AVX-512F, so the kernel under test never runs here"
+        );
+    }
+    avx
+}
+
+/// Values that `rows` rows of `width`, `stride` apart, span: `(rows - 1) * stride + width`, or
+/// 0 for no rows; `None` when that overflows.
+pub(crate) fn span(rows: usize, width: usize, stride: usize) -> Option<usize> {
+    match rows {
+        0 => Some(0),
+        _ => (rows - 1).checked_mul(stride)?.checked_add(width),
+    }
+}
+
+/// `Ok` when `values` holds at least `needed` values (`None`: a size that overflows), otherwise
+/// the error a kernel returns instead of reading or writing past the end.
+pub(crate) fn check_len(name: &str, values: usize, needed: Option<usize>) -> Result<()> {
+    match needed {
+        Some(needed) if values >= needed => Ok(()),
+        Some(needed) => Err(Error::InvalidConfig(format!(
+            "CPU kernel: `{name}` holds {values} values, needs {needed}"
+        ))),
+        None => Err(Error::InvalidConfig(format!(
+            "CPU kernel: `{name}` would need more values than memory holds"
+        ))),
+    }
+}
