@@ -14,7 +14,7 @@ import numpy as np
 
 # Bump when the expert's behaviour changes: generate.py retries the failed attempts of older versions (their
 # successful records are kept) and writes the version into every record and manifest line.
-EXPERT_VERSION = 3
+EXPERT_VERSION = 4
 
 POS_SCALE = 0.05  # metres per unit action (OSC_POSE output_max)
 ROT_SCALE = 0.5  # radians per unit action
@@ -287,15 +287,21 @@ class Expert:
             radius = 0.5 * min(hi[0] - lo[0], hi[1] - lo[1])
             r_in = max(radius - 0.018, 0.0)
             best = None
+            drawer_d = self._in_open_drawer(center)
             for dyaw in (0.0, np.pi / 2, -np.pi / 2):
                 Rc = _rotz(dyaw) @ self.R0
                 u = Rc[:, FINGER_COL].copy()
                 u[2] = 0
                 u /= np.linalg.norm(u)
+                if drawer_d is not None and abs(u[:2] @ drawer_d[:2]) > 0.5:
+                    continue  # in a drawer: fingers across its width (along it they hit its front or back)
                 for side in (1.0, -1.0):
                     p = center[:2] + side * u[:2] * r_in
                     outer = center[:2] + side * u[:2] * (r_in + 0.045)
-                    score = self._clearance(obj, outer, hi[2] - 0.04) - 0.01 * (dyaw != 0)
+                    if drawer_d is not None:
+                        score = self._geom_clearance(obj, outer, hi[2] - 0.04)
+                    else:
+                        score = self._clearance(obj, outer, hi[2] - 0.04) - 0.01 * (dyaw != 0)
                     if best is None or score > best[0]:
                         best = (score, p, Rc)
             _, p, self.Rt = best
@@ -348,6 +354,52 @@ class Expert:
                 lo, hi = g.aabb(n)
             except Exception:
                 continue
+            if hi[2] < zmin:
+                continue
+            dx = max(lo[0] - xy[0], 0, xy[0] - hi[0])
+            dy = max(lo[1] - xy[1], 0, xy[1] - hi[1])
+            best = min(best, float(np.hypot(dx, dy)))
+        return best
+
+    def _in_open_drawer(self, xy):
+        """Opening direction d of an open drawer whose footprint contains the point xy, else None."""
+        g = self.g
+        for name in getattr(g.e, "fixtures_dict", {}):
+            obj = g.e.get_object(name)
+            for j in getattr(obj, "joints", None) or []:
+                try:
+                    jid = g.sim.model.joint_name2id(j)
+                except Exception:  # noqa: BLE001
+                    continue
+                if g.m.jnt_type[jid] != 2:
+                    continue
+                bid = int(g.m.jnt_bodyid[jid])
+                gs = g.body_geoms(bid)
+                if not gs or abs(g.joint_qpos(jid)) < 0.05:
+                    continue
+                pts = np.concatenate([g.geom_corners(k) for k in gs], 0)
+                lo, hi = pts.min(0), pts.max(0)
+                if lo[0] <= xy[0] <= hi[0] and lo[1] <= xy[1] <= hi[1]:
+                    axis = g.d.xmat[bid].reshape(3, 3) @ g.m.jnt_axis[jid]
+                    return axis / np.linalg.norm(axis)
+        return None
+
+    def _geom_clearance(self, obj, xy, zmin):
+        """xy distance from a point to the nearest collision geom (not of obj, the robot, the table or the floor)
+        whose top is above zmin, capped at 0.1 m."""
+        g = self.g
+        import mujoco
+        own = _subtree(g.m, g.body_id(obj))
+        best = 0.1
+        for k in range(g.m.ngeom):
+            b = int(g.m.geom_bodyid[k])
+            if b in own or b == 0 or not (g.m.geom_contype[k] or g.m.geom_conaffinity[k]):
+                continue
+            name = mujoco.mj_id2name(g.m, mujoco.mjtObj.mjOBJ_BODY, b) or ""
+            if name.startswith(("robot", "gripper", "mount")) or "table" in name or "floor" in name:
+                continue
+            pts = g.geom_corners(k)
+            lo, hi = pts.min(0), pts.max(0)
             if hi[2] < zmin:
                 continue
             dx = max(lo[0] - xy[0], 0, xy[0] - hi[0])
