@@ -157,7 +157,7 @@ impl Default for DrafterConfig {
 /// Draft cut-off ([`EagleDrafter::with_min_confidence`]) measured to pay on `device`. On the
 /// CPU every drafted level costs a draft step and a verifier row, so a chain stops once the
 /// draft itself gives its path less than a 10% chance. Measured with the embedded draft head
-/// (context window of one row) on the 228 held-out LIBERO frames of init 49 (chain 1x6x7, one
+/// (context window of one row) on the former 228 held-out LIBERO frames of init 49 (chain 1x6x7, one
 /// run, decode phase against plain decoding): cut-off 0 / 0.05 / 0.1 / 0.2 / 0.3 gave strict
 /// 1.23x / 1.27x / 1.28x / 1.28x / 1.25x and relaxed r=9 1.56x / 1.58x / 1.59x / 1.58x / 1.51x.
 /// Elsewhere nothing is cut: the wide GPU tree is already ranked by EAGLE-2's scores.
