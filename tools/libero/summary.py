@@ -4,10 +4,10 @@ the records, their steps and bytes, from data/libero_train/manifest.jsonl (or --
   tools/.venv-libero/bin/python tools/libero/summary.py            # table + totals
   tools/.venv-libero/bin/python tools/libero/summary.py --markdown # the per-task table for README.md
 
-Successes count every successful attempt whose record is on disk in the current format (whatever expert
-version made it); attempts count
-those successes plus the failures of the newest expert version in the manifest (older failures are retried by
-generate.py). Throughput is physics only (sim_s: the rollout without rendering, scene builds excluded).
+Per task: the usable records (the last attempt of an init succeeded and its record is on disk in the current
+format), successes/attempts over every attempt in the manifest (all expert versions; an init retried after an
+expert change counts twice; format-1 successes count as successes though their records were redone), and
+successes/attempts of the newest expert version alone. Throughput is physics only (sim_s: the rollout without rendering, scene builds excluded).
 """
 import argparse
 import json
@@ -24,76 +24,86 @@ def main():
     ap.add_argument("--out", default=os.path.normpath(os.path.join(HERE, "..", "..", "data", "libero_train")))
     ap.add_argument("--markdown", action="store_true")
     args = ap.parse_args()
-    rows = {}
-    path = os.path.join(args.out, "manifest.jsonl")
-    with open(path) as f:
-        for line in f:
-            try:
-                r = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            rows[(r["suite"], r["task_id"], r["init_id"])] = r  # the last line of an attempt wins
-    version = max((r.get("expert_version", 0) for r in rows.values()), default=0)
     import numpy as np
     sys.path.insert(0, HERE)
     import records
+    lines = []
+    with open(os.path.join(args.out, "manifest.jsonl")) as f:
+        for line in f:
+            try:
+                lines.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue  # a torn last line
+    version = max((r.get("expert_version", 0) for r in lines), default=0)
+    usable_cache = {}
 
-    def usable(r):  # a success counts only with a record of the current format on disk
-        try:
-            with np.load(os.path.join(args.out, r["file"])) as z:
-                return int(z["format_version"]) == records.RECORD_FORMAT
-        except Exception:  # noqa: BLE001
-            return False
+    def usable(r):  # a record of the current format on disk
+        if r["file"] not in usable_cache:
+            try:
+                with np.load(os.path.join(args.out, r["file"])) as z:
+                    usable_cache[r["file"]] = int(z["format_version"]) == records.RECORD_FORMAT
+            except Exception:  # noqa: BLE001
+                usable_cache[r["file"]] = False
+        return usable_cache[r["file"]]
 
-    stale = [k for k, r in rows.items() if r["success"] and not usable(r)]
-    for k in stale:
-        del rows[k]  # generate.py redoes these attempts
-    per = defaultdict(lambda: {"ok": 0, "n": 0, "steps": 0, "bytes": 0, "unsupported": False, "instr": "",
-                               "inits": []})
-    tot = defaultdict(float)
-    for (s, t, i), r in rows.items():
-        if not r["success"] and r.get("expert_version", 0) != version:
-            continue
-        p = per[(s, t)]
+    per = defaultdict(lambda: {"all_ok": 0, "all_n": 0, "v_ok": 0, "v_n": 0, "rec": set(), "steps": 0, "bytes": 0,
+                               "unsupported": False, "instr": ""})
+    last = {}
+    sim_s = sim_steps = 0.0
+    for r in lines:
+        p = per[(r["suite"], r["task_id"])]
         p["instr"] = r["instruction"]
         if not r.get("expert_supported", True):
             p["unsupported"] = True
             continue
-        p["n"] += 1
-        tot["sim_s"] += r.get("sim_s", 0)
-        tot["sim_steps"] += r["steps"]
-        if r["success"]:
-            p["ok"] += 1
+        p["all_n"] += 1
+        p["all_ok"] += int(r["success"])
+        if r.get("expert_version") == version:
+            p["v_n"] += 1
+            p["v_ok"] += int(r["success"])
+        sim_s += r.get("sim_s", 0)
+        sim_steps += r["steps"]
+        last[(r["suite"], r["task_id"], r["init_id"])] = r
+    for (s, t, i), r in last.items():
+        if r["success"] and usable(r):
+            p = per[(s, t)]
+            p["rec"].add(i)
             p["steps"] += r["frames"]
             p["bytes"] += r.get("bytes", 0)
-            p["inits"].append(i)
+    tot = defaultdict(float)
     if args.markdown:
-        print("| suite | task | instruction | successes/attempts (inits 10-49) | records | steps |")
+        print(f"| suite | task | instruction | records | successes/attempts, all attempts | "
+              f"successes/attempts, expert v{version} |")
         print("|---|---|---|---|---|---|")
+    else:
+        print(f"{'suite':15s} {'task':>4s} {'records':>7s} {'all':>7s} {'v' + str(version):>7s} {'steps':>6s} "
+              f"{'MB':>5s}  instruction")
     for s in SUITES:
         for t in range(10):
-            if (s, t) not in per:
-                if not args.markdown:
-                    print(f"{s:15s} {t:2d}  (not attempted yet)")
-                continue
-            p = per[(s, t)]
-            res = "unsupported goal" if p["unsupported"] and not p["n"] else f"{p['ok']}/{p['n']}"
-            if args.markdown:
-                print(f"| {s} | {t} | {p['instr']} | {res} | {p['ok']} | {p['steps']} |")
+            p = per.get((s, t))
+            if p is None:
+                row = (s, t, "", "-", "not attempted yet", "-", 0, 0.0)
             else:
-                print(f"{s:15s} {t:2d} {res:>8s}  steps {p['steps']:6d}  {p['bytes'] / 1e6:5.2f} MB  {p['instr']}")
-            tot["ok"] += p["ok"]
-            tot["n"] += p["n"]
-            tot["steps"] += p["steps"]
-            tot["bytes"] += p["bytes"]
-            tot["tasks_ok"] += p["ok"] > 0
-            tot["tasks_10"] += p["ok"] >= 10
-    print(f"\n{len(stale)} successes in the manifest without a usable record (old format / missing; redone by "
-          f"generate.py)")
-    print(f"total: {int(tot['ok'])} records / {int(tot['n'])} attempts (expert version {version} failures), "
+                allr = f"{p['all_ok']}/{p['all_n']}" if p["all_n"] else "-"
+                vr = f"{p['v_ok']}/{p['v_n']}" if p["v_n"] else "-"
+                if p["unsupported"] and not p["all_n"]:
+                    allr = vr = "unsupported goal"
+                row = (s, t, p["instr"], str(len(p["rec"])), allr, vr, p["steps"], p["bytes"] / 1e6)
+                tot["ok"] += len(p["rec"])
+                tot["n"] += p["all_n"]
+                tot["steps"] += p["steps"]
+                tot["bytes"] += p["bytes"]
+                tot["tasks_ok"] += len(p["rec"]) > 0
+                tot["tasks_10"] += len(p["rec"]) >= 10
+            if args.markdown:
+                print(f"| {row[0]} | {row[1]} | {row[2]} | {row[3]} | {row[4]} | {row[5]} |")
+            else:
+                print(f"{row[0]:15s} {row[1]:4d} {row[3]:>7s} {row[4]:>7s} {row[5]:>7s} {row[6]:6d} {row[7]:5.2f}  "
+                      f"{row[2]}")
+    print(f"\ntotal: {int(tot['ok'])} usable records from {int(tot['n'])} attempts (all expert versions), "
           f"{int(tot['tasks_ok'])} tasks with a record, {int(tot['tasks_10'])} with >= 10; {int(tot['steps'])} "
           f"steps; {tot['bytes'] / 1e6:.1f} MB ({tot['bytes'] / max(tot['ok'], 1) / 1e3:.0f} KB/record); physics "
-          f"{tot['sim_steps'] / max(tot['sim_s'], 1e-9):.1f} steps/s per worker")
+          f"{sim_steps / max(sim_s, 1e-9):.1f} steps/s per worker (sim_s, all attempts)")
 
 
 if __name__ == "__main__":
