@@ -218,10 +218,7 @@ fn truncated_or_corrupt_weights_name_the_file() {
     for (what, data) in cases {
         std::fs::write(&path, &data).unwrap();
         let err = files.var_builder(DType::F32, &Device::Cpu).err().unwrap();
-        assert!(
-            matches!(err, Error::CorruptWeights { .. }),
-            "{what}: {err}"
-        );
+        assert!(matches!(err, Error::CorruptWeights { .. }), "{what}: {err}");
         assert!(err.to_string().contains(WEIGHTS_FILE), "{what}: {err}");
     }
 }
