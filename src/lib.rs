@@ -16,7 +16,9 @@ pub mod llama;
 pub mod policy;
 pub mod processor;
 pub mod projector;
+#[cfg(feature = "synthetic")]
 pub mod synthetic;
+#[cfg(feature = "train")]
 pub mod train;
 pub mod verifier;
 pub mod vision;

@@ -8,6 +8,7 @@
 
 use std::collections::BTreeSet;
 use std::path::Path;
+use std::sync::Arc;
 
 use candle_core::pickle::PthTensors;
 use candle_core::safetensors::MmapedSafetensors;
@@ -45,16 +46,18 @@ pub enum DraftLmHeadKind {
     ActionIds,
 }
 
-/// The LM head the draft uses, `[rows, hidden]`, and the token id of row 0.
+/// The LM head the draft uses, `[rows, hidden]`, and the token id of row 0: the verifier's own
+/// head (shared, not copied) or a copy of its action rows.
 #[derive(Debug, Clone)]
 pub struct DraftLmHead {
-    /// `[rows, hidden]`, for inputs that carry a gradient (training).
-    weight: Tensor,
-    /// The same rows as a [`Dense`] layer, for inference.
-    dense: Dense,
+    dense: Arc<Dense>,
     first_id: u32,
     /// The action ids scored, for [`DraftLmHeadKind::ActionIds`].
     action_ids: Option<ActionIds>,
+    /// How many ids the head scores.
+    rows: usize,
+    dtype: DType,
+    device: Device,
 }
 
 impl DraftLmHead {
@@ -67,9 +70,9 @@ impl DraftLmHead {
         action_first_id: u32,
         action_count: u32,
     ) -> Result<Self> {
-        let full = llm.lm_head_weight();
-        let (weight, first_id, action_ids) = match kind {
-            DraftLmHeadKind::FullVocab => (full.clone(), 0, None),
+        let full = llm.lm_head();
+        let (dense, first_id, action_ids, rows) = match kind {
+            DraftLmHeadKind::FullVocab => (Arc::clone(full), 0, None, llm.config().vocab_size),
             DraftLmHeadKind::ActionIds => {
                 let vocab = llm.config().vocab_size;
                 let ids = ActionIds::new(action_first_id, action_count)
@@ -80,20 +83,30 @@ impl DraftLmHead {
                             "draft LM head over {action_count} action ids from {action_first_id}: not a range inside the verifier's vocabulary of {vocab}"
                         ))
                     })?;
+                let rows = full.rows(action_first_id as usize, action_count as usize)?;
                 (
-                    full.narrow(0, action_first_id as usize, action_count as usize)?
-                        .contiguous()?,
+                    Arc::new(rows),
                     action_first_id,
                     Some(ids),
+                    action_count as usize,
                 )
             }
         };
         Ok(Self {
-            dense: Dense::new(weight.clone(), None)?,
-            weight,
+            dense,
             first_id,
             action_ids,
+            rows,
+            dtype: llm.dtype(),
+            device: llm.device().clone(),
         })
+    }
+
+    /// The rows' weight `[rows, hidden]` as a plain tensor (a copy on the CPU), for training
+    /// through the frozen head.
+    #[cfg(feature = "train")]
+    pub(crate) fn weight(&self) -> Result<Tensor> {
+        Ok(self.dense.weight_rows(0, self.rows)?.0)
     }
 
     /// The action ids this head scores, or `None` when it scores the whole vocabulary.
@@ -101,24 +114,24 @@ impl DraftLmHead {
         self.action_ids
     }
 
+    /// How many ids the head scores (the width of [`log_probs`](Self::log_probs)).
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
     /// The verifier's dtype (the head is the verifier's own weight).
     pub fn dtype(&self) -> DType {
-        self.weight.dtype()
+        self.dtype
     }
 
     /// The verifier's device.
     pub fn device(&self) -> &Device {
-        self.weight.device()
+        &self.device
     }
 
     /// `features` `[n, hidden]` -> log-probs `[n, rows]` (f32) over this head's ids.
     pub fn log_probs(&self, features: &Tensor) -> Result<Tensor> {
-        let logits = if features.track_op() {
-            features.matmul(&self.weight.t()?)?
-        } else {
-            self.dense.forward(features)?
-        };
-        let logits = logits.to_dtype(DType::F32)?;
+        let logits = self.dense.forward(features)?.to_dtype(DType::F32)?;
         Ok(candle_nn::ops::log_softmax(&logits, D::Minus1)?)
     }
 
@@ -465,6 +478,42 @@ mod tests {
 
     use super::*;
     use crate::synthetic::{max_abs_diff, random_draft_weights, seeded_tensor};
+
+    /// A full-vocabulary draft head is the verifier's own head (no second copy); an action-ids
+    /// head scores exactly those rows, normalised over them.
+    #[test]
+    fn draft_lm_heads_share_or_slice_the_verifier_head() -> Result<()> {
+        use crate::synthetic::{random_openvla_weights, tiny_config, TinySizes};
+        let dev = Device::Cpu;
+        let sizes = TinySizes::default();
+        let cfg = tiny_config(sizes);
+        let weights = random_openvla_weights(&cfg, 5, DType::F32, &dev)?;
+        let model = crate::verifier::OpenVla::load(
+            &VarBuilder::from_tensors(weights, DType::F32, &dev),
+            &cfg,
+        )?;
+        let llm = model.llm();
+        let first = (sizes.vocab - 256) as u32;
+        let full = DraftLmHead::new(llm, DraftLmHeadKind::FullVocab, first, 256)?;
+        assert!(Arc::ptr_eq(&full.dense, llm.lm_head()));
+        assert_eq!(full.rows(), cfg.text.vocab_size);
+        let actions = DraftLmHead::new(llm, DraftLmHeadKind::ActionIds, first, 256)?;
+        assert_eq!((actions.rows(), actions.token(0)), (256, first));
+        let features = seeded_tensor(&[3, cfg.text.hidden_size], 6, &dev)?;
+        let logits = llm
+            .lm_head()
+            .forward(&features)?
+            .narrow(1, first as usize, 256)?;
+        let want = candle_nn::ops::log_softmax(&logits, D::Minus1)?;
+        // f32, the same dot products summed in the same kernel or another order: |logp| ~ 6.
+        let diff = max_abs_diff(&actions.log_probs(&features)?, &want)?;
+        assert!(diff < 1e-4, "action-ids head differs by {diff}");
+        // The model's rows end at `vocab_size` (the tokenizer's ids plus padding rows).
+        let past_the_end = cfg.text.vocab_size as u32 - 255;
+        let err = DraftLmHead::new(llm, DraftLmHeadKind::ActionIds, past_the_end, 256);
+        assert!(matches!(err, Err(Error::DraftMismatch(_))));
+        Ok(())
+    }
 
     #[test]
     fn a_draft_config_reads_rope_parameters_and_refuses_scaling() {

@@ -8,6 +8,8 @@ mod rope;
 pub use layer::{Attention, DecoderLayer, KvSource, Mlp};
 pub use rope::{Positions, RotaryTable};
 
+use std::sync::Arc;
+
 use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::{RmsNorm, VarBuilder};
 
@@ -84,9 +86,8 @@ pub struct Llama {
     embed_tokens: Tensor,
     layers: Vec<DecoderLayer>,
     norm: RmsNorm,
-    /// `[vocab, hidden]`, shared with draft heads.
-    lm_head_weight: Tensor,
-    lm_head: Dense,
+    /// `[vocab, hidden]`, shared with a draft head that scores the whole vocabulary.
+    lm_head: Arc<Dense>,
     rope: RotaryTable,
     cfg: LlamaConfig,
 }
@@ -117,8 +118,7 @@ impl Llama {
             embed_tokens,
             layers,
             norm,
-            lm_head: Dense::new(lm_head.clone(), None)?,
-            lm_head_weight: lm_head,
+            lm_head: Arc::new(Dense::new(lm_head, None)?),
             rope,
             cfg: cfg.clone(),
         })
@@ -141,9 +141,10 @@ impl Llama {
         &self.embed_tokens
     }
 
-    /// The LM head weight `[vocab, hidden]` (shared with an EAGLE draft head).
-    pub fn lm_head_weight(&self) -> &Tensor {
-        &self.lm_head_weight
+    /// The LM head `[vocab, hidden]`, shared with an EAGLE draft head (the only copy of it:
+    /// a draft head over some rows copies only those).
+    pub(crate) fn lm_head(&self) -> &Arc<Dense> {
+        &self.lm_head
     }
 
     pub fn rotary(&self) -> &RotaryTable {

@@ -94,7 +94,10 @@ pub struct DraftTrainer<'a> {
     settings: TrainSettings,
     varmap: VarMap,
     optim: AdamW,
+    /// The head the draft drafts with, for the verifier's targets and for evaluation.
     lm_head: DraftLmHead,
+    /// The same rows as a plain tensor, which the predicted features' gradient flows through.
+    lm_head_weight: Tensor,
     rng: SeededRng,
 }
 
@@ -137,6 +140,7 @@ impl<'a> DraftTrainer<'a> {
             optim: AdamW::new(vars, settings.optim)?,
             config,
             varmap,
+            lm_head_weight: lm_head.weight()?,
             lm_head,
             rng: SeededRng::new(settings.seed ^ 0x5EED),
             settings,
@@ -197,7 +201,9 @@ impl<'a> DraftTrainer<'a> {
             let target = sample.features.narrow(0, rows + 1 - LOSS_ROWS, LOSS_ROWS)?;
             let feature_loss = smooth_l1(&(&predicted - &target)?)?.mean_all()?;
             let target_logp = self.lm_head.log_probs(&target)?;
-            let predicted_logp = self.lm_head.log_probs(&predicted)?;
+            let predicted_logits = predicted.matmul(&self.lm_head_weight.t()?)?;
+            let predicted_logp =
+                candle_nn::ops::log_softmax(&predicted_logits.to_dtype(DType::F32)?, D::Minus1)?;
             let token_loss = (target_logp.exp()? * &predicted_logp)?
                 .sum(D::Minus1)?
                 .mean_all()?

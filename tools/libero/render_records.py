@@ -41,7 +41,7 @@ def find_records(paths):
     return sorted(out)
 
 
-def render_record(runner, rec):
+def render_record(runner, rec, every=1):
     import numpy as np
     nq = runner.env.env.sim.model.nq
     if rec["qpos"].shape[1] != nq or len(rec["state0"]) != len(runner.env.get_sim_state()):
@@ -53,7 +53,7 @@ def render_record(runner, rec):
         raise records.RecordError(f"record has {len(rec['body_pos'])} bodies, the env of {rec['suite']} task "
                                   f"{rec['task_id']} has {nbody}")
     states = []
-    for q in rec["qpos"]:
+    for q in rec["qpos"][::every]:
         s = rec["state0"].copy()
         s[1:1 + nq] = q
         states.append(s)
@@ -70,9 +70,13 @@ def main():
     ap.add_argument("--compare", default="", help="compare with frame episodes in this folder")
     ap.add_argument("--limit", type=int, default=0, help="at most this many records")
     ap.add_argument("--force", action="store_true", help="re-render episodes already in --out")
+    ap.add_argument("--every", type=int, default=1, help="render every N-th kept step only (its action with it): "
+                    "consecutive frames are near-duplicates, so N=2 halves the rendering for little lost data")
     args = ap.parse_args()
     if not args.out and not args.compare:
         sys.exit("render_records.py: give --out DIR and/or --compare DIR")
+    if args.every < 1:
+        sys.exit("render_records.py: --every must be at least 1")
     manifest = args.manifest
     if not manifest:
         for p in args.paths + [TRAIN_DIR]:
@@ -118,7 +122,7 @@ def main():
             runner, key = Runner(suite, task_id), (suite, task_id)
         t0 = time.time()
         try:
-            frames = render_record(runner, rec)
+            frames = render_record(runner, rec, args.every)
         except records.RecordError as exc:
             bad.append(f"{rel}: {exc}")
             log(f"BAD {rel}: {exc}")
@@ -141,12 +145,12 @@ def main():
             else:
                 msg += f" | compare: {ref_path} missing"
         if args.out:
-            save_episode(os.path.join(args.out, rel), frames, rec["actions"], rec["instruction"], suite, task_id,
+            save_episode(os.path.join(args.out, rel), frames, rec["actions"][::args.every], rec["instruction"], suite, task_id,
                          rec["init_id"], True)
             if (suite, task_id, rec["init_id"]) not in out_rows:
                 row = {"suite": suite, "task_id": task_id, "init_id": rec["init_id"],
                        "instruction": rec["instruction"], "steps": int(len(rec["all_actions"])),
-                       "frames": int(len(frames)), "success": True, "file": rel, "split": "train",
+                       "frames": int(len(frames)), "frame_every": args.every, "success": True, "file": rel, "split": "train",
                        "expert_version": rec["expert_version"]}
                 append_manifest(os.path.join(args.out, "manifest.jsonl"), row)
                 out_rows[(suite, task_id, rec["init_id"])] = row

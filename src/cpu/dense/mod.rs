@@ -159,6 +159,73 @@ impl Dense {
         })
     }
 
+    /// The layer restricted to output features `start..start + len` (say, the action rows of an
+    /// LM head), built as [`new`](Self::new) builds one: on the CPU a copy of those rows only,
+    /// elsewhere a view of the same weight.
+    pub fn rows(&self, start: usize, len: usize) -> Result<Self> {
+        let (weight, bias) = self.weight_rows(start, len)?;
+        Self::new(weight, bias)
+    }
+
+    /// The weight `[len, in]` and bias `[len]` of output features `start..start + len`: the
+    /// values the layer was built from (a view where the layer keeps candle's layout).
+    pub fn weight_rows(&self, start: usize, len: usize) -> Result<(Tensor, Option<Tensor>)> {
+        let out_of_range = |out_dim: usize| {
+            Error::InvalidConfig(format!(
+                "features {start}..{} of a layer with {out_dim}",
+                start.saturating_add(len)
+            ))
+        };
+        match &self.inner {
+            #[cfg(target_arch = "x86_64")]
+            Inner::Packed { weight, device } => {
+                let end = start
+                    .checked_add(len)
+                    .filter(|&end| end <= weight.out_dim())
+                    .ok_or_else(|| out_of_range(weight.out_dim()))?;
+                let (values, bias) = weight.weight_rows(start..end)?;
+                let weight = Tensor::from_vec(values, (len, weight.in_dim()), device)?;
+                let bias = bias.map(|b| Tensor::from_vec(b, len, device)).transpose()?;
+                Ok((weight, bias))
+            }
+            Inner::Gemm {
+                weight_t,
+                bias,
+                in_dim,
+                out_dim,
+                device,
+            } => {
+                let end = start
+                    .checked_add(len)
+                    .filter(|&end| end <= *out_dim)
+                    .ok_or_else(|| out_of_range(*out_dim))?;
+                let values: Vec<f32> = (start..end)
+                    .flat_map(|j| weight_t.iter().skip(j).step_by(*out_dim).take(*in_dim))
+                    .copied()
+                    .collect();
+                check_len_exact(values.len(), len * in_dim)?;
+                let weight = Tensor::from_vec(values, (len, *in_dim), device)?;
+                let bias = bias
+                    .as_ref()
+                    .map(|b| {
+                        let rows = b.get(start..end).ok_or_else(|| out_of_range(b.len()))?;
+                        Ok::<_, Error>(Tensor::from_slice(rows, len, device)?)
+                    })
+                    .transpose()?;
+                Ok((weight, bias))
+            }
+            Inner::Candle { weight_t, bias } => {
+                let out_dim = weight_t.dim(1)?;
+                if start.checked_add(len).is_none_or(|end| end > out_dim) {
+                    return Err(out_of_range(out_dim));
+                }
+                let weight = weight_t.narrow(1, start, len)?.t()?;
+                let bias = bias.as_ref().map(|b| b.narrow(0, start, len)).transpose()?;
+                Ok((weight, bias))
+            }
+        }
+    }
+
     /// `xs`: `[..., in]` -> `[..., out]`.
     pub fn forward(&self, xs: &Tensor) -> Result<Tensor> {
         self.forward_then(xs, false)
@@ -283,6 +350,16 @@ impl Dense {
                 ))
             }
         })
+    }
+}
+
+fn check_len_exact(values: usize, expected: usize) -> Result<()> {
+    if values == expected {
+        Ok(())
+    } else {
+        Err(Error::InvalidConfig(format!(
+            "a dense layer's weight holds {values} values where {expected} were expected"
+        )))
     }
 }
 
@@ -518,6 +595,44 @@ mod tests {
                 }
             }
             assert!(dense.forward_columns(&x, 90, 11).is_err());
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn rows_hand_back_the_weight_and_compute_a_slice() -> Result<()> {
+        let dev = Device::Cpu;
+        let w = crate::synthetic::seeded_tensor(&[100, 40], 7, &dev)?;
+        let b = crate::synthetic::seeded_tensor(&[100], 8, &dev)?;
+        let x = crate::synthetic::seeded_tensor(&[3, 40], 9, &dev)?;
+        // bf16-exact weights take the packed kernel's bf16 panels.
+        let w_bf16 = w.to_dtype(DType::BF16)?.to_dtype(DType::F32)?;
+        let layers = [
+            Dense::new(w.clone(), Some(b.clone()))?,
+            Dense::new(w_bf16.clone(), Some(b.clone()))?,
+            Dense::for_many_rows(w.clone(), Some(b.clone()))?,
+            Dense::candle(w.clone(), Some(b.clone()), false)?,
+            Dense::candle(w.clone(), Some(b.clone()), true)?,
+        ];
+        let sources = [&w, &w_bf16, &w, &w, &w];
+        for (dense, source) in layers.iter().zip(sources) {
+            let full = dense.forward(&x)?;
+            for (start, len) in [(0, 100), (32, 64), (5, 37), (99, 1)] {
+                let (weight, bias) = dense.weight_rows(start, len)?;
+                // The values the layer was built from, exactly.
+                assert!(close(&weight, &source.narrow(0, start, len)?, 0.0));
+                let bias = bias.ok_or_else(|| Error::InvalidConfig("bias lost".into()))?;
+                assert!(close(&bias, &b.narrow(0, start, len)?, 0.0));
+                // The row layer computes those outputs (tolerance: 1e-5, another summation
+                // order is allowed).
+                let part = dense.rows(start, len)?.forward(&x)?;
+                assert!(
+                    close(&part, &full.narrow(1, start, len)?, 1e-5),
+                    "{start}+{len}"
+                );
+            }
+            assert!(dense.weight_rows(90, 11).is_err());
+            assert!(dense.rows(usize::MAX, 2).is_err());
         }
         Ok(())
     }

@@ -134,6 +134,49 @@ impl PackedWeight {
         self.k
     }
 
+    /// Rows `rows` of the weight, row-major `[rows.len(), k]`, exactly the values it was built
+    /// from (bf16 panels widen back exactly), and the same rows of the bias.
+    pub(crate) fn weight_rows(
+        &self,
+        rows: std::ops::Range<usize>,
+    ) -> Result<(Vec<f32>, Option<Vec<f32>>)> {
+        let k = self.k;
+        if rows.start > rows.end || rows.end > self.n {
+            return Err(Error::InvalidConfig(format!(
+                "CPU kernel: rows {}..{} of a weight with {}",
+                rows.start, rows.end, self.n
+            )));
+        }
+        let mut values = Vec::with_capacity(rows.len() * k);
+        for row in rows.clone() {
+            let base = (row / NR) * k * NR + row % NR;
+            let before = values.len();
+            match &self.panels {
+                Panels::F32(p) => {
+                    values.extend(p.get(base..).into_iter().flatten().step_by(NR).take(k))
+                }
+                Panels::Bf16(p) => values.extend(
+                    p.get(base..)
+                        .into_iter()
+                        .flatten()
+                        .step_by(NR)
+                        .take(k)
+                        .map(|&h| f32::from_bits(u32::from(h) << 16)),
+                ),
+            }
+            check_len("weight row", values.len() - before, Some(k))?;
+        }
+        let bias = match &self.bias {
+            Some(bias) => Some(
+                bias.get(rows)
+                    .ok_or_else(|| Error::InvalidConfig("CPU kernel: a short bias".to_string()))?
+                    .to_vec(),
+            ),
+            None => None,
+        };
+        Ok((values, bias))
+    }
+
     /// `x`: row-major `[m, k]` -> row-major `[m, n]`; an error when `x` holds fewer than
     /// `m * k` values.
     pub(crate) fn matmul(&self, x: &[f32], m: usize, threads: usize) -> Result<Vec<f32>> {
