@@ -1,0 +1,478 @@
+//! The server over a real socket, in-process, with the embedded model: deploy.py's request and
+//! answer, the extensions, episodes, concurrency and shutdown. Every expected action is computed
+//! here with the library itself on the same frame, never written down.
+//!
+//! Most tests share one server (loading the model once); tests that need other flags start
+//! their own. Failure paths are in `tests_errors.rs`.
+
+use std::net::SocketAddr;
+use std::sync::{Mutex, MutexGuard, OnceLock};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, ensure, Context, Result};
+use base64::Engine as _;
+use clap::Parser;
+use serde_json::{json, Value};
+use spec_vla::decode::{Decoder, Speculation};
+use spec_vla::device::Precision;
+use spec_vla::draft::DrafterConfig;
+use spec_vla::{embedded, VlaPolicy};
+
+use crate::test_client::{get, post_json, request, Answer};
+use crate::{api, bind, prepare, support, Args};
+
+const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
+
+/// A server on 127.0.0.1 with a free port, run on its own thread and runtime; dropped or
+/// [`stop`](Self::stop)ped, it shuts down gracefully.
+pub struct TestServer {
+    pub addr: SocketAddr,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<JoinHandle<Result<()>>>,
+}
+
+impl TestServer {
+    /// Starts a server with the embedded model and `flags` (the CLI's).
+    pub fn start(flags: &[&str]) -> Result<Self> {
+        let argv = ["serve", "--host", "127.0.0.1", "--port", "0"];
+        let args = Args::try_parse_from(argv.iter().chain(flags))?;
+        let (router, _) = prepare(&args)?;
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let (addr_tx, addr_rx) = std::sync::mpsc::channel();
+        let thread = std::thread::spawn(move || -> Result<()> {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()?;
+            runtime.block_on(async move {
+                let listener = bind(&args).await?;
+                addr_tx.send(listener.local_addr()?)?;
+                api::serve(listener, router, async {
+                    let _ = stopped.await;
+                })
+                .await?;
+                Ok(())
+            })
+        });
+        let addr = match addr_rx.recv_timeout(Duration::from_secs(60)) {
+            Ok(addr) => addr,
+            // The thread ended before it was listening: its error says why.
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                return match thread.join() {
+                    Ok(Err(e)) => Err(e),
+                    _ => bail!("the test server stopped before it listened"),
+                }
+            }
+            Err(e) => bail!("the test server did not start: {e}"),
+        };
+        Ok(Self {
+            addr,
+            stop: Some(stop),
+            thread: Some(thread),
+        })
+    }
+
+    /// Signals shutdown and waits for the server to finish.
+    pub fn stop(mut self) -> Result<()> {
+        self.shut_down()
+    }
+
+    fn shut_down(&mut self) -> Result<()> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        match self.thread.take().map(JoinHandle::join) {
+            Some(Ok(result)) => result,
+            Some(Err(_)) => bail!("the server thread panicked"),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        let _ = self.shut_down();
+    }
+}
+
+/// The server most tests share (default flags).
+pub fn shared() -> Result<SocketAddr> {
+    static SERVER: OnceLock<std::result::Result<TestServer, String>> = OnceLock::new();
+    match SERVER.get_or_init(|| TestServer::start(&[]).map_err(|e| format!("{e:#}"))) {
+        Ok(server) => Ok(server.addr),
+        Err(e) => bail!("{e}"),
+    }
+}
+
+/// The library's own policy, to compute what the server should answer.
+pub fn reference() -> Result<MutexGuard<'static, VlaPolicy>> {
+    static POLICY: OnceLock<std::result::Result<Mutex<VlaPolicy>, String>> = OnceLock::new();
+    let policy = POLICY.get_or_init(|| {
+        VlaPolicy::embedded(Precision::Auto, &candle_core::Device::Cpu)
+            .map(Mutex::new)
+            .map_err(|e| e.to_string())
+    });
+    match policy {
+        Ok(policy) => Ok(policy.lock().unwrap_or_else(|e| e.into_inner())),
+        Err(e) => bail!("{e}"),
+    }
+}
+
+/// `data/sample_frame.png` as stored.
+pub fn sample_png() -> Result<Vec<u8>> {
+    let path = support::crate_root().join("data/sample_frame.png");
+    std::fs::read(&path).with_context(|| path.display().to_string())
+}
+
+pub fn sample_image() -> Result<image::DynamicImage> {
+    Ok(image::load_from_memory(&sample_png()?)?)
+}
+
+/// An image as json-numpy sends an `np.uint8` HxWx3 array.
+pub fn numpy_image(image: &image::DynamicImage) -> Value {
+    let rgb = image.to_rgb8();
+    let (w, h) = rgb.dimensions();
+    json!({"__numpy__": B64.encode(rgb.as_raw()), "dtype": "|u1", "shape": [h, w, 3]})
+}
+
+/// The deploy.py request for the sample frame.
+pub fn sample_request() -> Result<Value> {
+    Ok(json!({
+        "image": numpy_image(&sample_image()?),
+        "instruction": embedded::SAMPLE_INSTRUCTION,
+        "unnorm_key": embedded::SAMPLE_UNNORM_KEY,
+    }))
+}
+
+/// The action of a json-numpy float64 vector.
+pub fn decode_numpy_f64(value: &Value) -> Result<Vec<f64>> {
+    ensure!(value["dtype"] == "<f8", "dtype {}", value["dtype"]);
+    let data = B64.decode(value["__numpy__"].as_str().context("no __numpy__")?)?;
+    ensure!(value["shape"] == json!([data.len() / 8]), "shape {}", value["shape"]);
+    Ok(data
+        .chunks_exact(8)
+        .map(|b| f64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]))
+        .collect())
+}
+
+/// POSTs `/act` and requires a 200.
+pub fn act(addr: SocketAddr, body: &Value) -> Result<Answer> {
+    let answer = post_json(addr, "/act", body)?;
+    ensure!(
+        answer.status == 200,
+        "status {}: {}",
+        answer.status,
+        String::from_utf8_lossy(&answer.body)
+    );
+    Ok(answer)
+}
+
+/// `body` with `extra`'s fields added.
+pub fn with(mut body: Value, extra: Value) -> Value {
+    if let (Value::Object(body), Value::Object(extra)) = (&mut body, extra) {
+        body.extend(extra);
+    }
+    body
+}
+
+fn tokens(answer: &Value) -> Vec<u64> {
+    answer["tokens"]
+        .as_array()
+        .map(|t| t.iter().filter_map(Value::as_u64).collect())
+        .unwrap_or_default()
+}
+
+#[test]
+fn deploy_py_request_gets_the_policy_action_as_json_numpy() -> Result<()> {
+    let addr = shared()?;
+    let answer = act(addr, &sample_request()?)?;
+    assert_eq!(answer.content_type.as_deref(), Some("application/json"));
+    let expected = reference()?.predict_action(
+        &sample_image()?,
+        embedded::SAMPLE_INSTRUCTION,
+        Some(embedded::SAMPLE_UNNORM_KEY),
+    )?;
+    // Exactly the bytes deploy.py writes for this action (see numpy::tests for deploy.py's own).
+    let expected_body = serde_json::to_string(&crate::numpy::NumpyF64Vector::new(&expected.action))?;
+    assert_eq!(String::from_utf8_lossy(&answer.body), expected_body);
+    assert_eq!(decode_numpy_f64(&answer.json()?)?, expected.action);
+    Ok(())
+}
+
+#[test]
+fn doubly_encoded_request_gets_a_doubly_encoded_answer() -> Result<()> {
+    let addr = shared()?;
+    let plain = act(addr, &sample_request()?)?.json()?;
+    // What `json_numpy.dumps(payload)` sends, spacing included.
+    let inner = crate::numpy::to_python_json(&sample_request()?)?;
+    let answer = act(addr, &json!({"encoded": inner}))?.json()?;
+    let text = answer.as_str().context("the answer is not a JSON string")?;
+    assert!(text.starts_with(r#"{"__numpy__": ""#), "{text}");
+    let action: Value = serde_json::from_str(text)?;
+    assert_eq!(decode_numpy_f64(&action)?, decode_numpy_f64(&plain)?);
+    Ok(())
+}
+
+#[test]
+fn base64_png_gives_the_same_action_as_json_numpy() -> Result<()> {
+    let addr = shared()?;
+    let numpy = decode_numpy_f64(&act(addr, &sample_request()?)?.json()?)?;
+    let png = with(sample_request()?, json!({"image": B64.encode(sample_png()?)}));
+    assert_eq!(decode_numpy_f64(&act(addr, &png)?.json()?)?, numpy);
+    Ok(())
+}
+
+#[test]
+fn return_stats_reports_tokens_decoder_and_times() -> Result<()> {
+    let addr = shared()?;
+    let bare = decode_numpy_f64(&act(addr, &sample_request()?)?.json()?)?;
+    let body = with(sample_request()?, json!({"return_stats": true, "extra": 1}));
+    let answer = act(addr, &body)?.json()?;
+    let action: Vec<f64> = serde_json::from_value(answer["action"].clone())?;
+    assert_eq!(action, bare);
+    assert_eq!(tokens(&answer).len(), 7);
+    assert_eq!(answer["unnorm_key"], embedded::SAMPLE_UNNORM_KEY);
+    assert_eq!(answer["decoder"], "strict", "the server's default");
+    assert_eq!(answer["episode"], Value::Null);
+    let stats = &answer["stats"];
+    let per_pass: Vec<u64> = serde_json::from_value(stats["tokens_per_pass"].clone())?;
+    assert_eq!(per_pass.len() as u64, stats["verifier_passes"].as_u64().unwrap_or(0));
+    // The prefill gives the first token; the passes give the other six.
+    assert_eq!(per_pass.iter().sum::<u64>(), 6);
+    assert!(stats["accept_length"].as_f64().is_some_and(|a| a >= 1.0));
+    assert_eq!(stats["origins"].as_array().map(Vec::len), Some(7));
+    assert_eq!(stats["ignored_fields"], json!(["extra"]));
+    let ms = |name: &str| stats[name].as_f64().unwrap_or(-1.0);
+    let stages = &stats["times_ms"];
+    for stage in ["vision", "prefill", "draft", "verify", "commit", "decode"] {
+        assert!(stages[stage].as_f64().is_some_and(|t| t >= 0.0), "{stage}");
+    }
+    assert!(ms("policy_ms") > 0.0 && ms("queue_ms") >= 0.0 && ms("parse_ms") > 0.0);
+    assert!(ms("server_ms") >= ms("policy_ms") + ms("parse_ms"));
+    Ok(())
+}
+
+/// Held-out frames: consecutive control steps of LIBERO episodes.
+fn frames(limit: usize) -> Result<Vec<support::Frame>> {
+    support::load_frames(&reference()?, None, limit)
+}
+
+fn frame_request(frame: &support::Frame) -> Value {
+    json!({
+        "image": numpy_image(&frame.image),
+        "instruction": frame.entry.instruction,
+        "unnorm_key": frame.unnorm_key,
+    })
+}
+
+#[test]
+fn strict_decoding_answers_plain_greedy_tokens() -> Result<()> {
+    let addr = shared()?;
+    for frame in frames(8)? {
+        let ask = |decoder: Value| -> Result<Vec<u64>> {
+            let body = with(frame_request(&frame), json!({"decoder": decoder, "return_stats": true}));
+            Ok(tokens(&act(addr, &body)?.json()?))
+        };
+        let plain = ask(json!("plain"))?;
+        assert_eq!(plain.len(), 7);
+        assert_eq!(ask(json!("strict"))?, plain, "{}", frame.entry.file);
+    }
+    Ok(())
+}
+
+/// A relaxed decoder that drafts from the previous action: its tokens depend on the history.
+fn history_decoder() -> Speculation {
+    Speculation::relaxed(9).with_drafter(DrafterConfig::PreviousAction)
+}
+
+/// Tokens of `policy` with `decoder` on `frame`.
+fn library_tokens(
+    policy: &mut VlaPolicy,
+    decoder: &mut dyn Decoder,
+    frame: &support::Frame,
+) -> Result<Vec<u64>> {
+    let out = policy.predict_action_with(
+        decoder,
+        &frame.image,
+        &frame.entry.instruction,
+        frame.unnorm_key.as_deref(),
+    )?;
+    Ok(out.tokens.iter().map(|&t| u64::from(t)).collect())
+}
+
+#[test]
+fn episodes_keep_their_history_and_reset_starts_afresh() -> Result<()> {
+    let addr = shared()?;
+    let frames = frames(60)?;
+    // Consecutive steps (a, b) where b's tokens after a differ from b's alone, so that the test
+    // tells kept history from lost history.
+    let mut found = None;
+    {
+        let mut policy = reference()?;
+        for pair in frames.windows(2) {
+            if !pair[1].entry.follows(&pair[0].entry) {
+                continue;
+            }
+            let mut decoder = policy.spec_decoder(&history_decoder())?;
+            library_tokens(&mut policy, &mut decoder, &pair[0])?;
+            let after = library_tokens(&mut policy, &mut decoder, &pair[1])?;
+            let mut fresh_decoder = policy.spec_decoder(&history_decoder())?;
+            let alone = library_tokens(&mut policy, &mut fresh_decoder, &pair[1])?;
+            if after != alone {
+                found = Some((&pair[0], &pair[1], after, alone));
+                break;
+            }
+        }
+    }
+    let Some((a, b, after, alone)) = found else {
+        bail!("no consecutive held-out frames whose action depends on the previous one");
+    };
+    let decoder = json!({"speculation": history_decoder()});
+    let send = |frame: &support::Frame, extra: Value| -> Result<Value> {
+        let body = with(
+            frame_request(frame),
+            with(json!({"decoder": decoder, "return_stats": true}), extra),
+        );
+        act(addr, &body)?.json()
+    };
+    let episode = json!({"episode_id": "history-test"});
+    let first = send(a, episode.clone())?;
+    assert_eq!(first["episode"], json!({"id": "history-test", "step": 1, "fresh": true}));
+    let second = send(b, episode.clone())?;
+    assert_eq!(tokens(&second), after, "the episode kept its history");
+    assert_eq!(second["episode"]["step"], 2);
+    assert_eq!(second["episode"]["fresh"], false);
+
+    let reset = post_json(addr, "/reset", &episode)?.json()?;
+    assert_eq!(reset, json!({"episode_id": "history-test", "known": true}));
+    let after_reset = send(b, episode.clone())?;
+    assert_eq!(tokens(&after_reset), alone, "/reset forgot the history");
+    assert_eq!(after_reset["episode"]["step"], 1);
+
+    send(a, episode.clone())?;
+    let flagged = send(b, with(episode, json!({"reset": true})))?;
+    assert_eq!(tokens(&flagged), alone, "`reset: true` forgot the history");
+    assert_eq!(flagged["episode"]["fresh"], true);
+
+    // Without an episode, nothing carries over from one request to the next.
+    send(a, json!({}))?;
+    assert_eq!(tokens(&send(b, json!({}))?), alone);
+    Ok(())
+}
+
+#[test]
+fn concurrent_clients_get_the_answers_of_sequential_calls() -> Result<()> {
+    let addr = shared()?;
+    let mut bodies = Vec::new();
+    for frame in frames(4)? {
+        for decoder in [json!("plain"), json!({"relaxed": 9})] {
+            bodies.push(with(frame_request(&frame), json!({"decoder": decoder})));
+        }
+    }
+    let sequential: Vec<Vec<u8>> = bodies
+        .iter()
+        .map(|b| act(addr, b).map(|a| a.body))
+        .collect::<Result<_>>()?;
+    let clients: Vec<JoinHandle<Result<Vec<(usize, Vec<u8>)>>>> = (0..4)
+        .map(|client| {
+            let bodies = bodies.clone();
+            std::thread::spawn(move || {
+                // Each client sends every request, starting at a different one.
+                (0..bodies.len())
+                    .map(|k| {
+                        let i = (k + 3 * client) % bodies.len();
+                        act(addr, &bodies[i]).map(|a| (i, a.body))
+                    })
+                    .collect()
+            })
+        })
+        .collect();
+    for client in clients {
+        let answers = client
+            .join()
+            .map_err(|_| anyhow!("a client thread panicked"))??;
+        for (i, body) in answers {
+            assert_eq!(body, sequential[i], "request {i}");
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn health_and_info_describe_the_server() -> Result<()> {
+    let addr = shared()?;
+    let health = get(addr, "/health")?;
+    assert_eq!((health.status, health.json()?), (200, json!({"status": "ok"})));
+    let info = get(addr, "/info")?.json()?;
+    assert_eq!(info["model"], "embedded");
+    assert_eq!(info["draft_head"], "embedded");
+    let mut keys = reference()?.unnorm_keys();
+    keys.sort();
+    let mut served: Vec<String> = serde_json::from_value(info["unnorm_keys"].clone())?;
+    served.sort();
+    assert_eq!(served, keys);
+    assert_eq!(info["action_dims"], 7);
+    assert_eq!(info["default_decoder"], "strict");
+    assert_eq!(info["drafter"], DrafterConfig::default().name());
+    assert_eq!((info["device"].as_str(), info["dtype"].as_str()), (Some("cpu"), Some("f32")));
+    assert_eq!(info["limits"]["max_episodes"], 256);
+    assert_eq!(info["limits"]["episode_eviction"], "least recently used");
+    assert!(info["episodes"]["stored"].is_u64());
+    Ok(())
+}
+
+#[test]
+fn the_episode_store_evicts_the_least_recently_used() -> Result<()> {
+    let server = TestServer::start(&["--max-episodes", "2", "--decoder", "relaxed", "--r", "5"])?;
+    let addr = server.addr;
+    let step = |id: &str| -> Result<Value> {
+        let body = with(sample_request()?, json!({"episode_id": id, "return_stats": true}));
+        Ok(act(addr, &body)?.json()?["episode"].clone())
+    };
+    assert_eq!(step("a")?["step"], 1);
+    assert_eq!(step("b")?["step"], 1);
+    assert_eq!(step("a")?["step"], 2);
+    // `b` is the least recently used: `c` takes its place.
+    step("c")?;
+    let info = get(addr, "/info")?.json()?;
+    assert_eq!(info["episodes"], json!({"stored": 2, "max": 2, "evicted": 1}));
+    assert_eq!(info["default_decoder"], json!({"relaxed": 5}));
+    assert_eq!(step("a")?["step"], 3, "a survived");
+    assert_eq!(step("b")?, json!({"id": "b", "step": 1, "fresh": true}), "b was evicted");
+    let unknown = post_json(addr, "/reset", &json!({"episode_id": "never-seen"}))?;
+    assert_eq!(unknown.json()?, json!({"episode_id": "never-seen", "known": false}));
+    server.stop()
+}
+
+#[test]
+fn shutdown_answers_requests_in_flight_then_stops_listening() -> Result<()> {
+    use std::io::{Read, Write};
+    let server = TestServer::start(&[])?;
+    let addr = server.addr;
+    // A request whose body is half sent when the shutdown signal comes: it is in flight for
+    // certain, however fast the server is.
+    let body = serde_json::to_vec(&sample_request()?)?;
+    let mut stream = std::net::TcpStream::connect(addr)?;
+    let head = format!(
+        "POST /act HTTP/1.1\r\nHost: {addr}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes())?;
+    let (first, rest) = body.split_at(body.len() / 2);
+    stream.write_all(first)?;
+    std::thread::sleep(Duration::from_millis(100));
+    let stopping = std::thread::spawn(move || server.stop());
+    std::thread::sleep(Duration::from_millis(100));
+    stream.write_all(rest)?;
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw)?;
+    let text = String::from_utf8_lossy(&raw);
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(text.contains(r#""dtype":"<f8","shape":[7]"#), "{text}");
+    stopping
+        .join()
+        .map_err(|_| anyhow!("the stopping thread panicked"))??;
+    assert!(request(addr, "GET", "/health", None).is_err(), "still listening");
+    Ok(())
+}
