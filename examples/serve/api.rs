@@ -189,9 +189,8 @@ async fn act_inner(
             ignored_fields: request.ignored_fields.clone(),
         },
     });
-    let body = wire::act_body(&output.action, stats.as_ref(), request.encoded).map_err(|e| {
-        ApiError::new(ErrorKind::Internal, format!("cannot write the answer: {e}"))
-    })?;
+    let body = wire::act_body(&output.action, stats.as_ref(), request.encoded)
+        .map_err(|e| ApiError::new(ErrorKind::Internal, format!("cannot write the answer: {e}")))?;
     Ok(raw_json(StatusCode::OK, body))
 }
 

@@ -124,6 +124,8 @@ impl std::fmt::Display for ApiError {
     }
 }
 
+impl std::error::Error for ApiError {}
+
 impl From<spec_vla::Error> for ApiError {
     /// Sorts a library error into the client's fault (4xx) or the server's (5xx). The library's
     /// message is kept: it already names the problem (e.g. the known `unnorm_key`s).
@@ -178,6 +180,8 @@ mod tests {
         );
         let body = ApiError::missing("image").body();
         assert_eq!(body["error"]["kind"], "missing_field");
-        assert!(body["error"]["message"].as_str().is_some_and(|m| m.contains("`image`")));
+        assert!(body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("`image`")));
     }
 }

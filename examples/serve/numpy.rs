@@ -105,7 +105,12 @@ fn decode_numpy_image(map: &serde_json::Map<String, Value>) -> Result<DynamicIma
     }
     let (w, h) = match (u32::try_from(width), u32::try_from(height)) {
         (Ok(w), Ok(h)) => (w, h),
-        _ => return Err(ApiError::image(format!("shape {:?} is too large", fields.shape))),
+        _ => {
+            return Err(ApiError::image(format!(
+                "shape {:?} is too large",
+                fields.shape
+            )))
+        }
     };
     let too_large = || ApiError::image(format!("shape {:?} does not fit its data", fields.shape));
     Ok(match channels {
@@ -276,7 +281,10 @@ mod tests {
             (numpy(&[0; 11], "|u1", &[2, 2, 3]), "bytes"),
             (numpy(&[], "|u1", &[0, 2, 3]), "empty"),
             (numpy(&[0; 3], "|u1", &[usize::MAX, 2, 3]), "bytes"),
-            (json!({"__numpy__": "!!", "dtype": "|u1", "shape": [1, 1, 3]}), "base64"),
+            (
+                json!({"__numpy__": "!!", "dtype": "|u1", "shape": [1, 1, 3]}),
+                "base64",
+            ),
             (json!({"__numpy__": "AAAA", "dtype": "|u1"}), "malformed"),
             (json!({"data": "AAAA"}), "__numpy__"),
             (json!([[[0, 0, 0]]]), "nested list"),

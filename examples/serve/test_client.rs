@@ -20,8 +20,12 @@ pub struct Answer {
 
 impl Answer {
     pub fn json(&self) -> Result<Value> {
-        serde_json::from_slice(&self.body)
-            .with_context(|| format!("answer is not JSON: {}", String::from_utf8_lossy(&self.body)))
+        serde_json::from_slice(&self.body).with_context(|| {
+            format!(
+                "answer is not JSON: {}",
+                String::from_utf8_lossy(&self.body)
+            )
+        })
     }
 
     /// The error kind of a JSON error answer.

@@ -74,7 +74,9 @@ pub fn parse_act(body: &[u8]) -> Result<ActRequest, ApiError> {
             let others: Vec<&String> = fields.keys().filter(|k| *k != "encoded").collect();
             return Err(ApiError::new(
                 ErrorKind::BadRequest,
-                format!("`encoded` must be the only field (as in deploy.py); found also {others:?}"),
+                format!(
+                    "`encoded` must be the only field (as in deploy.py); found also {others:?}"
+                ),
             ));
         }
         let text = match fields.remove("encoded") {
@@ -82,7 +84,10 @@ pub fn parse_act(body: &[u8]) -> Result<ActRequest, ApiError> {
             Some(other) => {
                 return Err(ApiError::field(
                     "encoded",
-                    format!("expected the request as JSON text, found {}", type_name(&other)),
+                    format!(
+                        "expected the request as JSON text, found {}",
+                        type_name(&other)
+                    ),
                 ))
             }
             None => String::new(),
@@ -93,14 +98,21 @@ pub fn parse_act(body: &[u8]) -> Result<ActRequest, ApiError> {
         })?;
     }
     check_misspellings(&fields, &ACT_FIELDS)?;
-    let image = decode_image(fields.get("image").ok_or_else(|| ApiError::missing("image"))?)?;
+    let image = decode_image(
+        fields
+            .get("image")
+            .ok_or_else(|| ApiError::missing("image"))?,
+    )?;
     let instruction: String = required(&fields, "instruction")?;
     let episode_id: Option<String> = optional(&fields, "episode_id")?;
     if let Some(id) = &episode_id {
         if id.is_empty() || id.len() > MAX_EPISODE_ID_BYTES {
             return Err(ApiError::field(
                 "episode_id",
-                format!("expected 1 to {MAX_EPISODE_ID_BYTES} bytes, found {}", id.len()),
+                format!(
+                    "expected 1 to {MAX_EPISODE_ID_BYTES} bytes, found {}",
+                    id.len()
+                ),
             ));
         }
     }
@@ -156,7 +168,10 @@ fn parse_object(body: &[u8]) -> Result<Map<String, Value>, ApiError> {
         Ok(Value::Object(fields)) => Ok(fields),
         Ok(other) => Err(ApiError::new(
             ErrorKind::BadRequest,
-            format!("the body must be a JSON object, found {}", type_name(&other)),
+            format!(
+                "the body must be a JSON object, found {}",
+                type_name(&other)
+            ),
         )),
         Err(e) => Err(ApiError::new(
             ErrorKind::BadJson,
@@ -398,8 +413,16 @@ mod tests {
             (b"{\"image\": ".to_vec(), BadJson, "not valid JSON"),
             (body(json!([1, 2])), BadRequest, "an array"),
             (body(json!({"instruction": "go"})), MissingField, "`image`"),
-            (body(json!({"image": image()})), MissingField, "`instruction`"),
-            (body(json!({"image": image(), "instruction": 3})), BadField, "`instruction`"),
+            (
+                body(json!({"image": image()})),
+                MissingField,
+                "`instruction`",
+            ),
+            (
+                body(json!({"image": image(), "instruction": 3})),
+                BadField,
+                "`instruction`",
+            ),
             (
                 body(json!({"image": image(), "instruction": "go", "reset": "yes"})),
                 BadField,
@@ -441,8 +464,16 @@ mod tests {
                 "only field",
             ),
             (body(json!({"encoded": 5})), BadField, "`encoded`"),
-            (body(json!({"encoded": "{oops"})), BadJson, "field `encoded`"),
-            (body(json!({"image": 1, "instruction": "go"})), BadImage, "a number"),
+            (
+                body(json!({"encoded": "{oops"})),
+                BadJson,
+                "field `encoded`",
+            ),
+            (
+                body(json!({"image": 1, "instruction": "go"})),
+                BadImage,
+                "a number",
+            ),
         ];
         for (body, kind, needle) in cases {
             let text = String::from_utf8_lossy(&body).into_owned();
@@ -471,11 +502,17 @@ mod tests {
 
     #[test]
     fn reset_takes_only_an_episode_id() {
-        assert_eq!(parse_reset(br#"{"episode_id": "a"}"#).ok().as_deref(), Some("a"));
+        assert_eq!(
+            parse_reset(br#"{"episode_id": "a"}"#).ok().as_deref(),
+            Some("a")
+        );
         let kind = |b: &[u8]| parse_reset(b).err().map(|e| e.kind);
         assert_eq!(kind(b"{}"), Some(ErrorKind::MissingField));
         assert_eq!(kind(br#"{"episode_id": 1}"#), Some(ErrorKind::BadField));
-        assert_eq!(kind(br#"{"episode_id": "a", "x": 1}"#), Some(ErrorKind::UnknownField));
+        assert_eq!(
+            kind(br#"{"episode_id": "a", "x": 1}"#),
+            Some(ErrorKind::UnknownField)
+        );
         assert_eq!(kind(b"nope"), Some(ErrorKind::BadJson));
     }
 }
