@@ -154,9 +154,15 @@ fn main() -> Result<()> {
         std::env::set_var("RAYON_NUM_THREADS", args.threads.to_string());
     }
     let (router, info) = prepare(&args)?;
+    // Strings as they are, other values (a decoder object) as JSON.
+    let show = |v: &Value| v.as_str().map_or_else(|| v.to_string(), str::to_string);
     eprintln!(
         "model {}, decoder {}, drafter {}, on {} ({})",
-        info["model"], info["default_decoder"], info["drafter"], info["device"], info["dtype"]
+        show(&info["model"]),
+        show(&info["default_decoder"]),
+        show(&info["drafter"]),
+        show(&info["device"]),
+        show(&info["dtype"])
     );
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -131,6 +131,16 @@ def main():
         check_protocol(url, frame, png_bytes)
         with requests.Session() as session:
             report("keep-alive session", measure(url, frame, args.requests, session))
+            # The floor of HTTP through `requests` here: a route that does no work.
+            health = []
+            for _ in range(args.requests):
+                start = time.perf_counter()
+                session.get(f"{url}/health").content
+                health.append((time.perf_counter() - start) * 1e3)
+            print(
+                f"GET /health round trip (keep-alive): median {statistics.median(health):.3f} ms, "
+                f"p90 {percentile(health, 0.9):.3f} ms"
+            )
         report("new connection per request", measure(url, frame, args.requests, None))
     finally:
         proc.send_signal(signal.SIGINT)
