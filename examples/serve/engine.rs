@@ -177,10 +177,10 @@ impl Engine {
         }
         let existed = self.episodes.contains(id);
         // A new id, or other settings than the episode's decoder was built from: start afresh.
-        let fresh = !self
+        let fresh = self
             .episodes
             .get_mut(id)
-            .is_some_and(|state| state.settings == settings);
+            .is_none_or(|state| state.settings != settings);
         if fresh {
             let decoder = self.build(speculation.as_ref())?;
             let state = EpisodeState {

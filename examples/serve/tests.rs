@@ -412,7 +412,9 @@ fn concurrent_clients_get_the_answers_of_sequential_calls() -> Result<()> {
         .iter()
         .map(|b| act(addr, b).map(|a| a.body))
         .collect::<Result<_>>()?;
-    let clients: Vec<JoinHandle<Result<Vec<(usize, Vec<u8>)>>>> = (0..4)
+    // Each client answers (request index, answer body) pairs.
+    type Answers = Result<Vec<(usize, Vec<u8>)>>;
+    let clients: Vec<JoinHandle<Answers>> = (0..4)
         .map(|client| {
             let bodies = bodies.clone();
             std::thread::spawn(move || {
