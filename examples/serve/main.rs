@@ -57,6 +57,8 @@ mod wire;
 #[cfg(test)]
 mod test_client;
 #[cfg(test)]
+mod test_harness;
+#[cfg(test)]
 mod tests;
 #[cfg(test)]
 mod tests_errors;

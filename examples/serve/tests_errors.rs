@@ -7,7 +7,9 @@ use serde_json::{json, Value};
 use spec_vla::embedded;
 
 use crate::test_client::{get, post_json, request, Answer};
-use crate::tests::{act, decode_numpy_f64, sample_png, sample_request, shared, with, TestServer};
+use crate::test_harness::{
+    act, decode_numpy_f64, sample_png, sample_request, shared, with, TestServer,
+};
 
 const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
 
