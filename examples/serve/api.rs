@@ -1,0 +1,239 @@
+//! The HTTP side: axum routes, the queue in front of the model, and graceful shutdown.
+//!
+//! Routes: `POST /act` (deploy.py's, extended), `POST /reset`, `GET /health`, `GET /info`.
+//! Any other path is a JSON 404, another method on a known path a JSON 405.
+//!
+//! Concurrency: there is one model, and one action already keeps every core busy (candle's CPU
+//! kernels run on all cores; on a GPU the device is the bottleneck), so running two actions at
+//! once would only make both slower. Requests therefore queue on one async mutex, which hands the
+//! model out in arrival order, and each action runs on tokio's blocking thread pool
+//! (`spawn_blocking`): an action takes milliseconds to seconds of CPU, and running it on an async
+//! worker would stall every other connection, `/health` included, for that long. Parsing the body
+//! (JSON, base64, PNG) is CPU work too and also runs there, before the queue, so that it overlaps
+//! with the action running ahead of it.
+
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use serde::Serialize;
+use serde_json::{json, Value};
+use tokio::sync::Mutex;
+
+use crate::engine::{ActionInputs, Engine};
+use crate::errors::{ApiError, ErrorKind};
+use crate::wire::{self, ActStats, StageTimesMs, StatsAnswer};
+
+/// What every handler shares.
+#[derive(Clone)]
+pub struct AppState {
+    engine: Arc<Mutex<Engine>>,
+    /// The parts of `/info` fixed at start-up.
+    info: Arc<Value>,
+}
+
+impl AppState {
+    pub fn new(engine: Engine, info: Value) -> Self {
+        Self {
+            engine: Arc::new(Mutex::new(engine)),
+            info: Arc::new(info),
+        }
+    }
+}
+
+/// The router, refusing bodies over `max_body_bytes` with a 413.
+pub fn router(state: AppState, max_body_bytes: usize) -> Router {
+    Router::new()
+        .route("/act", post(act))
+        .route("/reset", post(reset))
+        .route("/health", get(health))
+        .route("/info", get(info))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(max_body_bytes))
+        .with_state(state)
+}
+
+/// Serves `router` on `listener` until `shutdown` completes; then stops accepting connections
+/// and waits for the requests in flight to be answered.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    router: Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router)
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+/// A JSON answer.
+pub fn json_response(status: StatusCode, body: &impl Serialize) -> Response {
+    match serde_json::to_string(body) {
+        Ok(text) => raw_json(status, text),
+        Err(e) => raw_json(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            ApiError::new(ErrorKind::Internal, format!("cannot write the answer: {e}"))
+                .body()
+                .to_string(),
+        ),
+    }
+}
+
+fn raw_json(status: StatusCode, text: String) -> Response {
+    (status, [(header::CONTENT_TYPE, "application/json")], text).into_response()
+}
+
+/// A body that could not be read: over the limit (413), or broken off.
+fn body_error(rejection: BytesRejection) -> ApiError {
+    if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        ApiError::new(
+            ErrorKind::BodyTooLarge,
+            "the body is larger than the server's --max-body-bytes",
+        )
+    } else {
+        ApiError::new(
+            ErrorKind::BadRequest,
+            format!("cannot read the body: {}", rejection.body_text()),
+        )
+    }
+}
+
+fn ms(d: std::time::Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+/// Runs CPU work on the blocking pool; a panic becomes a 500 instead of a dropped connection.
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(work).await.unwrap_or_else(|e| {
+        Err(ApiError::new(
+            ErrorKind::Internal,
+            format!("the request's work failed: {e}"),
+        ))
+    })
+}
+
+async fn act(State(state): State<AppState>, body: Result<Bytes, BytesRejection>) -> Response {
+    match act_inner(state, body).await {
+        Ok(response) => response,
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn act_inner(
+    state: AppState,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let received = Instant::now();
+    let body = body.map_err(body_error)?;
+    let request = blocking(move || wire::parse_act(&body)).await?;
+    let parse_time = received.elapsed();
+
+    let queued = Instant::now();
+    let mut engine = state.engine.clone().lock_owned().await;
+    let queue_time = queued.elapsed();
+    let (request, acted) = blocking(move || {
+        let inputs = ActionInputs {
+            image: &request.image,
+            instruction: &request.instruction,
+            unnorm_key: request.unnorm_key.as_deref(),
+            decoder: request.decoder.as_ref(),
+            episode_id: request.episode_id.as_deref(),
+            reset: request.reset,
+        };
+        let acted = std::panic::catch_unwind(AssertUnwindSafe(|| engine.act(&inputs)));
+        let acted = acted.unwrap_or_else(|_| {
+            // The policy rebuilds its cache when it finds none, but a decoder may have been
+            // left half-updated: drop them all rather than serve from a broken one.
+            engine.forget_all();
+            Err(ApiError::new(
+                ErrorKind::Internal,
+                "the policy panicked on this request; episode state was dropped",
+            ))
+        });
+        // The engine's lock is released here, before the answer is written.
+        drop(engine);
+        acted.map(|acted| (request, acted))
+    })
+    .await?;
+
+    let output = &acted.output;
+    let stats = request.return_stats.then(|| StatsAnswer {
+        action: output.action.clone(),
+        tokens: output.tokens.clone(),
+        unnorm_key: output.unnorm_key.clone(),
+        decoder: acted.decoder.clone(),
+        episode: acted.episode.clone(),
+        stats: ActStats {
+            accept_length: output.stats.acceptance_length(),
+            verifier_passes: output.stats.verifier_passes,
+            tokens_per_pass: output.stats.tokens_per_pass.clone(),
+            drafts_per_pass: output.stats.drafts_per_pass.clone(),
+            drafted_tokens: output.stats.drafted_tokens,
+            origins: output.origins.iter().map(wire::origin_json).collect(),
+            non_action_positions: output.non_action_positions.clone(),
+            times_ms: StageTimesMs::new(&output.stats),
+            policy_ms: ms(acted.policy_time),
+            queue_ms: ms(queue_time),
+            parse_ms: ms(parse_time),
+            server_ms: ms(received.elapsed()),
+            ignored_fields: request.ignored_fields.clone(),
+        },
+    });
+    let body = wire::act_body(&output.action, stats.as_ref(), request.encoded)
+        .map_err(|e| ApiError::new(ErrorKind::Internal, format!("cannot write the answer: {e}")))?;
+    Ok(raw_json(StatusCode::OK, body))
+}
+
+/// `POST /reset {"episode_id": "..."}`: the episode's next action starts afresh. Resetting an
+/// id the server holds no state for is not an error (`"known": false`): a client resets before
+/// its first step, and an id evicted from the store looks the same; either way the next action
+/// starts afresh, which is what the call promises.
+async fn reset(State(state): State<AppState>, body: Result<Bytes, BytesRejection>) -> Response {
+    let id = match body.map_err(body_error).and_then(|b| wire::parse_reset(&b)) {
+        Ok(id) => id,
+        Err(e) => return e.into_response(),
+    };
+    let known = state.engine.lock().await.reset(&id);
+    json_response(StatusCode::OK, &json!({"episode_id": id, "known": known}))
+}
+
+/// Liveness only: answers without waiting for the model.
+async fn health() -> Response {
+    json_response(StatusCode::OK, &json!({"status": "ok"}))
+}
+
+/// The start-up facts plus the episode store's counts (which waits for a running action).
+async fn info(State(state): State<AppState>) -> Response {
+    let counts = state.engine.lock().await.episode_counts();
+    let mut info = (*state.info).clone();
+    if let Value::Object(map) = &mut info {
+        map.insert("episodes".into(), json!(counts));
+    }
+    json_response(StatusCode::OK, &info)
+}
+
+async fn not_found() -> Response {
+    ApiError::new(
+        ErrorKind::NotFound,
+        "no such route: POST /act, POST /reset, GET /health, GET /info",
+    )
+    .into_response()
+}
+
+async fn method_not_allowed() -> Response {
+    ApiError::new(
+        ErrorKind::MethodNotAllowed,
+        "wrong method: POST /act, POST /reset, GET /health, GET /info",
+    )
+    .into_response()
+}
