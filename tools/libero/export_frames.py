@@ -24,6 +24,11 @@ def main() -> None:
     ap.add_argument("--split", default="train", choices=["train", "heldout"])
     ap.add_argument("--stride", type=int, default=3, help="keep every n-th step of an episode")
     ap.add_argument("--out", type=Path, default=HERE / "out" / "train_frames")
+    ap.add_argument("--runs-per-episode", type=int, default=0,
+                    help="instead of every --stride-th step: this many runs of --run-len consecutive steps per "
+                         "episode, evenly spaced (frames carry `episode` and `step`, so drafters that read the "
+                         "previous action can be measured on them)")
+    ap.add_argument("--run-len", type=int, default=8)
     args = ap.parse_args()
 
     manifest = args.data / "manifest.jsonl"
@@ -37,14 +42,23 @@ def main() -> None:
             continue
         with np.load(args.data / ep["file"]) as z:
             frames, actions = z["frames"], z["actions"]
-        for t in range(0, len(frames), args.stride):
+        if ep.get("frame_every", 1) != 1 and args.runs_per_episode:
+            raise SystemExit(f"{ep['file']}: rendered every {ep['frame_every']} steps, not consecutive steps")
+        if args.runs_per_episode:
+            span = max(len(frames) - args.run_len, 0)
+            starts = [round(span * (k + 0.5) / args.runs_per_episode) for k in range(args.runs_per_episode)]
+            steps = sorted({t for s0 in starts for t in range(s0, min(s0 + args.run_len, len(frames)))})
+        else:
+            steps = range(0, len(frames), args.stride)
+        for t in steps:
             name = f"{ep['suite']}_t{ep['task_id']:02d}_i{ep['init_id']:02d}_s{t:03d}.png"
             if not (args.out / name).exists():
                 Image.fromarray(frames[t]).save(args.out / name)
             entries.append({
                 "file": name, "instruction": ep["instruction"], "suite": ep["suite"],
                 "unnorm_key": f"{ep['suite']}_no_noops", "task_id": ep["task_id"], "init_id": ep["init_id"],
-                "step": t, "expert_action": [float(x) for x in actions[t]],
+                "step": t * ep.get("frame_every", 1), "expert_action": [float(x) for x in actions[t]],
+                "episode": f"{ep['suite']}/task{ep['task_id']:02d}_init{ep['init_id']:02d}",
             })
     (args.out / "manifest.json").write_text(json.dumps(entries, indent=1))
     print(f"{len(entries)} frames from {args.split} episodes -> {args.out}")
