@@ -162,3 +162,28 @@ fn embedded_bytes_are_the_published_checkpoint() -> Result<()> {
     }
     Ok(())
 }
+
+/// Every held-out frame on disk has its manifest entry and every entry its frame, so no frame
+/// is measured without its instruction, key and expert action (nor silently left out).
+#[test]
+fn heldout_frames_and_manifest_match_one_to_one() -> Result<()> {
+    let dir = common::repo(common::HELDOUT_FRAMES);
+    let entries: Vec<Entry> =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("manifest.json"))?)?;
+    let listed: std::collections::BTreeSet<String> =
+        entries.iter().map(|e| e.file.clone()).collect();
+    assert_eq!(listed.len(), entries.len(), "a frame is listed twice");
+    let mut on_disk = std::collections::BTreeSet::new();
+    for entry in std::fs::read_dir(&dir)? {
+        let name = entry?.file_name().to_string_lossy().into_owned();
+        if name.ends_with(".png") {
+            on_disk.insert(name);
+        }
+    }
+    assert!(on_disk.len() >= 600, "only {} frames", on_disk.len());
+    let unlisted: Vec<_> = on_disk.difference(&listed).collect();
+    let missing: Vec<_> = listed.difference(&on_disk).collect();
+    assert!(unlisted.is_empty(), "frames without an entry: {unlisted:?}");
+    assert!(missing.is_empty(), "entries without a frame: {missing:?}");
+    Ok(())
+}

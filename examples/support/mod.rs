@@ -93,6 +93,25 @@ pub fn load_frames(policy: &VlaPolicy, dir: Option<&Path>, limit: usize) -> Resu
         .with_context(|| format!("{} (a list of {{file, instruction}})", path.display()))?;
     let mut entries: Vec<FrameEntry> =
         serde_json::from_str(&text).with_context(|| format!("malformed {}", path.display()))?;
+    // A frame on disk that the manifest does not describe is a sign of a stale or torn folder:
+    // its instruction and expert action are unknown, so it is an error, not skipped.
+    let listed: std::collections::HashSet<&str> = entries.iter().map(|e| e.file.as_str()).collect();
+    let mut unlisted: Vec<String> = std::fs::read_dir(&dir)
+        .with_context(|| format!("frames folder {}", dir.display()))?
+        .filter_map(|entry| entry.ok())
+        .map(|entry| entry.file_name().to_string_lossy().into_owned())
+        .filter(|name| name.ends_with(".png") && !listed.contains(name.as_str()))
+        .collect();
+    if !unlisted.is_empty() {
+        unlisted.sort();
+        bail!(
+            "{} frame(s) in {} have no entry in its manifest.json (first: {}); regenerate the \
+             manifest or remove them",
+            unlisted.len(),
+            dir.display(),
+            unlisted[0]
+        );
+    }
     if limit > 0 {
         entries.truncate(limit);
     }
@@ -109,9 +128,14 @@ pub fn load_frames(policy: &VlaPolicy, dir: Option<&Path>, limit: usize) -> Resu
                 .unnorm_key
                 .clone()
                 .or_else(|| entry.suite.as_ref().map(|s| format!("{s}_no_noops")));
+            // A frame's statistics key must be the checkpoint's: another suite's statistics would
+            // un-normalise its actions silently wrong. No key: the policy picks the only one.
             let unnorm_key = match wanted {
-                Some(k) if keys.contains(&k) => Some(k),
-                _ => keys.first().cloned(),
+                Some(k) if !keys.contains(&k) => bail!(
+                    "frame {}: the checkpoint has no statistics `{k}` (it has {keys:?})",
+                    entry.file
+                ),
+                other => other,
             };
             Ok(Frame {
                 entry,

@@ -31,6 +31,31 @@ def episode_path(data_dir, row):
     return f if os.path.isabs(f) else os.path.join(data_dir, f)
 
 
+class EpisodeError(Exception):
+    """An episode file that cannot be trained on, with the reason."""
+
+
+def load_episode(path, row):
+    """frames uint8 [T,224,224,3], actions float32 [T,7], instruction; an EpisodeError when the file is
+    missing, torn, or not the episode its manifest row names (another suite, task or init)."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            frames = z["frames"]
+            acts = z["actions"].astype(np.float32)
+            instr = str(z["instruction"]) if "instruction" in z else row["instruction"]
+            ident = {k: (str(z[k]) if k == "suite" else int(z[k])) for k in ("suite", "task_id", "init_id") if k in z}
+    except Exception as exc:  # zipfile, OSError, ValueError, KeyError: all mean "cannot be read"
+        raise EpisodeError(f"{path}: cannot be read ({type(exc).__name__}: {exc})") from exc
+    for k, v in ident.items():
+        if v != row.get(k):
+            raise EpisodeError(f"{path}: holds {k}={v!r}, its manifest row says {row.get(k)!r}")
+    if frames.ndim != 4 or frames.shape[1:] != (224, 224, 3) or frames.dtype != np.uint8:
+        raise EpisodeError(f"{path}: frames are {frames.dtype} {frames.shape}, not uint8 [T,224,224,3]")
+    if acts.ndim != 2 or acts.shape != (len(frames), 7):
+        raise EpisodeError(f"{path}: {len(frames)} frames but actions of shape {acts.shape}")
+    return frames, acts, instr
+
+
 class EpisodeStore:
     """Train-split episodes kept in memory: every non-no-op transition's action (for statistics),
     frames subsampled with `stride` (for training)."""
@@ -48,11 +73,13 @@ class EpisodeStore:
         self.actions = []  # per episode float32 [n,7] LIBERO convention, aligned with frames
         self.all_actions = []  # per episode float32 [m,7] all non-no-op actions (stats)
         self.skipped = 0
+        self.bad = []  # why each skipped episode was refused
+        self.bad_files = set()
 
     def refresh(self):
         """Load train episodes that appeared since the last call; returns the number added."""
         added = 0
-        have = set(self.files)
+        have = set(self.files) | self.bad_files
         for row in read_manifest(self.data_dir):
             if row.get("split", "train") != self.split or row["file"] in have:
                 continue
@@ -60,12 +87,14 @@ class EpisodeStore:
                 continue
             p = episode_path(self.data_dir, row)
             try:
-                z = np.load(p, allow_pickle=False)
-                frames = z["frames"]
-                acts = z["actions"].astype(np.float32)
-                instr = str(z["instruction"]) if "instruction" in z else row["instruction"]
-            except Exception:
+                frames, acts, instr = load_episode(p, row)
+            except EpisodeError as exc:
+                # Reported once and left on disk: the run goes on without it.
                 self.skipped += 1
+                self.bad.append(str(exc))
+                self.bad_files.add(row["file"])
+                have.add(row["file"])
+                print(f"BAD episode skipped: {exc}", flush=True)
                 continue
             keep = ~noop_mask(acts)
             idx = np.nonzero(keep)[0]

@@ -131,6 +131,23 @@ def lr_at(frac, base, warm_frac, floor=0.1):
     return base * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * p)))
 
 
+def check_resume(resume, args, cfg):
+    """Refuse to resume a checkpoint on other data, another model size or other training settings:
+    the run would silently mix two experiments. Growing data in the same folder is expected."""
+    old = resume.get("args", {})
+    problems = []
+    if os.path.abspath(old.get("data", "")) != os.path.abspath(args.data):
+        problems.append(f"data folder {old.get('data')!r} -> {args.data!r}")
+    if resume.get("cfg") != cfg.to_dict():
+        problems.append(f"model size {resume.get('cfg')} -> {cfg.to_dict()} (this code's ModelCfg)")
+    for key in ("budget_min", "batch", "lr", "wd", "warm_frac", "stride", "shift_px", "seed", "merges_vocab"):
+        if key in old and old[key] != getattr(args, key):
+            problems.append(f"--{key.replace('_', '-')} {old[key]} -> {getattr(args, key)}")
+    if problems:
+        sys.exit(f"train.py: {os.path.join(args.out, 'ckpt.pt')} belongs to another run: " + "; ".join(problems)
+                 + ". Resume with the checkpoint's settings, or train into another --out.")
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--data", default="tools/libero/out")
@@ -170,7 +187,10 @@ def main():
     random.seed(args.seed)
     np.random.seed(args.seed)
     torch.manual_seed(args.seed)
-    cfg = ModelCfg.from_dict(resume["cfg"]) if resume else ModelCfg(base_vocab=info["V"])
+    cfg = ModelCfg(base_vocab=info["V"])
+    if resume:
+        check_resume(resume, args, cfg)
+        cfg = ModelCfg.from_dict(resume["cfg"])
     model = MicroVLA(cfg)
     decay, no_decay = [], []
     for n, p in model.named_parameters():
