@@ -1,0 +1,55 @@
+"""The episode GIFs: one success and one failure per suite in the --videos folder, listed in its index.json."""
+import json
+import math
+import os
+
+from generate import SUITES
+
+GIF_SIDE, GIF_STRIDE, GIF_MAX_FRAMES = 112, 4, 40
+
+
+def save_gif(path, frames):
+    """One 64-colour palette for all frames (from the first, middle and last), no dithering: ~2 KB a frame
+    (per-frame palettes: ~9 KB)."""
+    from PIL import Image
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    stride = max(1, math.ceil(len(frames) / GIF_MAX_FRAMES))
+    frames = frames[:-1:stride] + [frames[-1]] if stride > 1 else frames
+    keys = [frames[0], frames[len(frames) // 2], frames[-1]]
+    mosaic = Image.new("RGB", (GIF_SIDE * len(keys), GIF_SIDE))
+    for i, f in enumerate(keys):
+        mosaic.paste(f, (GIF_SIDE * i, 0))
+    pal = mosaic.quantize(colors=64, method=Image.Quantize.MEDIANCUT)
+    frames = [f.quantize(palette=pal, dither=Image.Dither.NONE) for f in frames]
+    tmp = path + f".tmp{os.getpid()}"
+    frames[0].save(tmp, format="GIF", save_all=True, append_images=frames[1:], loop=0, optimize=True,
+                   duration=50 * GIF_STRIDE * stride)  # real time at LIBERO's 20 Hz control
+    os.replace(tmp, path)
+
+
+def load_media(videos_dir):
+    path = os.path.join(videos_dir, "index.json")
+    if os.path.exists(path):
+        with open(path) as f:
+            return json.load(f)
+    return []
+
+
+def media_of(videos_dir, rows):
+    """The listed GIFs of episodes in `rows` (results): a GIF of an episode that is not in the results file (a
+    smoke test's, say) is neither reported nor kept."""
+    eids = {r["episode_id"] for r in rows.values()}
+    return [m for m in (load_media(videos_dir) if videos_dir else []) if m.get("episode_id") in eids]
+
+
+def save_media(videos, media, rec, frames):
+    """The episode's GIF in its suite's success or failure slot, listed in videos/index.json."""
+    name = f"{rec['suite']}_{'success' if rec['success'] else 'failure'}.gif"
+    save_gif(os.path.join(videos, name), frames)
+    media[:] = [m for m in media if m["file"] != name]
+    media.append({k: rec[k] for k in ("suite", "success", "task_id", "init_id", "decoder", "steps", "instruction",
+                                      "episode_id")} | {"file": name})
+    media.sort(key=lambda m: (SUITES.index(m["suite"]), not m["success"]))
+    with open(os.path.join(videos, "index.json"), "w") as f:
+        json.dump(media, f, indent=1)
+    return name

@@ -1,0 +1,339 @@
+"""The report from the results file: per decoder success rates with 95% Wilson intervals, accept length and
+decode speed-up over plain, per suite and per task tables, the exact strict-vs-plain comparison, throughput;
+written as OUT.json and OUT.md (docs/closed_loop.*)."""
+import json
+import math
+import os
+import time
+
+from generate import MAX_STEPS, NOOP, NUM_WAIT, SUITES, log
+
+from .decoders import parse_decoder
+from .episode import SEED, unpack_tokens
+from .media import GIF_SIDE, GIF_STRIDE, media_of
+
+Z95 = 1.959963984540054
+
+
+def wilson(k, n, z=Z95):
+    if n == 0:
+        return [None, None]
+    p = k / n
+    d = 1 + z * z / n
+    c = (p + z * z / (2 * n)) / d
+    h = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / d
+    return [round(max(0.0, c - h), 4), round(min(1.0, c + h), 4)]
+
+
+def _sum(rows, key):
+    return sum(r["stats"].get(key, 0) for r in rows)
+
+
+def _per(num, den, nd=3):
+    return round(num / den, nd) if den else None
+
+
+def config_summary(name, rows, cfg):
+    n = len(rows)
+    k = sum(r["success"] for r in rows)
+    calls = _sum(rows, "calls")
+    spec_cycles = _sum(rows, "spec_cycles")
+    if spec_cycles:
+        accept = _sum(rows, "spec_cycle_tokens") / spec_cycles
+    else:
+        accept = _per(_sum(rows, "tokens"), _sum(rows, "verifier_passes"), 6)
+    steps = [r["steps"] for r in rows]
+    ok_steps = [r["steps"] for r in rows if r["success"]]
+    wall = sum(r["times"]["wall_s"] for r in rows)
+    return {
+        "name": name, **cfg, "episodes": n, "successes": k, "success_rate": _per(k, n, 4), "wilson95": wilson(k, n),
+        "accept_len": round(accept, 3) if accept is not None else None,
+        "accept_len_mean_per_call": _per(_sum(rows, "accept_length_sum"), _sum(rows, "accept_length_calls")),
+        "actions": calls, "verifier_passes_per_action": _per(_sum(rows, "verifier_passes"), calls),
+        "drafted_tokens_per_action": _per(_sum(rows, "drafted_tokens"), calls),
+        "relaxed_token_fraction": _per(_sum(rows, "relaxed_tokens"), _sum(rows, "action_tokens"), 4),
+        "mean_relaxed_bin_distance": _per(_sum(rows, "relaxed_bin_distance"), _sum(rows, "relaxed_tokens")),
+        "non_action_tokens": _sum(rows, "non_action_tokens"),
+        "decode_ms_per_action": _per(_sum(rows, "decode_ms"), calls),
+        "policy_ms_per_action": _per(_sum(rows, "policy_ms"), calls),
+        "server_ms_per_action": _per(_sum(rows, "server_ms"), calls),
+        "round_trip_ms_per_action": _per(_sum(rows, "round_trip_ms"), calls),
+        "decode_speedup": None, "policy_speedup": None,
+        "mean_steps": _per(sum(steps), n, 1), "mean_steps_success": _per(sum(ok_steps), len(ok_steps), 1),
+        "episode_errors": sum(1 for r in rows if r.get("error")),
+        "history_restarts": _sum(rows, "restarts"),
+        "wall_s": round(wall, 1),
+    }
+
+
+def compare_to_plain(rows, name):
+    """Exact comparison of a strict decoder's episodes with plain's on the same (suite, task, init)."""
+    pairs, diffs = 0, []
+    for key, r in sorted(rows.items()):
+        if key[3] != name:
+            continue
+        p = rows.get((key[0], key[1], key[2], "plain"))
+        if p is None:
+            continue
+        pairs += 1
+        same = (p["tokens_sha1"] == r["tokens_sha1"] and p["actions_sha1"] == r["actions_sha1"]
+                and p["success"] == r["success"] and p["steps"] == r["steps"])
+        if same:
+            continue
+        tp, tr = unpack_tokens(p["tokens_z"]), unpack_tokens(r["tokens_z"])
+        n = min(len(tp), len(tr))
+        first = next((i for i in range(n) if (tp[i] != tr[i]).any()), None)
+        d = {"suite": key[0], "task_id": key[1], "init_id": key[2], "first_differing_step": first,
+             "plain": {"success": p["success"], "steps": p["steps"]},
+             name: {"success": r["success"], "steps": r["steps"]},
+             "same_scene": p["scene_sha1"] == r["scene_sha1"] and p["init_sha1"] == r["init_sha1"]}
+        if first is not None:
+            d["plain_tokens"] = tp[first].tolist()
+            d[f"{name}_tokens"] = tr[first].tolist()
+        elif len(tp) != len(tr):
+            d["note"] = f"equal tokens over the common {n} steps; lengths {len(tp)} vs {len(tr)}"
+        else:
+            d["note"] = "equal tokens, different executed actions or outcome"
+        diffs.append(d)
+    return {"decoder": name, "compared": pairs, "identical": pairs - len(diffs), "differences": diffs}
+
+
+def build_report(rows, media, protocol_extra=None):
+    names = []
+    for r in rows.values():
+        if r["decoder"] not in names:
+            names.append(r["decoder"])
+    order = {"plain": 0, "strict": 1}
+    names.sort(key=lambda s: (order.get(s, 2), s))
+    configs = []
+    for name in names:
+        rs = [r for r in rows.values() if r["decoder"] == name]
+        _, cfg = parse_decoder(name)
+        configs.append(config_summary(name, rs, cfg))
+    plain = next((c for c in configs if c["name"] == "plain"), None)
+    for c in configs:
+        if plain and plain["decode_ms_per_action"] and c["decode_ms_per_action"]:
+            c["decode_speedup"] = round(plain["decode_ms_per_action"] / c["decode_ms_per_action"], 3)
+        if plain and plain["policy_ms_per_action"] and c["policy_ms_per_action"]:
+            c["policy_speedup"] = round(plain["policy_ms_per_action"] / c["policy_ms_per_action"], 3)
+    per_task = []
+    for suite in SUITES:
+        for task_id in range(10):
+            for name in names:
+                rs = [r for (s, t, _, d), r in rows.items() if s == suite and t == task_id and d == name]
+                if not rs:
+                    continue
+                k = sum(r["success"] for r in rs)
+                per_task.append({"suite": suite, "task_id": task_id, "instruction": rs[0]["instruction"],
+                                 "decoder": name, "episodes": len(rs), "successes": k,
+                                 "success_rate": _per(k, len(rs), 4),
+                                 "mean_steps": _per(sum(r["steps"] for r in rs), len(rs), 1),
+                                 "inits": sorted(r["init_id"] for r in rs)})
+    per_suite = []
+    for suite in SUITES:
+        for name in names:
+            rs = [r for (s, _, _, d), r in rows.items() if s == suite and d == name]
+            if rs:
+                k = sum(r["success"] for r in rs)
+                per_suite.append({"suite": suite, "decoder": name, "episodes": len(rs), "successes": k,
+                                  "success_rate": _per(k, len(rs), 4), "wilson95": wilson(k, len(rs))})
+    strict_checks = [compare_to_plain(rows, c["name"]) for c in configs
+                     if c["policy"] == "strict" and plain is not None]
+    any_row = next(iter(rows.values()), None)
+    all_rows = list(rows.values())
+    env_steps = sum(r["steps"] + NUM_WAIT for r in all_rows)
+    wall = sum(r["times"]["wall_s"] for r in all_rows)
+    maxs = sorted({r["max_steps"] for r in all_rows})
+    throughput = {
+        "episodes": len(all_rows), "env_steps_incl_warmup": env_steps, "episode_wall_s_sum": round(wall, 1),
+        "env_steps_per_s": _per(env_steps, wall, 2), "s_per_episode": _per(wall, len(all_rows), 1),
+        "s_per_policy_step": _per(wall - sum(r["times"]["warmup_s"] for r in all_rows),
+                                  sum(r["steps"] for r in all_rows) or None, 3),
+        "render_s_per_step": _per(sum(r["times"]["render_s"] for r in all_rows), sum(r["steps"] for r in all_rows)),
+        "client_s_per_step": _per(sum(r["times"]["client_s"] for r in all_rows), sum(r["steps"] for r in all_rows)),
+        "physics_s_per_step": _per(sum(r["times"]["env_s"] for r in all_rows), sum(r["steps"] for r in all_rows)),
+        "mean_loadavg": _per(sum(r["times"].get("loadavg", 0) for r in all_rows), len(all_rows), 2),
+    }
+    finished = sorted(r.get("finished", "") for r in all_rows)
+    protocol = {
+        "source": "OpenVLA experiments/robot/libero/run_libero_eval.py, rendering as generate.Runner.render",
+        "inits": "held-out init ids 0-9 only (training used 10-49)",
+        "inits_run": sorted({r["init_id"] for r in all_rows}),
+        "num_steps_wait": NUM_WAIT, "dummy_action": NOOP, "max_steps": MAX_STEPS,
+        "max_steps_run": maxs, "max_steps_scale": sorted({r.get("max_steps_scale", 1.0) for r in all_rows}),
+        "seed": sorted({r.get("seed", SEED) for r in all_rows}),
+        "env": "OffScreenRenderEnv(agentview, 224x224, hard_reset=False), env.seed(0) at build; "
+               "np.random seeded with crc32('<seed>/<suite>/<task>/<init>') before each env.reset(), the gripper's "
+               "integrated command zeroed after it (as in a freshly built env)",
+        "image": "Runner.render of the current state: agentview 224x224 rotated 180 degrees (img[::-1, ::-1]); "
+                 "no JPEG round trip or resize (the training frames had none)",
+        "unnorm_key": "<suite> if the server has it, else <suite>_no_noops",
+        "gripper": "normalize_gripper_action(binarize=True) then invert_gripper_action",
+        "success": "env.step's done",
+    }
+    if protocol_extra:
+        protocol.update(protocol_extra)
+    return {
+        "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        "episodes_finished": [finished[0], finished[-1]] if finished else None,
+        "model": (any_row or {}).get("server"),
+        "protocol": protocol, "configs": configs, "per_suite": per_suite, "per_task": per_task,
+        "strict_equals_plain": strict_checks, "throughput": throughput, "media": media,
+    }
+
+
+def _fmt(x, nd=1, pct=False):
+    if x is None:
+        return "-"
+    return f"{100 * x:.{nd}f}%" if pct else f"{x:.{nd}f}"
+
+
+def write_markdown(rep, path, media_rel):
+    L = []
+    smoke = any(s != 1.0 for s in rep["protocol"]["max_steps_scale"])
+    L.append("# Closed-loop LIBERO evaluation of the policy server")
+    L.append("")
+    if smoke:
+        L.append(f"**Smoke test: step limits scaled by {rep['protocol']['max_steps_scale']}; not a benchmark "
+                 f"result.**")
+        L.append("")
+    m = rep["model"] or {}
+    L.append(f"Written by `tools/libero/eval.py` on {rep['date']} from {rep['throughput']['episodes']} episodes "
+             f"(finished {rep['episodes_finished'][0] if rep['episodes_finished'] else '-'} to "
+             f"{rep['episodes_finished'][1] if rep['episodes_finished'] else '-'}). Server: model "
+             f"`{m.get('model')}`, draft head `{m.get('draft_head')}`, drafter `{m.get('drafter')}`, device "
+             f"`{m.get('device')}`, dtype `{m.get('dtype')}`, version {m.get('version')}.")
+    L.append("")
+    p = rep["protocol"]
+    L.append(f"Protocol (OpenVLA's `run_libero_eval.py`): held-out init ids {p['inits_run']} (training used "
+             f"10-49), {p['num_steps_wait']} no-op steps `{p['dummy_action']}`, step limits {p['max_steps_run']} "
+             f"(spatial 220, object 280, goal 300, libero_10 520 at scale 1), seed {p['seed']}; frame: "
+             f"{p['image']}; gripper: {p['gripper']}; success = {p['success']}. Every decoder runs the same "
+             f"initial state and fixture placement ({p['env']}).")
+    L.append("")
+    L.append("## Per decoder")
+    L.append("")
+    L.append("| decoder | episodes | successes | success rate (95% Wilson) | mean length | accept length | "
+             "decode speed-up | decode ms/action | policy ms/action | server ms/action | round trip ms/action |")
+    L.append("|---|---|---|---|---|---|---|---|---|---|---|")
+    for c in rep["configs"]:
+        lo, hi = c["wilson95"]
+        L.append(f"| {c['name']} | {c['episodes']} | {c['successes']} | {_fmt(c['success_rate'], 1, True)} "
+                 f"({_fmt(lo, 1, True)}-{_fmt(hi, 1, True)}) | {_fmt(c['mean_steps'])} | "
+                 f"{_fmt(c['accept_len'], 2)} | {_fmt(c['decode_speedup'], 2)}x | "
+                 f"{_fmt(c['decode_ms_per_action'])} | {_fmt(c['policy_ms_per_action'])} | "
+                 f"{_fmt(c['server_ms_per_action'])} | {_fmt(c['round_trip_ms_per_action'])} |")
+    L.append("")
+    L.append("Accept length: tokens gained per draft-verify cycle, pooled over all actions (1 for plain). Decode "
+             "speed-up: plain's mean decode time per action (the server's `times_ms.decode`: draft + verify + "
+             "commit) over this decoder's, from this run. Policy ms: the whole `predict_action` (vision, prefill, "
+             "decode); server ms: body received to answer built; round trip: the client's HTTP request to parsed "
+             "answer. Times depend on the machine's load (mean load average over the episodes: "
+             f"{rep['throughput']['mean_loadavg']}).")
+    errs = [c for c in rep["configs"] if c["episode_errors"] or c["history_restarts"] or c["non_action_tokens"]]
+    for c in errs:
+        L.append(f"- {c['name']}: {c['episode_errors']} episodes ended by an env exception, "
+                 f"{c['history_restarts']} actions where the server restarted the episode's history, "
+                 f"{c['non_action_tokens']} non-action tokens.")
+    L.append("")
+    L.append("## Strict equals plain")
+    L.append("")
+    if not rep["strict_equals_plain"]:
+        L.append("Not checked: the run has no plain and strict episodes on the same initial states.")
+    for chk in rep["strict_equals_plain"]:
+        if chk["compared"] == 0:
+            L.append(f"`{chk['decoder']}`: no (suite, task, init) ran with both plain and {chk['decoder']}.")
+        elif not chk["differences"]:
+            L.append(f"`{chk['decoder']}` vs `plain`: identical on {chk['identical']}/{chk['compared']} episodes "
+                     f"(every action token, every executed action, the outcome and the length).")
+        else:
+            L.append(f"`{chk['decoder']}` vs `plain`: identical on {chk['identical']}/{chk['compared']} episodes; "
+                     f"{len(chk['differences'])} differ:")
+            L.append("")
+            L.append("| suite | task | init | first differing step | plain (success, steps) | "
+                     f"{chk['decoder']} (success, steps) | same scene | tokens there (plain / {chk['decoder']}) |")
+            L.append("|---|---|---|---|---|---|---|---|")
+            for d in chk["differences"]:
+                toks = (f"{d.get('plain_tokens')} / {d.get(chk['decoder'] + '_tokens')}"
+                        if d["first_differing_step"] is not None else d.get("note", ""))
+                L.append(f"| {d['suite']} | {d['task_id']} | {d['init_id']} | {d['first_differing_step']} | "
+                         f"{d['plain']['success']}, {d['plain']['steps']} | {d[chk['decoder']]['success']}, "
+                         f"{d[chk['decoder']]['steps']} | {d['same_scene']} | {toks} |")
+        L.append("")
+    L.append("## Per suite")
+    L.append("")
+    names = [c["name"] for c in rep["configs"]]
+    L.append("| suite | " + " | ".join(f"{n} successes/episodes (95% Wilson)" for n in names) + " |")
+    L.append("|---|" + "---|" * len(names))
+    for suite in SUITES:
+        cells = []
+        for n in names:
+            s = next((x for x in rep["per_suite"] if x["suite"] == suite and x["decoder"] == n), None)
+            cells.append("-" if s is None else f"{s['successes']}/{s['episodes']} "
+                         f"({_fmt(s['wilson95'][0], 0, True)}-{_fmt(s['wilson95'][1], 0, True)})")
+        if any(c != "-" for c in cells):
+            L.append(f"| {suite} | " + " | ".join(cells) + " |")
+    L.append("")
+    L.append("## Per task")
+    L.append("")
+    L.append("Successes/episodes and mean episode length (policy steps; a failure runs to the step limit).")
+    L.append("")
+    L.append("| suite | task | instruction | " + " | ".join(f"{n}" for n in names) + " |")
+    L.append("|---|---|---|" + "---|" * len(names))
+    for suite in SUITES:
+        for task_id in range(10):
+            ts = {x["decoder"]: x for x in rep["per_task"] if x["suite"] == suite and x["task_id"] == task_id}
+            if not ts:
+                continue
+            instr = next(iter(ts.values()))["instruction"]
+            cells = [("-" if n not in ts else f"{ts[n]['successes']}/{ts[n]['episodes']}, "
+                      f"{_fmt(ts[n]['mean_steps'])}") for n in names]
+            L.append(f"| {suite} | {task_id} | {instr} | " + " | ".join(cells) + " |")
+    L.append("")
+    if rep["media"]:
+        L.append("## Episodes (GIFs)")
+        L.append("")
+        L.append(f"The frames the policy saw, {GIF_SIDE}x{GIF_SIDE}, every {GIF_STRIDE}th step (fewer for long "
+                 f"episodes), the final state last: the first success and the first failure of each suite, "
+                 f"whichever decoder ran it.")
+        L.append("")
+        for item in rep["media"]:
+            rel = os.path.join(media_rel, item["file"])
+            L.append(f"- {item['suite']} {'success' if item['success'] else 'failure'}: task {item['task_id']} "
+                     f"init {item['init_id']}, {item['decoder']}, {item['steps']} steps, \"{item['instruction']}\": "
+                     f"![]({rel})")
+        L.append("")
+    t = rep["throughput"]
+    L.append("## Throughput")
+    L.append("")
+    L.append(f"{t['episodes']} episodes, {t['env_steps_incl_warmup']} env steps (warm-up included) in "
+             f"{t['episode_wall_s_sum']} s of episode time (scene builds excluded): {t['env_steps_per_s']} env "
+             f"steps/s, {t['s_per_episode']} s per episode, {t['s_per_policy_step']} s per policy step (rendering "
+             f"{t['render_s_per_step']} s, the server request {t['client_s_per_step']} s, physics "
+             f"{t['physics_s_per_step']} s).")
+    L.append("")
+    L.append("Reproduce: `MUJOCO_GL=egl tools/.venv-libero/bin/python tools/libero/eval.py --spawn ...` (see "
+             "tools/libero/README.md); `--report-only` rebuilds this file from the results JSONL.")
+    L.append("")
+    tmp = path + f".tmp{os.getpid()}"
+    with open(tmp, "w") as f:
+        f.write("\n".join(L))
+    os.replace(tmp, path)
+
+
+def write_report(out, videos, rows):
+    """OUT.json and OUT.md from the results rows, with the GIFs in `videos` of those episodes."""
+    if not rows:
+        log("no finished episodes: no report written")
+        return None
+    media = media_of(videos, rows)
+    rep = build_report(rows, media)
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    with open(out + ".json.tmp", "w") as f:
+        json.dump(rep, f, indent=1)
+    os.replace(out + ".json.tmp", out + ".json")
+    media_rel = os.path.relpath(os.path.abspath(videos), os.path.dirname(os.path.abspath(out))) \
+        if videos else ""
+    write_markdown(rep, out + ".md", media_rel)
+    log(f"wrote {out}.json and {out}.md ({len(rows)} episodes)")
+    return rep
