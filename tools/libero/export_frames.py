@@ -10,10 +10,15 @@ The Rust draft-head trainer reads this folder; it never needs Python itself.
 """
 import argparse
 import json
+import os
+import sys
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
+sys.path.append(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # tools/ (jsonl_log)
+from jsonl_log import read_rows  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 
@@ -36,8 +41,7 @@ def main() -> None:
         raise SystemExit(f"{manifest} not found: run tools/libero/generate.py first")
     args.out.mkdir(parents=True, exist_ok=True)
     entries = []
-    for line in manifest.read_text().splitlines():
-        ep = json.loads(line)
+    for ep in read_rows(manifest):
         if not ep.get("success") or not ep.get("file") or ep.get("split") != args.split:
             continue
         with np.load(args.data / ep["file"]) as z:

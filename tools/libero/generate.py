@@ -13,15 +13,16 @@ restored, agentview camera at 224x224, rotated 180 degrees (img[::-1, ::-1]) lik
 No-op actions are dropped as in OpenVLA's *_no_noops data. Every attempt (success or failure) is a manifest line.
 """
 import argparse
-import json
 import os
 import sys
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
+sys.path.append(os.path.dirname(HERE))  # tools/ (jsonl_log), after site-packages
 import check_env  # noqa: E402  (reads MUJOCO_GL before robosuite can set it)
 import records  # noqa: E402
+from jsonl_log import append_row, read_keyed  # noqa: E402
 
 SUITES = ["libero_spatial", "libero_object", "libero_goal", "libero_10"]
 MAX_STEPS = {"libero_spatial": 220, "libero_object": 280, "libero_goal": 300, "libero_10": 520}
@@ -121,29 +122,12 @@ class Runner:
 
 
 def load_manifest(path):
-    done = {}
-    if os.path.exists(path):
-        with open(path) as f:
-            for line in f:
-                line = line.strip()
-                if not line:
-                    continue
-                try:
-                    r = json.loads(line)
-                except json.JSONDecodeError:
-                    continue  # a torn last line from a killed run
-                done[(r["suite"], r["task_id"], r["init_id"])] = r
-    return done
+    """The manifest's rows keyed by (suite, task_id, init_id), the last row of a key winning (jsonl_log)."""
+    return read_keyed(path, ("suite", "task_id", "init_id"))
 
 
 def append_manifest(path, rec):
-    line = json.dumps(rec) + "\n"
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    try:
-        os.write(fd, line.encode())
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    append_row(path, rec)
 
 
 def save_episode(path, frames, actions, instruction, suite, task_id, init_id, success):

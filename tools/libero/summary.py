@@ -27,13 +27,12 @@ def main():
     import numpy as np
     sys.path.insert(0, HERE)
     import records
-    lines = []
-    with open(os.path.join(args.out, "manifest.jsonl")) as f:
-        for line in f:
-            try:
-                lines.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue  # a torn last line
+    sys.path.append(os.path.dirname(HERE))  # tools/ (jsonl_log), after site-packages
+    from jsonl_log import read_rows
+    path = os.path.join(args.out, "manifest.jsonl")
+    if not os.path.exists(path):
+        sys.exit(f"summary.py: {path} not found: run generate.py first")
+    lines = read_rows(path)
     version = max((r.get("expert_version", 0) for r in lines), default=0)
     usable_cache = {}
 

@@ -1,29 +1,20 @@
 """LIBERO episode loading for micro-VLA training (episodes written by tools/libero, see README)."""
 from __future__ import annotations
 
-import json
 import os
+import sys
 
 import numpy as np
 
-from common import SUITES, compute_stats, libero_to_openvla, noop_mask, unnorm_key
+sys.path.append(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # tools/ (jsonl_log)
+from common import SUITES, compute_stats, libero_to_openvla, noop_mask, unnorm_key  # noqa: E402
+from jsonl_log import read_rows  # noqa: E402
 
 
 def read_manifest(data_dir):
-    path = os.path.join(data_dir, "manifest.jsonl")
-    rows = []
-    if not os.path.exists(path):
-        return rows
-    with open(path) as f:
-        for line in f:
-            line = line.strip()
-            if not line:
-                continue
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError:
-                pass  # a line being written right now
-    return rows
+    """The rows of DATA_DIR/manifest.jsonl ([] before the first): a line being written right now is skipped,
+    damage before the last line is an error (jsonl_log)."""
+    return read_rows(os.path.join(data_dir, "manifest.jsonl"))
 
 
 def episode_path(data_dir, row):

@@ -1,28 +1,17 @@
 """The resumable results file (JSONL, one line per finished episode, keyed by (suite, task, init, decoder)):
 loading, appending, and the checks that a resumed run is the same run."""
-import json
-import os
 import sys
 
 from generate import append_manifest
+from jsonl_log import read_keyed
 
 from .episode import SEED
 
 
 def load_results(path):
-    rows = {}
-    if os.path.exists(path):
-        with open(path) as f:
-            for line in f:
-                line = line.strip()
-                if not line:
-                    continue
-                try:
-                    r = json.loads(line)
-                except json.JSONDecodeError:
-                    continue  # a torn last line from a killed run
-                rows[(r["suite"], r["task_id"], r["init_id"], r["decoder"])] = r
-    return rows
+    """Finished episodes keyed by (suite, task_id, init_id, decoder); a torn last line (a killed run) is
+    skipped, damage before it is an error (jsonl_log)."""
+    return read_keyed(path, ("suite", "task_id", "init_id", "decoder"))
 
 
 def append_result(path, rec):
