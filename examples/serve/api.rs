@@ -11,6 +11,11 @@
 //! worker would stall every other connection, `/health` included, for that long. Parsing the body
 //! (JSON, base64, PNG) is CPU work too and also runs there, before the queue, so that it overlaps
 //! with the action running ahead of it.
+//!
+//! The queue is bounded (`--max-queue`): at most that many `/act` requests are parsed, waiting
+//! or running at once, and the next is refused at once with a 503 and `Retry-After`. An action
+//! that waited behind a long queue would reach the robot stale, and every waiting request holds
+//! its decoded image; a fast refusal lets the client decide (drop the frame, send the next one).
 
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
@@ -26,7 +31,7 @@ use axum::routing::{get, post};
 use axum::Router;
 use serde::Serialize;
 use serde_json::{json, Value};
-use tokio::sync::Mutex;
+use tokio::sync::{Mutex, OwnedSemaphorePermit, Semaphore};
 
 use crate::engine::{ActionInputs, Engine};
 use crate::errors::{ApiError, ErrorKind};
@@ -36,16 +41,59 @@ use crate::wire::{self, ActStats, StageTimesMs, StatsAnswer};
 #[derive(Clone)]
 pub struct AppState {
     engine: Arc<Mutex<Engine>>,
+    admission: Admission,
     /// The parts of `/info` fixed at start-up.
     info: Arc<Value>,
 }
 
 impl AppState {
-    pub fn new(engine: Engine, info: Value) -> Self {
+    pub fn new(engine: Engine, admission: Admission, info: Value) -> Self {
         Self {
             engine: Arc::new(Mutex::new(engine)),
+            admission,
             info: Arc::new(info),
         }
+    }
+
+    pub fn admission(&self) -> &Admission {
+        &self.admission
+    }
+}
+
+/// The bound on `/act` requests in the server at once (parsing, queued or running).
+#[derive(Debug, Clone)]
+pub struct Admission {
+    slots: Arc<Semaphore>,
+    max: usize,
+}
+
+impl Admission {
+    /// `max` is at least 1 (the CLI refuses 0).
+    pub fn new(max: usize) -> Self {
+        let max = max.clamp(1, Semaphore::MAX_PERMITS);
+        Self {
+            slots: Arc::new(Semaphore::new(max)),
+            max,
+        }
+    }
+
+    /// A slot held until the permit is dropped, or an `overloaded` error when all are taken.
+    pub fn try_admit(&self) -> Result<OwnedSemaphorePermit, ApiError> {
+        self.slots.clone().try_acquire_owned().map_err(|_| {
+            ApiError::new(
+                ErrorKind::Overloaded,
+                format!(
+                    "the server already holds {} action requests (--max-queue); retry when an \
+                     answer has come back",
+                    self.max
+                ),
+            )
+        })
+    }
+
+    /// Requests admitted now.
+    pub fn in_use(&self) -> usize {
+        self.max - self.slots.available_permits()
     }
 }
 
@@ -135,6 +183,8 @@ async fn act_inner(
 ) -> Result<Response, ApiError> {
     let received = Instant::now();
     let body = body.map_err(body_error)?;
+    // Held until the answer is built: parsing, waiting and running all count against the bound.
+    let _slot = state.admission.try_admit()?;
     let request = blocking(move || wire::parse_act(&body)).await?;
     let parse_time = received.elapsed();
 

@@ -3,7 +3,8 @@
 //! client can match on and `message` says what to change.
 //!
 //! Client mistakes are 4xx (400 for anything wrong in the request, 404/405 for routes, 413 for
-//! a body over `--max-body-bytes`); failures of the model or the server are 5xx. Library errors
+//! a body over `--max-body-bytes`); failures of the model or the server are 5xx, and a request
+//! refused because `--max-queue` requests are already in is a 503 with `Retry-After`. Library errors
 //! are sorted by whether the request could have avoided them: an unknown `unnorm_key`, a bad
 //! image or an empty instruction are the client's; non-finite logits or a candle failure are not.
 
@@ -41,6 +42,8 @@ pub enum ErrorKind {
     NotFound,
     /// The route exists for another method (405).
     MethodNotAllowed,
+    /// `--max-queue` requests are already admitted; retry after the answers ahead (503).
+    Overloaded,
     /// The model failed on a valid request (non-finite logits, a non-action token refused).
     ModelError,
     /// Anything else that is the server's fault.
@@ -65,6 +68,7 @@ impl ErrorKind {
             Self::BodyTooLarge => "body_too_large",
             Self::NotFound => "not_found",
             Self::MethodNotAllowed => "method_not_allowed",
+            Self::Overloaded => "overloaded",
             Self::ModelError => "model_error",
             Self::Internal => "internal",
         }
@@ -75,6 +79,7 @@ impl ErrorKind {
             Self::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::NotFound => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Self::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
             Self::ModelError | Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
             _ => StatusCode::BAD_REQUEST,
         }
@@ -149,7 +154,14 @@ impl From<spec_vla::Error> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        crate::api::json_response(self.kind.status(), &self.body())
+        let mut response = crate::api::json_response(self.kind.status(), &self.body());
+        if self.kind == ErrorKind::Overloaded {
+            response.headers_mut().insert(
+                axum::http::header::RETRY_AFTER,
+                axum::http::HeaderValue::from_static("1"),
+            );
+        }
+        response
     }
 }
 

@@ -134,6 +134,10 @@ pub struct Args {
     /// Episodes whose drafting state is kept; the least recently used is dropped beyond this.
     #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u64).range(1..))]
     max_episodes: u64,
+    /// `/act` requests held at once (parsing, queued or running); the next gets a 503
+    /// `overloaded` with `Retry-After` instead of waiting behind them.
+    #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u64).range(1..))]
+    max_queue: u64,
     /// CPU threads for candle's kernels (0 = all cores).
     #[arg(long, default_value_t = 0)]
     threads: usize,
@@ -155,7 +159,7 @@ fn main() -> Result<()> {
         // Read by candle (and rayon) when their thread pools start, before any tensor op here.
         std::env::set_var("RAYON_NUM_THREADS", args.threads.to_string());
     }
-    let (router, info) = prepare(&args)?;
+    let (router, info, _) = prepare(&args)?;
     // Strings as they are, other values (a decoder object) as JSON.
     let show = |v: &Value| v.as_str().map_or_else(|| v.to_string(), str::to_string);
     eprintln!(
@@ -183,8 +187,9 @@ fn main() -> Result<()> {
     })
 }
 
-/// Loads the policy and builds the router and the start-up part of `/info`.
-pub fn prepare(args: &Args) -> Result<(axum::Router, Value)> {
+/// Loads the policy and builds the router, the start-up part of `/info`, and the state the
+/// router shares (the tests hold its queue slots).
+pub fn prepare(args: &Args) -> Result<(axum::Router, Value, api::AppState)> {
     let device = support::device(&args.device)?;
     let precision = match args.dtype.as_str() {
         "auto" => Precision::Auto,
@@ -234,6 +239,7 @@ pub fn prepare(args: &Args) -> Result<(axum::Router, Value)> {
         exempt_dims: if args.exempt_gripper { vec![6] } else { vec![] },
     };
     let max_episodes = usize::try_from(args.max_episodes).unwrap_or(usize::MAX);
+    let max_queue = usize::try_from(args.max_queue).unwrap_or(usize::MAX);
     let engine = Engine::new(policy, defaults, max_episodes)
         .map_err(|e| anyhow::anyhow!("the default decoder settings do not work: {e}"))?;
 
@@ -259,11 +265,13 @@ pub fn prepare(args: &Args) -> Result<(axum::Router, Value)> {
             "episode_eviction": "least recently used",
             "max_episode_id_bytes": wire::MAX_EPISODE_ID_BYTES,
             "max_encoded_image_side": numpy::MAX_ENCODED_IMAGE_SIDE,
-            "concurrency": "one action at a time; requests queue in arrival order",
+            "max_queue": max_queue,
+            "concurrency": "one action at a time; requests queue in arrival order, at most \
+                            max_queue at once (503 overloaded beyond)",
         },
     });
-    let state = api::AppState::new(engine, info.clone());
-    Ok((api::router(state, args.max_body_bytes), info))
+    let state = api::AppState::new(engine, api::Admission::new(max_queue), info.clone());
+    Ok((api::router(state.clone(), args.max_body_bytes), info, state))
 }
 
 /// The listener on `--host`:`--port`.

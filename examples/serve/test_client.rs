@@ -10,11 +10,12 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use serde_json::Value;
 
-/// An answer: status and body.
+/// An answer: status, the headers the tests look at, and body.
 #[derive(Debug, Clone)]
 pub struct Answer {
     pub status: u16,
     pub content_type: Option<String>,
+    pub retry_after: Option<String>,
     pub body: Vec<u8>,
 }
 
@@ -80,12 +81,14 @@ fn parse(raw: &[u8]) -> Result<Answer> {
         .and_then(|s| s.parse().ok())
         .with_context(|| format!("bad status line {status_line:?}"))?;
     let mut content_type = None;
+    let mut retry_after = None;
     let mut chunked = false;
     for line in lines {
         if let Some((name, value)) = line.split_once(':') {
             let value = value.trim();
             match name.trim().to_ascii_lowercase().as_str() {
                 "content-type" => content_type = Some(value.to_string()),
+                "retry-after" => retry_after = Some(value.to_string()),
                 "transfer-encoding" => chunked = value.eq_ignore_ascii_case("chunked"),
                 _ => {}
             }
@@ -98,6 +101,7 @@ fn parse(raw: &[u8]) -> Result<Answer> {
     Ok(Answer {
         status,
         content_type,
+        retry_after,
         body,
     })
 }

@@ -22,6 +22,8 @@ const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STA
 /// [`stop`](Self::stop)ped, it shuts down gracefully.
 pub struct TestServer {
     pub addr: SocketAddr,
+    /// What the server's handlers share (a test can take queue slots from it).
+    pub state: api::AppState,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<JoinHandle<Result<()>>>,
 }
@@ -31,7 +33,7 @@ impl TestServer {
     pub fn start(flags: &[&str]) -> Result<Self> {
         let argv = ["serve", "--port", "0"];
         let args = Args::try_parse_from(argv.iter().chain(flags))?;
-        let (router, _) = prepare(&args)?;
+        let (router, _, state) = prepare(&args)?;
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let (addr_tx, addr_rx) = std::sync::mpsc::channel();
         let thread = std::thread::spawn(move || -> Result<()> {
@@ -62,6 +64,7 @@ impl TestServer {
         };
         Ok(Self {
             addr,
+            state,
             stop: Some(stop),
             thread: Some(thread),
         })

@@ -194,6 +194,34 @@ fn bodies_over_the_limit_get_413() -> Result<()> {
 }
 
 #[test]
+fn a_full_queue_refuses_with_503_and_frees_its_slots() -> Result<()> {
+    let server = TestServer::start(&["--max-queue", "2"])?;
+    let admission = server.state.admission();
+    // Two requests in the server (as if parsing or waiting): the next is refused at once.
+    let held = [admission.try_admit()?, admission.try_admit()?];
+    assert_eq!(admission.in_use(), 2);
+    let answer = post_json(server.addr, "/act", &sample_request()?)?;
+    expect(&answer, 503, "overloaded", "queue full");
+    assert_eq!(answer.retry_after.as_deref(), Some("1"));
+    let message = answer.json()?["error"]["message"].to_string();
+    assert!(message.contains("--max-queue"), "{message}");
+    // A refused request takes no slot, and the routes that do not act still answer.
+    assert_eq!(admission.in_use(), 2);
+    assert_eq!(get(server.addr, "/health")?.status, 200);
+    let info = get(server.addr, "/info")?.json()?;
+    assert_eq!(info["limits"]["max_queue"], 2);
+    // One slot free: a request is served, the same action as the shared server's, and gives
+    // its slot back when answered.
+    drop(held);
+    let answer = act(server.addr, &sample_request()?)?;
+    let served = decode_numpy_f64(&answer.json()?)?;
+    let shared_answer = decode_numpy_f64(&act(shared()?, &sample_request()?)?.json()?)?;
+    assert_eq!(served, shared_answer);
+    assert_eq!(admission.in_use(), 0);
+    server.stop()
+}
+
+#[test]
 fn an_eagle_decoder_without_a_draft_head_is_a_bad_decoder() -> Result<()> {
     // The published-layout copy of the embedded model comes without a draft head.
     let model = crate::support::crate_root().join(embedded::MODEL);
@@ -232,6 +260,7 @@ fn start_up_refuses_settings_that_cannot_work() {
     let tree = start(&["--tree", "4x6"]);
     assert!(tree.is_some_and(|e| e.contains("three numbers")));
     assert!(start(&["--max-episodes", "0"]).is_some());
+    assert!(start(&["--max-queue", "0"]).is_some());
     let host = start(&["--host", "localhost:80"]);
     assert!(
         host.as_ref().is_some_and(|e| e.contains("IP address")),
