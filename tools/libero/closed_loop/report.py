@@ -1,28 +1,21 @@
 """The report from the results file: per decoder success rates with 95% Wilson intervals, accept length and
-decode speed-up over plain, per suite and per task tables, the exact strict-vs-plain comparison, throughput;
+decode speed-up over plain, each decoder's success against plain's (compare.py), per suite and per task tables,
+the exact strict-vs-plain comparison, throughput;
 written as OUT.json and OUT.md (docs/closed_loop.*)."""
 import json
-import math
 import os
 import time
 
 from generate import MAX_STEPS, NOOP, NUM_WAIT, SUITES, log
 
+from .compare import versus_plain, wilson_exact, write_markdown_section
 from .decoders import parse_decoder
 from .episode import SEED, unpack_tokens
 from .media import GIF_SIDE, GIF_STRIDE, media_of
 
-Z95 = 1.959963984540054
-
-
-def wilson(k, n, z=Z95):
-    if n == 0:
-        return [None, None]
-    p = k / n
-    d = 1 + z * z / n
-    c = (p + z * z / (2 * n)) / d
-    h = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / d
-    return [round(max(0.0, c - h), 4), round(min(1.0, c + h), 4)]
+def wilson(k, n):
+    lo, hi = wilson_exact(k, n)
+    return [None, None] if lo is None else [round(lo, 4), round(hi, 4)]
 
 
 def _sum(rows, key):
@@ -137,6 +130,7 @@ def build_report(rows, media, protocol_extra=None):
                 k = sum(r["success"] for r in rs)
                 per_suite.append({"suite": suite, "decoder": name, "episodes": len(rs), "successes": k,
                                   "success_rate": _per(k, len(rs), 4), "wilson95": wilson(k, len(rs))})
+    vs_plain = [v for v in (versus_plain(rows, c["name"]) for c in configs if c["name"] != "plain") if v]
     strict_checks = [compare_to_plain(rows, c["name"]) for c in configs
                      if c["policy"] == "strict" and plain is not None]
     any_row = next(iter(rows.values()), None)
@@ -177,7 +171,7 @@ def build_report(rows, media, protocol_extra=None):
         "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
         "episodes_finished": [finished[0], finished[-1]] if finished else None,
         "model": (any_row or {}).get("server"),
-        "protocol": protocol, "configs": configs, "per_suite": per_suite, "per_task": per_task,
+        "protocol": protocol, "configs": configs, "vs_plain": vs_plain, "per_suite": per_suite, "per_task": per_task,
         "strict_equals_plain": strict_checks, "throughput": throughput, "media": media,
     }
 
@@ -236,6 +230,7 @@ def write_markdown(rep, path, media_rel):
                  f"{c['history_restarts']} actions where the server restarted the episode's history, "
                  f"{c['non_action_tokens']} non-action tokens.")
     L.append("")
+    write_markdown_section(L, rep["vs_plain"])
     L.append("## Strict equals plain")
     L.append("")
     if not rep["strict_equals_plain"]:

@@ -1,0 +1,102 @@
+"""The decision a user needs from a closed-loop run: does a decoder keep plain decoding's success rate? For each
+decoder other than plain, on the (suite, task, init) both ran: the success-rate difference with a 95% interval
+(Newcombe's hybrid score interval, built from the two Wilson intervals), the paired outcome counts (the same
+initial state and fixture placement, so a discordant pair is an episode one decoder won and the other lost),
+whether the run shows non-inferiority at a 3-point margin, and how soon the decoder's actions leave plain's."""
+import math
+
+from .episode import unpack_tokens
+
+Z95 = 1.959963984540054
+MARGIN = 0.03  # the issue's "within 3 points of plain decoding"
+
+
+def wilson_exact(k, n, z=Z95):
+    """Wilson score interval, unrounded; (None, None) for n = 0."""
+    if n == 0:
+        return None, None
+    p = k / n
+    d = 1 + z * z / n
+    c = (p + z * z / (2 * n)) / d
+    h = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / d
+    return max(0.0, c - h), min(1.0, c + h)
+
+
+def newcombe(k_ref, n_ref, k_new, n_new, z=Z95):
+    """95% interval for p_new - p_ref (Newcombe 1998, method 10: the hybrid score interval)."""
+    if n_ref == 0 or n_new == 0:
+        return None, None
+    p1, p2 = k_ref / n_ref, k_new / n_new
+    l1, u1 = wilson_exact(k_ref, n_ref, z)
+    l2, u2 = wilson_exact(k_new, n_new, z)
+    d = p2 - p1
+    return d - math.sqrt((p2 - l2) ** 2 + (u1 - p1) ** 2), d + math.sqrt((u2 - p2) ** 2 + (p1 - l1) ** 2)
+
+
+def _first_differing_step(a, b):
+    ta, tb = unpack_tokens(a["tokens_z"]), unpack_tokens(b["tokens_z"])
+    n = min(len(ta), len(tb))
+    first = next((i for i in range(n) if (ta[i] != tb[i]).any()), None)
+    if first is None and len(ta) != len(tb):
+        first = n
+    return first
+
+
+def versus_plain(rows, name):
+    """The paired comparison of decoder `name` with plain (None when no initial state ran both)."""
+    pairs = []
+    for key, r in sorted(rows.items()):
+        if key[3] != name:
+            continue
+        p = rows.get((key[0], key[1], key[2], "plain"))
+        if p is not None:
+            pairs.append((p, r))
+    if not pairs:
+        return None
+    n = len(pairs)
+    both = sum(p["success"] and r["success"] for p, r in pairs)
+    plain_only = sum(p["success"] and not r["success"] for p, r in pairs)
+    new_only = sum(r["success"] and not p["success"] for p, r in pairs)
+    k_plain, k_new = both + plain_only, both + new_only
+    lo, hi = newcombe(k_plain, n, k_new, n)
+    firsts = [_first_differing_step(p, r) for p, r in pairs]
+    diverged = sorted(f for f in firsts if f is not None)
+    return {
+        "decoder": name, "paired_episodes": n,
+        "plain_successes": k_plain, "successes": k_new,
+        "both_succeed": both, "plain_only": plain_only, "decoder_only": new_only,
+        "both_fail": n - both - plain_only - new_only,
+        "difference": round((k_new - k_plain) / n, 4),
+        "difference_95": [round(lo, 4), round(hi, 4)],
+        "margin": MARGIN,
+        "within_margin_shown": lo > -MARGIN,
+        "episodes_with_other_actions": len(diverged),
+        "median_first_differing_step": diverged[len(diverged) // 2] if diverged else None,
+    }
+
+
+def write_markdown_section(L, comparisons):
+    """Appends the 'against plain decoding' section to the markdown lines L."""
+    L.append("## Against plain decoding")
+    L.append("")
+    if not comparisons:
+        L.append("Not measured: no initial state ran plain and another decoder.")
+        L.append("")
+        return
+    L.append(f"On the initial states both ran. Difference: this decoder's success rate minus plain's, with "
+             f"Newcombe's 95% hybrid score interval; 'within {MARGIN * 100:.0f} points shown' means the interval's "
+             f"lower end is above -{MARGIN * 100:.0f} points (non-inferiority at that margin). The pairs share "
+             f"the initial state and fixture placement, so the discordant counts say which episodes decoding "
+             f"changed. Other actions: episodes whose action tokens differ from plain's anywhere.")
+    L.append("")
+    L.append("| decoder | pairs | plain successes | successes | plain only | decoder only | difference (95%) | "
+             f"within {MARGIN * 100:.0f} points shown | other actions | median first differing step |")
+    L.append("|---|---|---|---|---|---|---|---|---|---|")
+    for c in comparisons:
+        lo, hi = c["difference_95"]
+        L.append(f"| {c['decoder']} | {c['paired_episodes']} | {c['plain_successes']} | {c['successes']} | "
+                 f"{c['plain_only']} | {c['decoder_only']} | {100 * c['difference']:+.1f} "
+                 f"({100 * lo:+.1f} to {100 * hi:+.1f}) points | {'yes' if c['within_margin_shown'] else 'no'} | "
+                 f"{c['episodes_with_other_actions']}/{c['paired_episodes']} | "
+                 f"{'-' if c['median_first_differing_step'] is None else c['median_first_differing_step']} |")
+    L.append("")

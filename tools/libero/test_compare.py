@@ -1,0 +1,64 @@
+#!/usr/bin/env python3
+"""Checks of closed_loop/compare.py without the simulator (numpy only):
+
+    tools/.venv-libero/bin/python tools/libero/test_compare.py      # prints "ok" and exits 0
+
+Newcombe's interval reproduces the paper's worked example; the paired counts, the margin verdict and the first
+differing step are computed from results rows as eval.py writes them.
+"""
+import os
+import sys
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+import numpy as np  # noqa: E402
+
+from closed_loop.compare import newcombe, versus_plain, wilson_exact  # noqa: E402
+from closed_loop.episode import pack_tokens  # noqa: E402
+
+
+def close(a, b, tol=5e-5):
+    return abs(a - b) <= tol
+
+
+def row(decoder, init, success, tokens):
+    return {"suite": "libero_object", "task_id": 0, "init_id": init, "decoder": decoder, "success": success,
+            "tokens_z": pack_tokens(np.asarray(tokens, dtype=np.int64))}
+
+
+def main():
+    # Newcombe (1998), Statistics in Medicine 17:873, Table II, example (a): 56/70 vs 48/80, method 10.
+    lo, hi = newcombe(48, 80, 56, 70)
+    assert close(lo, 0.0524) and close(hi, 0.3339), (lo, hi)
+    # Wilson for 0/100: the upper end 3.70%.
+    wl, wh = wilson_exact(0, 100)
+    assert close(wl, 0.0, 1e-12) and close(wh, 0.0370), (wl, wh)
+    assert newcombe(0, 0, 1, 2) == (None, None)
+
+    toks = [[300] * 7] * 5
+    other = [[300] * 7] * 2 + [[301] + [300] * 6] * 3
+    rows = {}
+    for init, (ps, rs, rt) in enumerate([(True, True, toks), (True, False, other), (False, True, other),
+                                         (False, False, toks), (False, False, toks[:3])]):
+        for r in (row("plain", init, ps, toks), row("relaxed9", init, rs, rt)):
+            rows[(r["suite"], r["task_id"], r["init_id"], r["decoder"])] = r
+    # an unpaired episode is left out
+    extra = row("relaxed9", 9, True, toks)
+    rows[(extra["suite"], 0, 9, "relaxed9")] = extra
+    c = versus_plain(rows, "relaxed9")
+    assert c["paired_episodes"] == 5, c
+    assert (c["both_succeed"], c["plain_only"], c["decoder_only"], c["both_fail"]) == (1, 1, 1, 2), c
+    assert c["plain_successes"] == 2 and c["successes"] == 2 and c["difference"] == 0.0, c
+    assert c["difference_95"][0] < -0.03 and not c["within_margin_shown"], c  # 5 pairs show nothing
+    # inits 1 and 2 differ at step 2; init 4 is a prefix of plain's (ends earlier): differs at step 3
+    assert c["episodes_with_other_actions"] == 3 and c["median_first_differing_step"] == 2, c
+    assert versus_plain(rows, "strict") is None
+
+    # 0/100 vs 0/100 does not show a 3-point margin (the Wilson upper end is 3.7 points); 0/200 vs 0/200 does.
+    assert close(newcombe(0, 100, 0, 100)[0], -0.0370)
+    assert newcombe(0, 200, 0, 200)[0] > -0.03
+    print("ok")
+
+
+if __name__ == "__main__":
+    main()
