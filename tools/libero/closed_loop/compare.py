@@ -33,12 +33,17 @@ def newcombe(k_ref, n_ref, k_new, n_new, z=Z95):
     return d - math.sqrt((p2 - l2) ** 2 + (u1 - p1) ** 2), d + math.sqrt((u2 - p2) ** 2 + (p1 - l1) ** 2)
 
 
+def first_token_difference(ta, tb):
+    """The first step whose action tokens differ over the two episodes' common length (None if none)."""
+    return next((i for i in range(min(len(ta), len(tb))) if (ta[i] != tb[i]).any()), None)
+
+
 def _first_differing_step(a, b):
+    """The first step where two results rows' actions differ, a shorter episode differing where it ends."""
     ta, tb = unpack_tokens(a["tokens_z"]), unpack_tokens(b["tokens_z"])
-    n = min(len(ta), len(tb))
-    first = next((i for i in range(n) if (ta[i] != tb[i]).any()), None)
+    first = first_token_difference(ta, tb)
     if first is None and len(ta) != len(tb):
-        first = n
+        first = min(len(ta), len(tb))
     return first
 
 

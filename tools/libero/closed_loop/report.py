@@ -8,7 +8,7 @@ import time
 
 from generate import MAX_STEPS, NOOP, NUM_WAIT, SUITES, log
 
-from .compare import versus_plain, wilson_exact, write_markdown_section
+from .compare import first_token_difference, versus_plain, wilson_exact, write_markdown_section
 from .decoders import parse_decoder
 from .episode import SEED, unpack_tokens
 from .media import GIF_SIDE, GIF_STRIDE, media_of
@@ -75,7 +75,7 @@ def compare_to_plain(rows, name):
             continue
         tp, tr = unpack_tokens(p["tokens_z"]), unpack_tokens(r["tokens_z"])
         n = min(len(tp), len(tr))
-        first = next((i for i in range(n) if (tp[i] != tr[i]).any()), None)
+        first = first_token_difference(tp, tr)
         d = {"suite": key[0], "task_id": key[1], "init_id": key[2], "first_differing_step": first,
              "plain": {"success": p["success"], "steps": p["steps"]},
              name: {"success": r["success"], "steps": r["steps"]},
