@@ -1,10 +1,12 @@
 //! Hand-written f32 CPU kernels, for x86-64 CPUs with AVX-512, where candle's per-op cost
 //! dominates: dense layers ([`dense`]), element-wise kernels ([`simd`]), one attention head as
 //! two gemms (`head_attention`), the Llama's attention for a few query rows (`few_rows`) and the
-//! vision towers' attention (`vision_attention`). Everywhere else candle's ops run.
+//! vision towers' attention (`vision_attention`). On x86-64 CPUs with AVX2 and FMA but no
+//! AVX-512 the dense layers run an AVX2 micro-kernel, and the LayerNorm is portable code for
+//! every CPU. Everywhere else candle's ops run.
 //!
-//! Every kernel that runs AVX-512 instructions takes an [`Avx512`], which only
-//! [`Avx512::detect`] makes, and checks the length of every slice it reads or writes before
+//! Every kernel that runs AVX-512 (AVX2) instructions takes an [`Avx512`] ([`Avx2Fma`]), which
+//! only its `detect` makes, and checks the length of every slice it reads or writes before
 //! entering its `unsafe` code: a wrong length is an error, never a read or write out of bounds.
 
 pub(crate) mod dense;
@@ -33,6 +35,41 @@ impl Avx512 {
             return Some(Self(()));
         }
         None
+    }
+}
+
+/// Proof that this CPU runs AVX2 and FMA, the 8-lane instructions of the dense layers' AVX2
+/// micro-kernel (for x86-64 CPUs without AVX-512, as AMD's before Zen 4). Zero-sized; only
+/// [`Avx2Fma::detect`] makes one.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Avx2Fma(());
+
+impl Avx2Fma {
+    /// `Some` when this CPU has AVX2 and FMA; always `None` off x86-64.
+    pub(crate) fn detect() -> Option<Self> {
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+        {
+            return Some(Self(()));
+        }
+        None
+    }
+}
+
+/// The vector instructions a kernel with both an AVX-512 and an AVX2 form (the dense layers'
+/// micro-kernel) runs on, with the proof that this CPU has them.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Isa {
+    Avx512(Avx512),
+    Avx2(Avx2Fma),
+}
+
+impl Isa {
+    /// The widest this CPU runs: AVX-512 where it has it, else AVX2 with FMA, else `None`.
+    pub(crate) fn detect() -> Option<Self> {
+        Avx512::detect()
+            .map(Isa::Avx512)
+            .or_else(|| Avx2Fma::detect().map(Isa::Avx2))
     }
 }
 

@@ -1,5 +1,6 @@
 //! Vectorised f32 element-wise kernels for x86-64 CPUs with AVX-512: `exp`, exact (erf) GELU,
-//! Llama's gated SiLU, LayerNorm and a row softmax, with tensor-level wrappers that fall back to candle's ops elsewhere.
+//! Llama's gated SiLU and a row softmax, with tensor-level wrappers that fall back to candle's
+//! ops elsewhere; and a LayerNorm in portable code, for every CPU.
 //!
 //! candle 0.11 computes GELU and softmax one element at a time through libm (`erff`, `expf`):
 //! for one DINOv2 block's MLP activation ([261, 4096]) that is 5.2 ms and for its attention
@@ -9,16 +10,22 @@
 use candle_core::{Device, Tensor};
 use rayon::prelude::*;
 
+#[cfg(target_arch = "x86_64")]
 use super::Avx512;
 use crate::error::Result;
 
 /// Elements per thread below which a kernel stays on the calling thread.
 const PARALLEL_CHUNK: usize = 1 << 16;
 
-/// The proof of AVX-512 when `t` can take a kernel here: f32, on the CPU, no gradient to keep.
+/// Whether `t` can take a kernel here: f32, on the CPU, no gradient to keep.
+fn on_cpu_in_f32(t: &Tensor) -> bool {
+    t.device().is_cpu() && t.dtype() == candle_core::DType::F32 && !t.track_op()
+}
+
+/// The proof of AVX-512 when `t` can take an AVX-512 kernel here.
+#[cfg(target_arch = "x86_64")]
 fn eligible(t: &Tensor) -> Option<Avx512> {
-    let fits = t.device().is_cpu() && t.dtype() == candle_core::DType::F32 && !t.track_op();
-    Avx512::detect().filter(|_| fits)
+    Avx512::detect().filter(|_| on_cpu_in_f32(t))
 }
 
 /// Exact GELU, `x / 2 * (1 + erf(x / sqrt 2))`, as candle's `gelu_erf`.
@@ -75,7 +82,9 @@ pub(crate) fn softmax_in_place(_: Avx512, values: &mut [f32]) {
 /// candle's `LayerNorm` (biased variance).
 pub fn layer_norm(xs: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> Result<Tensor> {
     let width = xs.dim(candle_core::D::Minus1)?;
-    if eligible(xs).is_some() && weight.dims() == [width] && bias.dims() == [width] && width > 0 {
+    // Portable code (no AVX-512 needed), preferred to candle's LayerNorm on every CPU: its
+    // two-pass variance stays accurate on rows with a large mean, where candle's loses digits.
+    if on_cpu_in_f32(xs) && weight.dims() == [width] && bias.dims() == [width] && width > 0 {
         let w = weight.to_dtype(candle_core::DType::F32)?.to_vec1::<f32>()?;
         let b = bias.to_dtype(candle_core::DType::F32)?.to_vec1::<f32>()?;
         let mut values = xs.flatten_all()?.to_vec1::<f32>()?;

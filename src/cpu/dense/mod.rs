@@ -2,20 +2,23 @@
 //!
 //! Checkpoints store `W` as `[out, in]`. Two CPU layouts serve two kinds of caller:
 //! - [`Dense::new`], for layers that see a few rows per call (the language model while decoding
-//!   or verifying a tree, the draft head): where the CPU has AVX-512 and the model runs in f32,
-//!   the weight is packed once at load for our own micro-kernel (`packed`). Measured side by side
-//!   on a 2-core Sapphire Rapids machine: 1 x 256 x 256 in 4 us against candle's 37 us,
-//!   7 x 256 x 768 in 22 us against 58 us, 1 x 4096 x 4096 in 3.4 ms against 6.3 ms.
+//!   or verifying a tree, the draft head): where the CPU has AVX-512, or AVX2 and FMA, and the
+//!   model runs in f32, the weight is packed once at load for our own micro-kernel (`packed`,
+//!   `packed_avx2`). Measured side by side on a 2-core Sapphire Rapids machine: 1 x 256 x 256
+//!   in 4 us against candle's 37 us, 7 x 256 x 768 in 22 us against 58 us, 1 x 4096 x 4096 in
+//!   3.4 ms against 6.3 ms. Without AVX-512, candle's gemm repacks the weight on every call.
 //! - [`Dense::for_many_rows`], for layers that always see hundreds of rows (the vision towers,
 //!   the projector): the weight is transposed in memory to `[in, out]`, on which candle's gemm
 //!   (with its AVX-512 kernels enabled) reaches 170-230 GFLOP/s on 261 x 1024 x 3072, where
 //!   the packed kernel reaches 125-190.
 //!
-//! Everywhere else (GPUs, other dtypes, CPUs without AVX-512, weights being trained) candle's
+//! Everywhere else (GPUs, other dtypes, CPUs without AVX2, weights being trained) candle's
 //! matmul runs on the checkpoint's layout.
 
 #[cfg(target_arch = "x86_64")]
 mod packed;
+#[cfg(target_arch = "x86_64")]
+mod packed_avx2;
 
 use candle_core::{DType, Device, Storage, Tensor, D};
 
@@ -104,7 +107,7 @@ impl Dense {
         let (out_dim, _) = weight.dims2()?;
         check_bias(out_dim, bias.as_ref())?;
         #[cfg(target_arch = "x86_64")]
-        if let Some(avx) = super::Avx512::detect().filter(|_| {
+        if let Some(isa) = crate::cpu::Isa::detect().filter(|_| {
             weight.device().is_cpu()
                 && weight.dtype() == DType::F32
                 && !weight.track_op()
@@ -115,7 +118,7 @@ impl Dense {
             let in_dim = weight.dim(1)?;
             return Ok(Self {
                 inner: Inner::Packed {
-                    weight: packed::PackedWeight::new(avx, &values, out_dim, in_dim, bias)?,
+                    weight: packed::PackedWeight::new(isa, &values, out_dim, in_dim, bias)?,
                     device: weight.device().clone(),
                 },
             });

@@ -1,4 +1,5 @@
-//! f32 matmul against a weight packed once at load, with an AVX-512 micro-kernel.
+//! f32 matmul against a weight packed once at load, with an AVX-512 micro-kernel, or on CPUs
+//! without AVX-512 an AVX2 one (`packed_avx2`) over the same panels.
 //!
 //! `y = x W^T + b` for `x: [m, k]` and `W: [n, k]`. The weight is stored as panels of
 //! [`NR`] output columns, each panel `[k][NR]` contiguous (zero-padded past `n`), so the kernel
@@ -23,7 +24,8 @@ use std::arch::x86_64::{
     _mm512_storeu_ps, _mm_prefetch, _MM_HINT_T0,
 };
 
-use crate::cpu::{check_len, Avx512};
+use super::packed_avx2;
+use crate::cpu::{check_len, Avx512, Isa};
 use crate::error::{Error, Result};
 
 /// Output columns per panel: two 16-lane vectors.
@@ -39,7 +41,7 @@ const KC: usize = 2048;
 /// 22016 took 29.6 ms without and 14.6-18 ms with (one row: 16.9 ms and 12-15 ms), 7 x 256 x
 /// 1376 81 us and 56-58 us (one row: 59 us and 51-54 us). Distances of 16 to 64 steps measured
 /// alike.
-const PREFETCH_AHEAD: usize = 32;
+pub(super) const PREFETCH_AHEAD: usize = 32;
 /// Below this many multiply-adds a matmul runs on the calling thread only. Measured on the
 /// embedded model (width 256), waking a second thread cost more than it saved for the 1-7 row
 /// matmuls of decoding (up to 2.5M multiply-adds); at 7B width one row is 16.7M.
@@ -56,11 +58,11 @@ enum Panels {
     Bf16(Vec<u16>),
 }
 
-/// A weight `[n, k]` packed into `NR`-column panels, with the proof of AVX-512 its matmuls
-/// run on.
+/// A weight `[n, k]` packed into `NR`-column panels, with the proof of the instructions its
+/// matmuls run on.
 #[derive(Debug, Clone)]
 pub(crate) struct PackedWeight {
-    avx: Avx512,
+    isa: Isa,
     panels: Panels,
     bias: Option<Vec<f32>>,
     n: usize,
@@ -72,20 +74,20 @@ impl PackedWeight {
     /// weight is exactly a bf16 value (see [`Panels::Bf16`]), in f32 otherwise. An error when
     /// `weight` is not `n * k` values or `bias` not `n`.
     pub(crate) fn new(
-        avx: Avx512,
+        isa: Isa,
         weight: &[f32],
         n: usize,
         k: usize,
         bias: Option<Vec<f32>>,
     ) -> Result<Self> {
         let exact_bf16 = weight.iter().all(|w| w.to_bits() & 0xFFFF == 0);
-        Self::with_storage(avx, weight, n, k, bias, exact_bf16)
+        Self::with_storage(isa, weight, n, k, bias, exact_bf16)
     }
 
     /// As [`new`](Self::new), with the storage chosen by the caller; `bf16` must only be asked
     /// for weights that are exact bf16 values (otherwise their low bits are dropped).
     fn with_storage(
-        avx: Avx512,
+        isa: Isa,
         weight: &[f32],
         n: usize,
         k: usize,
@@ -112,7 +114,7 @@ impl PackedWeight {
             Panels::F32(pack(weight, n, k, |w| w))
         };
         Ok(Self {
-            avx,
+            isa,
             panels,
             bias,
             n,
@@ -224,7 +226,7 @@ impl PackedWeight {
                 threads.clamp(1, num_panels)
             };
             let job = Job {
-                avx: self.avx,
+                isa: self.isa,
                 strips: &strips,
                 panels: &self.panels,
                 out: OutPtr(out.as_mut_ptr()),
@@ -308,7 +310,7 @@ unsafe impl Send for OutPtr {}
 unsafe impl Sync for OutPtr {}
 
 struct Job<'a> {
-    avx: Avx512,
+    isa: Isa,
     strips: &'a [f32],
     panels: &'a Panels,
     out: OutPtr,
@@ -337,32 +339,18 @@ impl Job<'_> {
                     let row0 = s * MR;
                     let rows = MR.min(m - row0);
                     let a = &self.strips[row0 * k + k0 * rows..][..kc * rows];
-                    let avx = self.avx;
                     // SAFETY: the tile `rows x NR` at (row0, (panel - first_panel) * NR) lies
                     // inside the `m x ldc` output (`panels` is clamped to its columns), and only
                     // this thread writes the columns of `panel` (this function's contract).
                     unsafe {
                         let column = (panel - self.first_panel) * NR;
                         let c = self.out.0.add(row0 * self.ldc + column);
+                        let (isa, ldc, block) = (self.isa, self.ldc, offset..offset + kc * NR);
                         match self.panels {
-                            Panels::F32(p) => tile::<F32Panel>(
-                                avx,
-                                rows,
-                                kc,
-                                a,
-                                &p[offset..][..kc * NR],
-                                c,
-                                self.ldc,
-                            ),
-                            Panels::Bf16(p) => tile::<Bf16Panel>(
-                                avx,
-                                rows,
-                                kc,
-                                a,
-                                &p[offset..][..kc * NR],
-                                c,
-                                self.ldc,
-                            ),
+                            Panels::F32(p) => tile::<F32Panel>(isa, rows, kc, a, &p[block], c, ldc),
+                            Panels::Bf16(p) => {
+                                tile::<Bf16Panel>(isa, rows, kc, a, &p[block], c, ldc)
+                            }
                         }
                     }
                 }
@@ -381,7 +369,7 @@ trait PanelFormat {
     unsafe fn load(b: *const Self::Elem) -> (__m512, __m512);
 }
 
-struct F32Panel;
+pub(super) struct F32Panel;
 
 impl PanelFormat for F32Panel {
     type Elem = f32;
@@ -392,7 +380,7 @@ impl PanelFormat for F32Panel {
     }
 }
 
-struct Bf16Panel;
+pub(super) struct Bf16Panel;
 
 impl PanelFormat for Bf16Panel {
     type Elem = u16;
@@ -416,7 +404,27 @@ impl PanelFormat for Bf16Panel {
 /// `c` must point at a writable `rows x NR` tile with row stride `ldc` that nothing else reads
 /// or writes meanwhile.
 #[allow(clippy::too_many_arguments)]
-unsafe fn tile<P: PanelFormat>(
+unsafe fn tile<P: PanelFormat + packed_avx2::Load8<Elem = <P as PanelFormat>::Elem>>(
+    isa: Isa,
+    rows: usize,
+    kc: usize,
+    a: &[f32],
+    b: &[<P as PanelFormat>::Elem],
+    c: *mut f32,
+    ldc: usize,
+) {
+    match isa {
+        Isa::Avx512(avx) => tile_avx512::<P>(avx, rows, kc, a, b, c, ldc),
+        Isa::Avx2(avx2) => packed_avx2::tile::<P>(avx2, rows, kc, a, b, c, ldc),
+    }
+}
+
+/// [`tile`] on AVX-512.
+///
+/// # Safety
+/// As [`tile`].
+#[allow(clippy::too_many_arguments)]
+unsafe fn tile_avx512<P: PanelFormat>(
     _: Avx512,
     rows: usize,
     kc: usize,
