@@ -41,7 +41,7 @@ const KC: usize = 2048;
 /// 22016 took 29.6 ms without and 14.6-18 ms with (one row: 16.9 ms and 12-15 ms), 7 x 256 x
 /// 1376 81 us and 56-58 us (one row: 59 us and 51-54 us). Distances of 16 to 64 steps measured
 /// alike.
-pub(super) const PREFETCH_AHEAD: usize = 32;
+const PREFETCH_AHEAD: usize = 32;
 /// Below this many multiply-adds a matmul runs on the calling thread only. Measured on the
 /// embedded model (width 256), waking a second thread cost more than it saved for the 1-7 row
 /// matmuls of decoding (up to 2.5M multiply-adds); at 7B width one row is 16.7M.
@@ -397,6 +397,23 @@ impl PanelFormat for Bf16Panel {
     }
 }
 
+/// Asks for reduction step `kk + PREFETCH_AHEAD` of the panel block at `b` (`NR` weights per
+/// step): the weight panel streams from L3 or memory, ahead of the kernel's loads. Prefetches
+/// never fault, and `wrapping_add` keeps the address arithmetic defined past the panel's end.
+#[inline(always)]
+pub(super) fn prefetch_ahead<T>(b: *const T, kk: usize) {
+    let step_bytes = NR * std::mem::size_of::<T>();
+    let ahead = (b as *const i8).wrapping_add((kk + PREFETCH_AHEAD) * step_bytes);
+    // SAFETY: SSE, which `_mm_prefetch` needs, is part of every x86-64 CPU; a prefetch reads
+    // nothing and never faults, whatever the address.
+    unsafe {
+        _mm_prefetch::<_MM_HINT_T0>(ahead);
+        if step_bytes > 64 {
+            _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(64));
+        }
+    }
+}
+
 /// Dispatches to the micro-kernel for `rows` (1..=MR) rows; `a` and `b` shorter than `kc`
 /// steps compute nothing.
 ///
@@ -413,6 +430,11 @@ unsafe fn tile<P: PanelFormat + packed_avx2::Load8<Elem = <P as PanelFormat>::El
     c: *mut f32,
     ldc: usize,
 ) {
+    if a.len() < kc * rows || b.len() < kc * NR {
+        return;
+    }
+    let (a, b) = (a.as_ptr(), b.as_ptr());
+    // SAFETY: `a` and `b` hold `kc` steps (checked above) and the caller vouches for `c`.
     match isa {
         Isa::Avx512(avx) => tile_avx512::<P>(avx, rows, kc, a, b, c, ldc),
         Isa::Avx2(avx2) => packed_avx2::tile::<P>(avx2, rows, kc, a, b, c, ldc),
@@ -422,23 +444,19 @@ unsafe fn tile<P: PanelFormat + packed_avx2::Load8<Elem = <P as PanelFormat>::El
 /// [`tile`] on AVX-512.
 ///
 /// # Safety
-/// As [`tile`].
+/// `a` points at `kc * rows` readable values, `b` at `kc * NR`, and `c` as for [`tile`].
 #[allow(clippy::too_many_arguments)]
 unsafe fn tile_avx512<P: PanelFormat>(
     _: Avx512,
     rows: usize,
     kc: usize,
-    a: &[f32],
-    b: &[P::Elem],
+    a: *const f32,
+    b: *const P::Elem,
     c: *mut f32,
     ldc: usize,
 ) {
-    if a.len() < kc * rows || b.len() < kc * NR {
-        return;
-    }
-    let (a, b) = (a.as_ptr(), b.as_ptr());
-    // SAFETY (of the calls below): the token proves AVX-512F, `a` and `b` hold `kc` steps
-    // (checked above) and the caller vouches for `c`.
+    // SAFETY (of the calls below): the token proves AVX-512F, and the caller vouches for `a`,
+    // `b` and `c`.
     macro_rules! dispatch {
         ($($r:literal)*) => {
             match rows {
@@ -459,16 +477,9 @@ unsafe fn kernel<P: PanelFormat, const R: usize>(
     c: *mut f32,
     ldc: usize,
 ) {
-    let step_bytes = NR * std::mem::size_of::<P::Elem>();
     let mut acc: [[__m512; 2]; R] = [[_mm512_setzero_ps(); 2]; R];
     for kk in 0..kc {
-        // The weight panel streams from L3 or memory; ask for it ahead of use. Prefetches never
-        // fault, and `wrapping_add` keeps the address arithmetic defined past the panel's end.
-        let ahead = (b as *const i8).wrapping_add((kk + PREFETCH_AHEAD) * step_bytes);
-        _mm_prefetch::<_MM_HINT_T0>(ahead);
-        if step_bytes > 64 {
-            _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(64));
-        }
+        prefetch_ahead(b, kk);
         let (b0, b1) = P::load(b.add(kk * NR));
         let a_row = a.add(kk * R);
         for (r, acc_r) in acc.iter_mut().enumerate() {

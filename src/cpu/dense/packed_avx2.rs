@@ -11,10 +11,10 @@
 use std::arch::x86_64::{
     __m256, _mm256_add_ps, _mm256_castsi256_ps, _mm256_cvtepu16_epi32, _mm256_fmadd_ps,
     _mm256_loadu_ps, _mm256_set1_ps, _mm256_setzero_ps, _mm256_slli_epi32, _mm256_storeu_ps,
-    _mm_loadu_si128, _mm_prefetch, _MM_HINT_T0,
+    _mm_loadu_si128,
 };
 
-use super::packed::{Bf16Panel, F32Panel, NR, PREFETCH_AHEAD};
+use super::packed::{prefetch_ahead, Bf16Panel, F32Panel, NR};
 use crate::cpu::Avx2Fma;
 
 /// Rows per register tile.
@@ -53,30 +53,26 @@ impl Load8 for Bf16Panel {
 }
 
 /// `c[rows x NR] += a * b` for a strip `a` (`[kc][rows]`, 1..=14 rows) and a panel block `b`
-/// (`[kc][NR]`); `a` or `b` shorter than `kc` steps computes nothing.
+/// (`[kc][NR]`).
 ///
 /// # Safety
-/// `c` must point at a writable `rows x NR` tile with row stride `ldc` that nothing else reads
-/// or writes meanwhile.
+/// `a` points at `kc * rows` readable values, `b` at `kc * NR`, and `c` at a writable
+/// `rows x NR` tile with row stride `ldc` that nothing else reads or writes meanwhile.
 #[allow(clippy::too_many_arguments)]
 pub(super) unsafe fn tile<P: Load8>(
     _: Avx2Fma,
     rows: usize,
     kc: usize,
-    a: &[f32],
-    b: &[P::Elem],
+    a: *const f32,
+    b: *const P::Elem,
     c: *mut f32,
     ldc: usize,
 ) {
-    if a.len() < kc * rows || b.len() < kc * NR {
-        return;
-    }
-    let (a, b) = (a.as_ptr(), b.as_ptr());
     let mut row0 = 0;
     while row0 < rows {
         let tile_rows = ROWS.min(rows - row0);
         // SAFETY: the token proves AVX2 and FMA; rows `row0..row0 + tile_rows` of the strip
-        // (stride `rows`) hold `kc` steps, `b` holds `kc` steps (both checked above), and the
+        // (stride `rows`) hold `kc` steps, as does `b` (the caller vouches for both), and the
         // caller vouches for the `rows x NR` tile at `c`, of which these rows are a part.
         let (a_rows, c_rows) = (a.add(row0), c.add(row0 * ldc));
         match tile_rows {
@@ -101,16 +97,9 @@ unsafe fn kernel<P: Load8, const R: usize>(
     c: *mut f32,
     ldc: usize,
 ) {
-    let step_bytes = NR * std::mem::size_of::<P::Elem>();
     let mut acc: [[__m256; VECTORS]; R] = [[_mm256_setzero_ps(); VECTORS]; R];
     for kk in 0..kc {
-        // As in the AVX-512 kernel: ask for the weight stream ahead of use. Prefetches never
-        // fault, and `wrapping_add` keeps the address arithmetic defined past the panel's end.
-        let ahead = (b as *const i8).wrapping_add((kk + PREFETCH_AHEAD) * step_bytes);
-        _mm_prefetch::<_MM_HINT_T0>(ahead);
-        if step_bytes > 64 {
-            _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(64));
-        }
+        prefetch_ahead(b, kk);
         let a_row = a.add(kk * lda);
         let mut a_r = [_mm256_setzero_ps(); R];
         for (r, value) in a_r.iter_mut().enumerate() {
