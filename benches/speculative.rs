@@ -25,7 +25,8 @@ use std::time::Duration;
 
 use candle_core::Device;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use spec_vla::accept::{best_path, Acceptance, ActionIds, RelaxedBinDistance};
+use spec_vla::accept::{best_path, Acceptance, RelaxedBinDistance};
+use spec_vla::action::ActionIds;
 use spec_vla::decode::{Decoder, GreedyDecoder};
 use spec_vla::draft::eagle::DraftLmHead;
 use spec_vla::draft::eagle_run::EagleRun;

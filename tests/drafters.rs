@@ -11,7 +11,8 @@ mod common;
 use anyhow::Result;
 use candle_core::Tensor;
 use common::*;
-use spec_vla::accept::{Acceptance, ActionIds, RelaxedBinDistance};
+use spec_vla::accept::{Acceptance, RelaxedBinDistance};
+use spec_vla::action::ActionIds;
 use spec_vla::decode::{
     ActionRequest, DecodedAction, Decoder, GreedyDecoder, SpecDecoder, TokenOrigin,
 };

@@ -11,11 +11,13 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device};
 use candle_nn::VarBuilder;
-use spec_vla::accept::{Acceptance, ActionIds, RadiusSpec, RelaxedBinDistance};
+use spec_vla::accept::{Acceptance, RadiusSpec, RelaxedBinDistance};
+use spec_vla::action::ActionIds;
 use spec_vla::config::LlamaConfig;
 use spec_vla::decode::SpecDecoder;
 use spec_vla::draft::eagle::{DraftConfig, DraftLmHeadKind, EagleDraft};
-use spec_vla::draft::{DraftTree, DrafterConfig, TreeBuilder, TreeSettings};
+use spec_vla::draft::{DrafterConfig, TreeBuilder, TreeSettings};
+use spec_vla::tree::DraftTree;
 use spec_vla::synthetic::{random_draft_weights, SeededRng};
 use spec_vla::VlaPolicy;
 
@@ -413,7 +415,7 @@ pub fn synthetic_greedy(
     let mut rng = SeededRng::new(seed);
     (0..tree.len())
         .map(|i| {
-            let children = tree.children(spec_vla::draft::NodeId(i));
+            let children = tree.children(spec_vla::tree::NodeId(i));
             let draw = (rng.symmetric() + 1.0) / 2.0;
             match children.first().and_then(|&c| tree.node(c)) {
                 Some(child) if draw < agree => child.token,

@@ -1,6 +1,7 @@
 use super::*;
-use crate::accept::{ActionIds, RadiusSpec, RelaxedBinDistance, Strict};
-use crate::draft::{TreeNode, XorShift};
+use crate::accept::{RadiusSpec, RelaxedBinDistance, Strict};
+use crate::action::ActionIds;
+use crate::tree::{TreeNode, XorShift};
 
 fn ids(v: &[usize]) -> Vec<NodeId> {
     v.iter().map(|&i| NodeId(i)).collect()

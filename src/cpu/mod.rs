@@ -18,7 +18,17 @@ pub(crate) mod simd;
 #[cfg(target_arch = "x86_64")]
 pub(crate) mod vision_attention;
 
+use candle_core::{DType, Tensor};
+
 use crate::error::{Error, Result};
+
+/// Softmax over the last axis, computed in f32 whatever the model dtype (the attention of both
+/// the vision towers and the Llama).
+pub(crate) fn softmax_f32(xs: &Tensor) -> Result<Tensor> {
+    let dtype = xs.dtype();
+    let probs = simd::softmax_last_dim(&xs.to_dtype(DType::F32)?)?;
+    Ok(probs.to_dtype(dtype)?)
+}
 
 /// Proof that this CPU runs the AVX-512 instructions the kernels use (AVX-512F, which implies
 /// the AVX2, FMA and SSE instructions they also use). Zero-sized; the private field keeps any
@@ -106,10 +116,10 @@ pub(crate) fn span(rows: usize, width: usize, stride: usize) -> Option<usize> {
 pub(crate) fn check_len(name: &str, values: usize, needed: Option<usize>) -> Result<()> {
     match needed {
         Some(needed) if values >= needed => Ok(()),
-        Some(needed) => Err(Error::InvalidConfig(format!(
+        Some(needed) => Err(Error::internal(format!(
             "CPU kernel: `{name}` holds {values} values, needs {needed}"
         ))),
-        None => Err(Error::InvalidConfig(format!(
+        None => Err(Error::internal(format!(
             "CPU kernel: `{name}` would need more values than memory holds"
         ))),
     }

@@ -1,5 +1,5 @@
 use super::*;
-use crate::draft::XorShift;
+use crate::tree::XorShift;
 
 fn settings(top_k: usize, depth: usize, total_tokens: usize) -> TreeSettings {
     TreeSettings {
@@ -189,7 +189,7 @@ fn settings_validation() {
         settings(2, 3, MAX_TOTAL_TOKENS + 1),
     ] {
         let err = bad.validate().unwrap_err();
-        assert!(matches!(err, Error::InvalidSpecSettings(_)), "{bad:?}");
+        assert!(matches!(err, Error::InvalidSetting { .. }), "{bad:?}");
         assert!(TreeBuilder::new(0, bad, 7).is_err(), "{bad:?}");
     }
 }
@@ -204,7 +204,7 @@ fn huge_settings_are_refused_without_overflow() {
     ] {
         let err = bad.validate().unwrap_err();
         assert!(
-            matches!(err, Error::InvalidSpecSettings(_)),
+            matches!(err, Error::InvalidSetting { .. }),
             "{bad:?}: {err}"
         );
         assert!(TreeBuilder::new(1, bad, usize::MAX).is_err(), "{bad:?}");

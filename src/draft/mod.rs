@@ -9,7 +9,7 @@
 //! - [`Merged`]: several drafters' proposals in one tree, so one verifier pass checks them all;
 //! - [`Staged`]: one drafter for an action's first pass, another for the later ones.
 //!
-//! The tree itself is pure data ([`tree`]); [`merge`] combines trees.
+//! The tree itself is pure data ([`crate::tree`]); [`merge`] combines trees.
 //!
 //! ```json
 //! {"drafter": "eagle"}
@@ -28,7 +28,6 @@ pub mod merge;
 mod merged;
 mod previous_action;
 mod staged;
-pub mod tree;
 
 use std::fmt;
 
@@ -42,9 +41,10 @@ pub use history::{ActionHistory, EpisodeKey};
 pub use merged::Merged;
 pub use previous_action::PreviousAction;
 pub use staged::Staged;
-pub use tree::{DraftTree, NodeId, TreeNode};
 
-use crate::accept::{Acceptance, ActionIds};
+use crate::accept::Acceptance;
+use crate::action::ActionIds;
+use crate::tree::DraftTree;
 use crate::error::Result;
 use crate::verifier::{OpenVla, Prefill};
 
@@ -77,6 +77,15 @@ impl DraftRequest<'_> {
     /// The action dimension of the root's children.
     pub fn next_dim(&self) -> usize {
         self.tokens.len()
+    }
+
+    /// The tree's root: the last emitted token. A request always has one (the decoder drafts
+    /// only after the prefill's token); [`Error::Internal`](crate::Error::Internal) otherwise.
+    pub fn root(&self) -> Result<u32> {
+        self.tokens
+            .last()
+            .copied()
+            .ok_or_else(|| crate::Error::internal("a draft request with no tokens"))
     }
 }
 
@@ -146,41 +155,5 @@ pub trait Drafter: fmt::Debug + Send {
     fn commit(&mut self, model: &OpenVla, committed: &Committed) -> Result<()> {
         let _ = (model, committed);
         Ok(())
-    }
-}
-
-/// A tiny deterministic xorshift generator for property-style tests (no dependency).
-#[cfg(test)]
-pub(crate) struct XorShift(u64);
-
-#[cfg(test)]
-impl XorShift {
-    /// A generator from a non-zero seed (0 is mapped to a fixed constant).
-    pub(crate) fn new(seed: u64) -> Self {
-        Self(if seed == 0 {
-            0x9E37_79B9_7F4A_7C15
-        } else {
-            seed
-        })
-    }
-
-    /// Next 64 random bits (xorshift64).
-    pub(crate) fn next_u64(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        self.0 = x;
-        x
-    }
-
-    /// Uniform-ish integer in `0..n` (n > 0).
-    pub(crate) fn below(&mut self, n: u64) -> u64 {
-        self.next_u64() % n
-    }
-
-    /// Uniform-ish float in `[0, 1)`.
-    pub(crate) fn unit(&mut self) -> f32 {
-        (self.next_u64() >> 40) as f32 / (1u64 << 24) as f32
     }
 }

@@ -8,14 +8,14 @@ use crate::config::LlamaConfig;
 use crate::cpu::dense::Dense;
 use crate::error::Result;
 use crate::kv_cache::KvCache;
-use crate::vision::softmax_f32;
+use crate::cpu::softmax_f32;
 
 #[cfg(target_arch = "x86_64")]
 use crate::cpu::few_rows;
 
 /// Where a layer's keys and values go.
 #[derive(Debug)]
-pub enum KvSource<'a> {
+pub(crate) enum KvSource<'a> {
     /// Appended to this layer of a cache; attention reads the whole cache.
     Cache {
         cache: &'a mut KvCache,
@@ -28,7 +28,7 @@ pub enum KvSource<'a> {
 
 /// Self-attention with q, k and v fused into one matmul; grouped-query ready.
 #[derive(Debug, Clone)]
-pub struct Attention {
+pub(crate) struct Attention {
     /// [(heads + 2 kv_heads) * head_dim, hidden]
     qkv: Dense,
     o_proj: Dense,
@@ -193,7 +193,7 @@ impl Attention {
 
 /// SwiGLU feed-forward with gate and up projections fused into one matmul.
 #[derive(Debug, Clone)]
-pub struct Mlp {
+pub(crate) struct Mlp {
     gate_up: Dense,
     down: Dense,
     intermediate: usize,
@@ -225,7 +225,7 @@ pub(crate) fn rms_norm(vb: &VarBuilder, dim: usize, eps: f64) -> Result<RmsNorm>
 
 /// A pre-norm decoder layer. EAGLE's draft layer has no input norm, hence the `Option`.
 #[derive(Debug, Clone)]
-pub struct DecoderLayer {
+pub(crate) struct DecoderLayer {
     input_norm: Option<RmsNorm>,
     attn: Attention,
     post_norm: RmsNorm,

@@ -2,7 +2,6 @@
 
 mod vit;
 
-pub(crate) use vit::softmax_f32;
 pub use vit::VisionTransformer;
 
 use candle_core::Tensor;

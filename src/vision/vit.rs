@@ -11,6 +11,7 @@ use candle_nn::VarBuilder;
 use crate::checkpoint::get;
 use crate::config::VitConfig;
 use crate::cpu::dense::Dense;
+use crate::cpu::softmax_f32;
 use crate::error::Result;
 
 fn linear(vb: &VarBuilder, inp: usize, out: usize, name: &str) -> Result<Dense> {
@@ -91,13 +92,6 @@ impl Attention {
         let out = out.transpose(0, 1)?.reshape((n, d))?;
         self.proj.forward(&out)
     }
-}
-
-/// Softmax over the last axis, computed in f32 whatever the model dtype.
-pub(crate) fn softmax_f32(xs: &Tensor) -> Result<Tensor> {
-    let dtype = xs.dtype();
-    let probs = crate::cpu::simd::softmax_last_dim(&xs.to_dtype(DType::F32)?)?;
-    Ok(probs.to_dtype(dtype)?)
 }
 
 #[derive(Debug, Clone)]

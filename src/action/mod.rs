@@ -13,9 +13,12 @@
 //! range are clipped silently, as numpy does. Edges and centres are computed the way numpy
 //! computes them (`i * step + start`, last edge exactly 1), so values match bit for bit.
 
+mod ids;
+
 use std::collections::BTreeMap;
 
-use crate::accept::ActionIds;
+pub use ids::ActionIds;
+
 use crate::config::{DatasetStatistics, OpenVlaConfig};
 use crate::error::{Error, Result};
 
@@ -163,58 +166,6 @@ impl ActionTokenizer {
                 }
             })
             .collect())
-    }
-}
-
-/// Turns action tokens into robot actions with one dataset's statistics.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ActionDecoder {
-    tokenizer: ActionTokenizer,
-    unnorm_key: String,
-    stats: DatasetStatistics,
-}
-
-impl ActionDecoder {
-    /// The decoder for `config`'s statistics under `unnorm_key` (see [`select_statistics`]).
-    pub fn from_config(config: &OpenVlaConfig, unnorm_key: Option<&str>) -> Result<Self> {
-        let tokenizer = ActionTokenizer::from_config(config)?;
-        let (key, stats) = select_statistics(&config.norm_stats, unnorm_key)?;
-        Ok(Self::new(tokenizer, key.to_string(), stats.clone()))
-    }
-
-    /// A decoder from its parts.
-    pub fn new(tokenizer: ActionTokenizer, unnorm_key: String, stats: DatasetStatistics) -> Self {
-        Self {
-            tokenizer,
-            unnorm_key,
-            stats,
-        }
-    }
-
-    /// Action dimensions the statistics describe (7 for OpenVLA's datasets).
-    pub fn action_dim(&self) -> usize {
-        self.stats.action.q01.len()
-    }
-
-    /// The statistics' key.
-    pub fn unnorm_key(&self) -> &str {
-        &self.unnorm_key
-    }
-
-    /// The statistics used.
-    pub fn statistics(&self) -> &DatasetStatistics {
-        &self.stats
-    }
-
-    /// The id/bin mapping.
-    pub fn tokenizer(&self) -> &ActionTokenizer {
-        &self.tokenizer
-    }
-
-    /// [`ActionTokenizer::unnormalize`] with this decoder's statistics; `tokens` must have
-    /// [`action_dim`](Self::action_dim) entries.
-    pub fn decode(&self, tokens: &[u32]) -> Result<Vec<f64>> {
-        self.tokenizer.unnormalize(tokens, &self.stats)
     }
 }
 
@@ -438,10 +389,11 @@ mod tests {
             "b".into(),
             stats(vec![0.0, 0.0], vec![4.0, 4.0], Some(vec![true, false])),
         );
-        let decoder = ActionDecoder::new(openvla(), "b".into(), s["b"].clone());
-        assert_eq!(decoder.action_dim(), 2);
-        let out = decoder.decode(&[31872, 31872]).unwrap();
+        let (key, selected) = select_statistics(&s, Some("b")).unwrap();
+        assert_eq!(key, "b");
+        let tokenizer = openvla();
+        let out = tokenizer.unnormalize(&[31872, 31872], selected).unwrap();
         assert_eq!(out, vec![2.0, 0.0]);
-        assert!(decoder.decode(&[31872; 7]).is_err());
+        assert!(tokenizer.unnormalize(&[31872; 7], selected).is_err());
     }
 }

@@ -7,7 +7,30 @@
 
 use crate::error::{Error, Result};
 
-/// Index of a node in a [`DraftTree`] (or in a [`TreeBuilder`](super::TreeBuilder)'s pool,
+/// A row-major `[rows, prefix + keys]` ADDITIVE attention mask: every row sees the `prefix`
+/// committed positions, and key `j` of the rest when `sees(row, j)`; `0.0` where a row may
+/// attend, `f32::NEG_INFINITY` elsewhere. The one place tree masks are built: the verifier's
+/// (over a [`DraftTree`]) and the draft head's (over the nodes it has fed so far).
+pub(crate) fn additive_mask(
+    rows: usize,
+    prefix: usize,
+    keys: usize,
+    sees: impl Fn(usize, usize) -> bool,
+) -> Vec<f32> {
+    let width = prefix + keys;
+    let mut mask = vec![f32::NEG_INFINITY; rows * width];
+    for (row, line) in mask.chunks_exact_mut(width.max(1)).enumerate().take(rows) {
+        line[..prefix].fill(0.0);
+        for (j, value) in line[prefix..].iter_mut().enumerate() {
+            if sees(row, j) {
+                *value = 0.0;
+            }
+        }
+    }
+    mask
+}
+
+/// Index of a node in a [`DraftTree`] (or in a [`TreeBuilder`](crate::draft::TreeBuilder)'s pool,
 /// which is a different index space; see there).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct NodeId(pub usize);
@@ -56,12 +79,10 @@ pub struct DraftTree {
 impl DraftTree {
     /// Checks the tree invariants (see the type docs) and builds the tree.
     ///
-    /// Errors with [`Error::InvalidSpecSettings`] naming the first broken invariant.
+    /// Errors with [`Error::MalformedDraftTree`] naming the first broken invariant.
     pub fn from_nodes(nodes: Vec<TreeNode>) -> Result<Self> {
         let bad = |msg: String| {
-            Err(Error::InvalidSpecSettings(format!(
-                "malformed draft tree: {msg}"
-            )))
+            Err(Error::MalformedDraftTree(msg))
         };
         let Some(root) = nodes.first() else {
             return bad("no nodes (a tree holds at least its root)".into());
@@ -174,10 +195,9 @@ impl DraftTree {
     /// of i), `f32::NEG_INFINITY` otherwise. The committed prefix, which every node sees, is not
     /// included: the verifier prepends `prefix_len` zero columns to each row.
     pub fn attention_mask(&self) -> Vec<f32> {
-        self.ancestor_matrix()
-            .into_iter()
-            .map(|seen| if seen { 0.0 } else { f32::NEG_INFINITY })
-            .collect()
+        let n = self.nodes.len();
+        let seen = self.ancestor_matrix();
+        additive_mask(n, 0, n, |row, key| seen[row * n + key])
     }
 
     /// Depth of each node, `[n]`: node `i`'s position id is `prefix_len + offsets[i]`.
@@ -214,6 +234,42 @@ impl DraftTree {
             .into_iter()
             .filter_map(|leaf| self.path_to(leaf))
             .collect()
+    }
+}
+
+/// A tiny deterministic xorshift generator for property-style tests (no dependency).
+#[cfg(test)]
+pub(crate) struct XorShift(u64);
+
+#[cfg(test)]
+impl XorShift {
+    /// A generator from a non-zero seed (0 is mapped to a fixed constant).
+    pub(crate) fn new(seed: u64) -> Self {
+        Self(if seed == 0 {
+            0x9E37_79B9_7F4A_7C15
+        } else {
+            seed
+        })
+    }
+
+    /// Next 64 random bits (xorshift64).
+    pub(crate) fn next_u64(&mut self) -> u64 {
+        let mut x = self.0;
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        self.0 = x;
+        x
+    }
+
+    /// Uniform-ish integer in `0..n` (n > 0).
+    pub(crate) fn below(&mut self, n: u64) -> u64 {
+        self.next_u64() % n
+    }
+
+    /// Uniform-ish float in `[0, 1)`.
+    pub(crate) fn unit(&mut self) -> f32 {
+        (self.next_u64() >> 40) as f32 / (1u64 << 24) as f32
     }
 }
 
@@ -350,7 +406,7 @@ mod tests {
         for nodes in cases {
             let err = DraftTree::from_nodes(nodes.clone()).unwrap_err();
             assert!(
-                matches!(err, Error::InvalidSpecSettings(_)),
+                matches!(err, Error::MalformedDraftTree(_)),
                 "{nodes:?}: {err}"
             );
         }
