@@ -353,7 +353,7 @@ fn check_data_layout(
 }
 
 /// The full dotted name of `name` under the builder's prefix.
-pub fn full_name(vb: &VarBuilder, name: &str) -> String {
+pub(crate) fn full_name(vb: &VarBuilder, name: &str) -> String {
     let prefix = vb.prefix();
     if prefix.is_empty() {
         name.to_string()
@@ -370,7 +370,7 @@ pub fn full_name(vb: &VarBuilder, name: &str) -> String {
 /// memory-mapped safetensors and `from_tensors` maps (the stored shape is read and compared),
 /// `VarBuilder::zeros` and `from_varmap` (the tensor is created with `shape`; a `VarMap` entry
 /// first created with another shape gives candle's shape error, wrapped in [`Error::Candle`]).
-pub fn get(vb: &VarBuilder, shape: impl Into<Shape>, name: &str) -> Result<Tensor> {
+pub(crate) fn get(vb: &VarBuilder, shape: impl Into<Shape>, name: &str) -> Result<Tensor> {
     let shape: Shape = shape.into();
     let mismatch = |found: &[usize]| Error::ShapeMismatch {
         name: full_name(vb, name),
@@ -396,19 +396,6 @@ pub fn get(vb: &VarBuilder, shape: impl Into<Shape>, name: &str) -> Result<Tenso
             Some(found) => Err(mismatch(&found)),
             None => Err(Error::Candle(e)),
         },
-    }
-}
-
-/// Like [`get`] but `Ok(None)` when the tensor is absent (for optional weights).
-pub fn get_optional(
-    vb: &VarBuilder,
-    shape: impl Into<Shape>,
-    name: &str,
-) -> Result<Option<Tensor>> {
-    match get(vb, shape, name) {
-        Ok(tensor) => Ok(Some(tensor)),
-        Err(Error::MissingTensor { .. }) => Ok(None),
-        Err(e) => Err(e),
     }
 }
 

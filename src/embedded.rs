@@ -137,7 +137,10 @@ mod bundled {
             config.towers.len(),
         )?;
         let tokenizer = tokenizers::Tokenizer::from_bytes(TOKENIZER.1)
-            .map_err(|e| Error::Tokenizer(format!("{}: {e}", TOKENIZER.0)))?;
+            .map_err(|source| Error::Tokenizer {
+                context: TOKENIZER.0.to_string(),
+                source,
+            })?;
         let processor = Processor::from_parts(&config, normalization, tokenizer)?;
         let (vb, usage) = weights(WEIGHTS, dtype, device)?;
         VlaPolicy::from_weights(config, processor, &vb, &usage)

@@ -89,9 +89,14 @@ pub enum Error {
     #[error("action position {position} holds token {token}, which is not an action token")]
     NonActionToken { position: usize, token: u32 },
 
-    /// The tokenizer file failed to load or to encode.
-    #[error("tokenizer: {0}")]
-    Tokenizer(String),
+    /// The tokenizer failed to load or to encode; `context` says what it was doing (the file, or
+    /// "encoding the prompt").
+    #[error("tokenizer ({context}): {source}")]
+    Tokenizer {
+        context: String,
+        #[source]
+        source: tokenizers::Error,
+    },
 
     /// The requested `unnorm_key` is not among the checkpoint's dataset statistics.
     #[error("unknown unnorm_key `{key}`; this checkpoint has: {known:?}")]
@@ -120,9 +125,26 @@ pub enum Error {
         limit_name: &'static str,
     },
 
-    /// Speculative-decoding settings that cannot work.
-    #[error("invalid speculative-decoding settings: {0}")]
-    InvalidSpecSettings(String),
+    /// A speculative-decoding setting that cannot work (tree size, acceptance radius, a
+    /// drafter's options, a drafter and policy that disagree); `setting` names which.
+    #[error("invalid setting `{setting}`: {reason}")]
+    InvalidSetting {
+        setting: &'static str,
+        reason: String,
+    },
+
+    /// A [`DraftTree`](crate::tree::DraftTree) built from nodes that break its invariants, or
+    /// draft trees that cannot be merged.
+    #[error("malformed draft tree: {0}")]
+    MalformedDraftTree(String),
+
+    /// A broken internal invariant: a bug in `spec_vla`, not a problem with the input. `place`
+    /// is the source line that found it.
+    #[error("internal error at {place}: {message} (a bug in spec_vla)")]
+    Internal {
+        place: &'static std::panic::Location<'static>,
+        message: String,
+    },
 
     /// A draft head whose sizes do not fit the verifier.
     #[error("draft head does not match the verifier: {0}")]
@@ -136,9 +158,14 @@ pub enum Error {
     #[error("unavailable: {0}")]
     Unavailable(String),
 
-    /// Hub download failed (feature `hub`).
-    #[error("hub: {0}")]
-    Hub(String),
+    /// A Hub download failed (feature `hub`): `what` says which repository and file, `source`
+    /// is the Hub client's error when there is one (none when the repository lacks a file).
+    #[error("hub: {what}{}", .source.as_ref().map(|e| format!(": {e}")).unwrap_or_default())]
+    Hub {
+        what: String,
+        #[source]
+        source: Option<Box<dyn std::error::Error + Send + Sync>>,
+    },
 
     /// An error from candle that has no more specific variant.
     #[error(transparent)]
@@ -149,6 +176,23 @@ pub enum Error {
 pub type Result<T> = std::result::Result<T, Error>;
 
 impl Error {
+    /// A user setting that cannot work.
+    pub(crate) fn setting(setting: &'static str, reason: impl ToString) -> Self {
+        Self::InvalidSetting {
+            setting,
+            reason: reason.to_string(),
+        }
+    }
+
+    /// A broken internal invariant, at the caller's source line.
+    #[track_caller]
+    pub(crate) fn internal(message: impl ToString) -> Self {
+        Self::Internal {
+            place: std::panic::Location::caller(),
+            message: message.to_string(),
+        }
+    }
+
     pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         Self::Io {
             path: path.into(),

@@ -4,7 +4,7 @@
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
-use hf_hub::api::sync::{ApiBuilder, ApiRepo};
+use hf_hub::api::sync::ApiBuilder;
 use hf_hub::{Repo, RepoType};
 
 use crate::checkpoint::{
@@ -23,20 +23,28 @@ impl CheckpointFiles {
     /// the one `huggingface-cli login` stored. The file list comes from the Hub API, so this needs
     /// the network even when everything is cached; offline, point `from_dir` at the snapshot.
     pub fn from_hub(repo_id: &str, revision: Option<&str>) -> Result<Self> {
-        let hub = |e: &dyn std::fmt::Display| Error::Hub(format!("{repo_id}: {e}"));
-        let api = ApiBuilder::from_env().build().map_err(|e| hub(&e))?;
+        let hub = |what: String, source: Option<hf_hub::api::sync::ApiError>| Error::Hub {
+            what: format!("{repo_id}: {what}"),
+            source: source.map(|e| Box::new(e) as _),
+        };
+        let api = ApiBuilder::from_env()
+            .build()
+            .map_err(|e| hub("opening the Hub client".into(), Some(e)))?;
         let repo = api.repo(Repo::with_revision(
             repo_id.to_string(),
             RepoType::Model,
             revision.unwrap_or("main").to_string(),
         ));
-        let info = repo.info().map_err(|e| hub(&e))?;
+        let info = repo
+            .info()
+            .map_err(|e| hub("listing the repository".into(), Some(e)))?;
         let listed: BTreeSet<&str> = info.siblings.iter().map(|s| s.rfilename.as_str()).collect();
         let fetch = |name: &str| -> Result<PathBuf> {
             if !listed.contains(name) {
-                return Err(hub(&format!("the repository has no `{name}`")));
+                return Err(hub(format!("the repository has no `{name}`"), None));
             }
-            download(&repo, name).map_err(|e| hub(&e))
+            repo.get(name)
+                .map_err(|e| hub(format!("downloading `{name}`"), Some(e)))
         };
 
         let config = fetch(CONFIG_FILE)?;
@@ -49,9 +57,10 @@ impl CheckpointFiles {
                 fetch(&shard)?;
             }
         } else {
-            return Err(hub(&format!(
-                "the repository has neither `{WEIGHTS_FILE}` nor `{WEIGHTS_INDEX_FILE}`"
-            )));
+            return Err(hub(
+                format!("the repository has neither `{WEIGHTS_FILE}` nor `{WEIGHTS_INDEX_FILE}`"),
+                None,
+            ));
         }
         for name in [DATASET_STATISTICS_FILE, PREPROCESSOR_FILE] {
             if listed.contains(name) {
@@ -62,9 +71,4 @@ impl CheckpointFiles {
         let dir = config.parent().unwrap_or(Path::new("."));
         CheckpointFiles::from_dir(dir)
     }
-}
-
-fn download(repo: &ApiRepo, name: &str) -> std::result::Result<PathBuf, String> {
-    repo.get(name)
-        .map_err(|e| format!("downloading `{name}`: {e}"))
 }

@@ -10,7 +10,7 @@ use crate::error::{Error, Result};
 
 /// Keys and values of one attention layer.
 #[derive(Debug, Clone)]
-pub struct LayerCache {
+pub(crate) struct LayerCache {
     keys: Tensor,
     values: Tensor,
 }
@@ -88,7 +88,7 @@ impl KvCache {
     /// `len..len + n` and returns views of all valid rows `0..len + n` ([kv_heads, len + n,
     /// head_dim]). The cache length itself advances in [`KvCache::advance`], once every layer has
     /// been written.
-    pub fn write(
+    pub(crate) fn write(
         &mut self,
         layer: usize,
         keys: &Tensor,
@@ -100,7 +100,7 @@ impl KvCache {
         let cache = self
             .layers
             .get_mut(layer)
-            .ok_or_else(|| Error::InvalidConfig(format!("no cache for layer {layer}")))?;
+            .ok_or_else(|| Error::internal(format!("no cache for layer {layer}")))?;
         cache.keys.slice_set(&keys.contiguous()?, 1, len)?;
         cache.values.slice_set(&values.contiguous()?, 1, len)?;
         Ok((
@@ -110,7 +110,7 @@ impl KvCache {
     }
 
     /// Advances the length by `n` after all layers were written.
-    pub fn advance(&mut self, n: usize) -> Result<()> {
+    pub(crate) fn advance(&mut self, n: usize) -> Result<()> {
         self.ensure_room(n)?;
         self.len += n;
         Ok(())
@@ -121,7 +121,7 @@ impl KvCache {
     /// verified tree whose nodes were appended at `start`.
     pub fn compact(&mut self, start: usize, keep: &[usize]) -> Result<()> {
         if let Some(&bad) = keep.iter().find(|&&i| start + i >= self.len) {
-            return Err(Error::InvalidSpecSettings(format!(
+            return Err(Error::internal(format!(
                 "cannot keep cache row {} of {}",
                 start + bad,
                 self.len

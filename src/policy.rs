@@ -6,8 +6,7 @@ use std::time::Instant;
 use candle_core::Device;
 use candle_nn::VarBuilder;
 
-use crate::accept::ActionIds;
-use crate::action::{select_statistics, ActionTokenizer};
+use crate::action::{select_statistics, ActionIds, ActionTokenizer};
 use crate::checkpoint::{CheckpointFiles, WeightUsage};
 use crate::config::OpenVlaConfig;
 use crate::decode::{

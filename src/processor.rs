@@ -337,7 +337,10 @@ impl Processor {
         let encoding = self
             .tokenizer
             .encode(Self::prompt(instruction), true)
-            .map_err(|e| Error::Tokenizer(format!("encoding the prompt: {e}")))?;
+            .map_err(|source| Error::Tokenizer {
+                context: "encoding the prompt".into(),
+                source,
+            })?;
         let mut ids = encoding.get_ids().to_vec();
         append_space_token(&mut ids, self.space_token);
         Ok(ids)
@@ -361,7 +364,10 @@ pub fn load_tokenizer(path: &Path) -> Result<Tokenizer> {
             path: path.to_path_buf(),
         });
     }
-    Tokenizer::from_file(path).map_err(|e| Error::Tokenizer(format!("{}: {e}", path.display())))
+    Tokenizer::from_file(path).map_err(|source| Error::Tokenizer {
+        context: path.display().to_string(),
+        source,
+    })
 }
 
 #[cfg(test)]

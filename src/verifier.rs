@@ -4,9 +4,9 @@
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 
-use crate::accept::ActionIds;
+use crate::action::ActionIds;
 use crate::config::OpenVlaConfig;
-use crate::draft::DraftTree;
+use crate::tree::DraftTree;
 use crate::error::{Error, Result};
 use crate::kv_cache::KvCache;
 use crate::llama::{AttentionMask, Llama, Positions};
@@ -58,7 +58,7 @@ impl Verified {
         self.greedy
             .last()
             .copied()
-            .ok_or_else(|| Error::InvalidSpecSettings("a pass over no rows".into()))
+            .ok_or_else(|| Error::internal("a pass over no rows"))
     }
 }
 
@@ -209,7 +209,7 @@ impl OpenVla {
         let last_logits = self.llm.logits(&hidden.narrow(0, t - 1, 1)?)?;
         let greedy = greedy_rows(&last_logits, "prefill")?
             .pop()
-            .ok_or_else(|| Error::InvalidSpecSettings("a prefill over no rows".into()))?;
+            .ok_or_else(|| Error::internal("a prefill over no rows"))?;
         Ok(Prefill {
             input_embeds,
             hidden,

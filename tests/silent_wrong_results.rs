@@ -9,7 +9,8 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use candle_core::{DType, Device};
 use serde_json::Value;
-use spec_vla::accept::{Acceptance, ActionIds, RelaxedBinDistance};
+use spec_vla::accept::{Acceptance, RelaxedBinDistance};
+use spec_vla::action::ActionIds;
 use spec_vla::decode::SpecDecoder;
 use spec_vla::draft::eagle::{DraftLmHead, DraftLmHeadKind, EagleDraft};
 use spec_vla::{embedded, Error, NonActionTokens, TokenOrigin, VlaPolicy};
@@ -230,7 +231,7 @@ fn action_ids_of_another_model_are_refused() -> Result<()> {
     let err = embedded_spec(&policy, foreign.clone(), DType::F32).unwrap_err();
     let err = err.downcast::<Error>()?;
     assert!(
-        matches!(err, Error::InvalidSpecSettings(ref m) if m.contains("31744")),
+        matches!(err, Error::InvalidSetting { ref reason, .. } if reason.contains("31744")),
         "{err}"
     );
     // When attached later, against the policy, before any compute.
@@ -239,7 +240,7 @@ fn action_ids_of_another_model_are_refused() -> Result<()> {
     let err = policy
         .predict_action_with(&mut spec, &frame, &instruction, Some(&key))
         .unwrap_err();
-    assert!(matches!(err, Error::InvalidSpecSettings(_)), "{err}");
+    assert!(matches!(err, Error::InvalidSetting { .. }), "{err}");
     // The policy's own ids work, and relaxed tokens are reported with their distance.
     let own = Acceptance::RelaxedBinDistance(RelaxedBinDistance::uniform(9, policy.action_ids()?)?);
     spec.set_acceptance(own)?;

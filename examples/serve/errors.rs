@@ -144,7 +144,7 @@ impl From<spec_vla::Error> for ApiError {
             E::RequestTooLong { .. } => ErrorKind::RequestTooLong,
             // Only request settings reach the library after start-up (the server's own were
             // built once at start-up), so these are the request's decoder settings.
-            E::InvalidSpecSettings(_) | E::DraftMismatch(_) => ErrorKind::BadDecoder,
+            E::InvalidSetting { .. } | E::DraftMismatch(_) => ErrorKind::BadDecoder,
             E::NonFiniteLogits { .. } | E::NonActionToken { .. } => ErrorKind::ModelError,
             _ => ErrorKind::Internal,
         };
@@ -178,7 +178,10 @@ mod tests {
                 key: "k".into(),
                 known: vec![],
             },
-            spec_vla::Error::InvalidSpecSettings("x".into()),
+            spec_vla::Error::InvalidSetting {
+                setting: "x",
+                reason: "x".into(),
+            },
         ];
         for e in client {
             let api = ApiError::from(e);

@@ -1,7 +1,7 @@
 //! Choosing the accepted path through a verified draft tree (pure function).
 
 use super::AcceptancePolicy;
-use crate::draft::{DraftTree, NodeId};
+use crate::tree::{DraftTree, NodeId};
 use crate::error::{Error, Result};
 
 /// The outcome of one verification: the accepted drafted nodes and the bonus token.
@@ -113,8 +113,10 @@ pub fn best_path<P: AcceptancePolicy + ?Sized>(
     }
     let accepted = tree
         .path_to(NodeId(best))
-        .map(|path| path.into_iter().skip(1).collect())
-        .unwrap_or_default();
+        .ok_or_else(|| Error::internal(format!("the best node {best} is not in the tree")))?
+        .into_iter()
+        .skip(1)
+        .collect();
     Ok(AcceptedPath {
         accepted,
         bonus: verifier_greedy[best],

@@ -10,7 +10,8 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{AcceptancePolicy, ActionIds};
+use super::AcceptancePolicy;
+use crate::action::ActionIds;
 use crate::error::{Error, Result};
 
 /// The allowed bin distance, for all action dimensions or per dimension.
@@ -83,7 +84,7 @@ impl RelaxedBinDistance {
     /// A relaxed policy over the action ids `ids`. `exempt_dims` are dimensions that need an
     /// exact match (e.g. `[6]` for the gripper); they are stored sorted and deduplicated.
     ///
-    /// Errors ([`Error::InvalidSpecSettings`]): a radius of `ids.count()` bins or more (it would
+    /// Errors ([`Error::InvalidSetting`]): a radius of `ids.count()` bins or more (it would
     /// accept every action token), or no per-dimension radii. Whether the dimensions fit an
     /// action is checked against the request ([`check_dims`](Self::check_dims)).
     pub fn new(radius: RadiusSpec, mut exempt_dims: Vec<usize>, ids: ActionIds) -> Result<Self> {
@@ -107,14 +108,14 @@ impl RelaxedBinDistance {
     pub fn validate(&self) -> Result<()> {
         let max = self.radius.max();
         if max >= self.ids.count() {
-            return Err(Error::InvalidSpecSettings(format!(
+            return Err(Error::setting("radius", format!(
                 "relaxed acceptance radius {max} must be below the {} action bins",
                 self.ids.count()
             )));
         }
         if matches!(&self.radius, RadiusSpec::PerDimension(radii) if radii.is_empty()) {
-            return Err(Error::InvalidSpecSettings(
-                "relaxed acceptance with no per-dimension radii".into(),
+            return Err(Error::setting("radius", 
+                "relaxed acceptance with no per-dimension radii",
             ));
         }
         Ok(())
@@ -125,14 +126,14 @@ impl RelaxedBinDistance {
     pub fn check_dims(&self, dims: usize) -> Result<()> {
         if let RadiusSpec::PerDimension(radii) = &self.radius {
             if radii.len() != dims {
-                return Err(Error::InvalidSpecSettings(format!(
+                return Err(Error::setting("radius", format!(
                     "{} per-dimension radii for an action of {dims} dimensions",
                     radii.len()
                 )));
             }
         }
         if let Some(d) = self.exempt_dims.iter().find(|&&d| d >= dims) {
-            return Err(Error::InvalidSpecSettings(format!(
+            return Err(Error::setting("exempt_dims", format!(
                 "exempt action dimension {d} is not below the action's {dims} dimensions"
             )));
         }
@@ -263,14 +264,14 @@ mod tests {
             RelaxedBinDistance::new(RadiusSpec::PerDimension(vec![]), vec![], small),
         ];
         for e in errs {
-            assert!(matches!(e, Err(Error::InvalidSpecSettings(_))), "{e:?}");
+            assert!(matches!(e, Err(Error::InvalidSetting { .. })), "{e:?}");
         }
         // Exempt dimensions past the action are refused against the action's dimensions.
         for exempt in [vec![7], vec![0, usize::MAX]] {
             let p = RelaxedBinDistance::new(RadiusSpec::Uniform(1), exempt, small).unwrap();
             assert!(matches!(
                 p.check_dims(7),
-                Err(Error::InvalidSpecSettings(_))
+                Err(Error::InvalidSetting { .. })
             ));
         }
         // A single-bin range only admits radius 0.

@@ -24,7 +24,7 @@ pub(crate) struct RowsMut<'a> {
 /// A row stride as the gemm crate takes it, checked to fit.
 fn stride(name: &str, stride: usize) -> Result<isize> {
     isize::try_from(stride)
-        .map_err(|_| Error::InvalidConfig(format!("CPU kernel: `{name}` row stride {stride}")))
+        .map_err(|_| Error::internal(format!("CPU kernel: `{name}` row stride {stride}")))
 }
 
 /// `q` (`n` rows), `keys` and `values` (`total` rows), all `dim` wide; `mask` additive
@@ -47,8 +47,8 @@ pub(crate) fn head_attention(
         return Ok(());
     }
     if total == 0 {
-        return Err(Error::InvalidConfig(
-            "CPU kernel: attention over no positions".to_string(),
+        return Err(Error::internal(
+            "CPU kernel: attention over no positions",
         ));
     }
     check_len("q", q.values.len(), span(n, dim, q.stride))?;
@@ -60,19 +60,19 @@ pub(crate) fn head_attention(
     )?;
     check_len("out", out.values.len(), span(n, dim, out.stride))?;
     if n > 1 && out.stride < dim {
-        return Err(Error::InvalidConfig(format!(
+        return Err(Error::internal(format!(
             "CPU kernel: output rows of {dim} values {} apart overlap",
             out.stride
         )));
     }
     let Some(scores_len) = n.checked_mul(total) else {
-        return Err(Error::InvalidConfig(format!(
+        return Err(Error::internal(format!(
             "CPU kernel: {n} x {total} attention scores"
         )));
     };
     if let Some(mask) = mask {
         if mask.len() != scores_len {
-            return Err(Error::InvalidConfig(format!(
+            return Err(Error::internal(format!(
                 "CPU kernel: mask of {} values for {n} rows over {total} positions",
                 mask.len()
             )));

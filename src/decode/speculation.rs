@@ -2,7 +2,8 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::accept::{Acceptance, ActionIds, RadiusSpec, RelaxedBinDistance};
+use crate::accept::{Acceptance, RadiusSpec, RelaxedBinDistance};
+use crate::action::ActionIds;
 use crate::draft::DrafterConfig;
 use crate::error::Result;
 
@@ -93,7 +94,7 @@ mod tests {
         );
         let json = r#"{"drafter":{"drafter":"previous_action"},"radius":{"uniform":9}}"#;
         let spec: Speculation = serde_json::from_str(json)
-            .map_err(|e| crate::Error::InvalidSpecSettings(e.to_string()))?;
+            .map_err(|e| crate::Error::setting("speculation", e))?;
         assert_eq!(
             spec,
             Speculation::relaxed(9).with_drafter(DrafterConfig::PreviousAction)

@@ -5,7 +5,8 @@ use std::time::Instant;
 
 use super::step::SpecStep;
 use super::{ActionRequest, DecodeStats, DecodedAction, Decoder, TokenOrigin};
-use crate::accept::{Acceptance, ActionIds};
+use crate::accept::Acceptance;
+use crate::action::ActionIds;
 use crate::draft::eagle::{DraftLmHead, EagleDraft};
 use crate::draft::{ActionHistory, ActionStart, Drafter, EagleDrafter, TreeSettings};
 use crate::error::{Error, Result};
@@ -24,7 +25,7 @@ pub struct SpecDecoder {
 impl SpecDecoder {
     /// Validates the acceptance policy and checks that a relaxed policy's action ids are the ids
     /// the drafter scores (when it scores only action ids). Errors:
-    /// [`Error::InvalidSpecSettings`].
+    /// [`Error::InvalidSetting`].
     pub fn new(drafter: Box<dyn Drafter>, acceptance: Acceptance) -> Result<Self> {
         acceptance.validate()?;
         if let (Some(drafter_ids), Some(policy_ids)) =
@@ -70,12 +71,12 @@ impl SpecDecoder {
     }
 }
 
-/// [`Error::InvalidSpecSettings`] unless the acceptance policy's action ids are `expected`.
+/// [`Error::InvalidSetting`] unless the acceptance policy's action ids are `expected`.
 fn check_ids(whose: &str, expected: ActionIds, policy: ActionIds) -> Result<()> {
     if expected == policy {
         return Ok(());
     }
-    Err(Error::InvalidSpecSettings(format!(
+    Err(Error::setting("acceptance.ids", format!(
         "the acceptance policy's action ids {}..={} are not {whose} action ids {}..={}; build them from the policy (VlaPolicy::action_ids)",
         policy.first(),
         policy.last(),

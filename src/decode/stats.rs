@@ -7,7 +7,8 @@ use std::time::Duration;
 pub struct StageTimes {
     /// Preprocessing, vision towers and projector.
     pub vision: Duration,
-    /// The verifier's pass over the prompt (and the draft head's prefill, if any).
+    /// The verifier's pass over the prompt. A draft head's own prefill is counted under
+    /// [`draft`](Self::draft).
     pub prefill: Duration,
     /// Draft-head steps building trees.
     pub draft: Duration,

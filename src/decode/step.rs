@@ -6,9 +6,11 @@ use std::time::Instant;
 use candle_core::Tensor;
 
 use super::{DecodedAction, TokenOrigin};
-use crate::accept::{best_path, Acceptance, AcceptedPath, ActionIds};
-use crate::draft::{ActionHistory, Committed, DraftRequest, DraftTree, Drafter};
-use crate::error::Result;
+use crate::accept::{best_path, Acceptance, AcceptedPath};
+use crate::action::ActionIds;
+use crate::draft::{ActionHistory, Committed, DraftRequest, Drafter};
+use crate::tree::DraftTree;
+use crate::error::{Error, Result};
 use crate::kv_cache::KvCache;
 use crate::verifier::{OpenVla, Verified};
 
@@ -39,7 +41,7 @@ impl SpecStep<'_> {
         let tree = if needed > 1 {
             self.draft(drafter, needed - 1)?
         } else {
-            DraftTree::chain(self.root(), &[])
+            DraftTree::chain(self.root()?, &[])
         };
         let verified = self.verify(&tree)?;
         let path = self.accept(&tree, &verified)?;
@@ -52,9 +54,14 @@ impl SpecStep<'_> {
         Ok(())
     }
 
-    /// The last emitted token: the root of the next tree.
-    fn root(&self) -> u32 {
-        self.out.tokens.last().copied().unwrap_or_default()
+    /// The last emitted token: the root of the next tree (the prefill's token comes first, so
+    /// there is one).
+    fn root(&self) -> Result<u32> {
+        self.out
+            .tokens
+            .last()
+            .copied()
+            .ok_or_else(|| Error::internal("a speculative step before the prefill's token"))
     }
 
     /// The drafter's tree, at most `max_depth` levels.
@@ -76,7 +83,7 @@ impl SpecStep<'_> {
     pub fn verify(&mut self, tree: &DraftTree) -> Result<Verified> {
         let start = Instant::now();
         let verified = if tree.len() == 1 {
-            self.model.decode(self.root(), self.cache)?
+            self.model.decode(self.root()?, self.cache)?
         } else {
             self.model.verify(tree, self.cache)?
         };

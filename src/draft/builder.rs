@@ -19,7 +19,7 @@
 use candle_core::Device;
 use serde::{Deserialize, Serialize};
 
-use super::tree::{DraftTree, NodeId, TreeNode};
+use crate::tree::{DraftTree, NodeId, TreeNode};
 use crate::error::{Error, Result};
 
 /// Largest accepted `top_k` (larger values are a configuration mistake).
@@ -81,25 +81,28 @@ impl TreeSettings {
     /// below `depth + 1` (the root plus one node per level), or absurdly large values
     /// (`top_k >` [`MAX_TOP_K`], `total_tokens >` [`MAX_TOTAL_TOKENS`]).
     pub fn validate(&self) -> Result<()> {
-        let bad = |msg: String| Err(Error::InvalidSpecSettings(msg));
+        let bad = |setting, msg: String| Err(Error::setting(setting, msg));
         if self.top_k == 0 {
-            return bad("tree top_k must be at least 1".into());
+            return bad("tree.top_k", "tree top_k must be at least 1".into());
         }
         if self.top_k > MAX_TOP_K {
-            return bad(format!("tree top_k {} exceeds {MAX_TOP_K}", self.top_k));
+            return bad(
+                "tree.top_k",
+                format!("tree top_k {} exceeds {MAX_TOP_K}", self.top_k),
+            );
         }
         if self.depth == 0 {
-            return bad("tree depth must be at least 1".into());
+            return bad("tree.depth", "tree depth must be at least 1".into());
         }
         if self.total_tokens > MAX_TOTAL_TOKENS {
-            return bad(format!(
+            return bad("tree.total_tokens", format!(
                 "tree total_tokens {} exceeds {MAX_TOTAL_TOKENS}",
                 self.total_tokens
             ));
         }
         // `depth + 1` overflows for `depth == usize::MAX`; such a depth exceeds any budget.
         if self.depth >= self.total_tokens {
-            return bad(format!(
+            return bad("tree.total_tokens", format!(
                 "tree total_tokens {} is below depth + 1 (depth {}; the root counts as one token)",
                 self.total_tokens, self.depth
             ));
@@ -203,11 +206,11 @@ impl TreeBuilder {
     ///
     /// Errors: [`Error::ShapeMismatch`] if `candidates.len() != frontier().len()`,
     /// [`Error::NonFiniteLogits`] for a NaN or `+inf` log-prob, and
-    /// [`Error::InvalidSpecSettings`] if the builder is already done.
+    /// [`Error::Internal`] if the builder is already done.
     pub fn expand(&mut self, candidates: &[Vec<(u32, f32)>]) -> Result<()> {
         if self.is_done() {
-            return Err(Error::InvalidSpecSettings(
-                "draft tree expanded after it was done".into(),
+            return Err(Error::internal(
+                "draft tree expanded after it was done",
             ));
         }
         if candidates.len() != self.frontier.len() {

@@ -101,7 +101,7 @@ impl DrafterConfig {
     }
 
     /// Builds the drafter for `model`. `head` is the EAGLE draft head; without one an `eagle`
-    /// drafter is refused ([`Error::InvalidSpecSettings`]), and a merged drafter drops its EAGLE
+    /// drafter is refused ([`Error::InvalidSetting`]), and a merged drafter drops its EAGLE
     /// branches (refused if nothing is left).
     pub fn build(&self, model: &OpenVla, head: Option<&EagleDraft>) -> Result<Box<dyn Drafter>> {
         let max_depth = model.config().action_dims();
@@ -111,8 +111,8 @@ impl DrafterConfig {
                 min_confidence,
             } => {
                 let head = head.ok_or_else(|| {
-                    Error::InvalidSpecSettings(
-                        "the eagle drafter needs a draft head (this policy has none)".into(),
+                    Error::setting("drafter", 
+                        "the eagle drafter needs a draft head (this policy has none)",
                     )
                 })?;
                 let device = model.device();
@@ -156,11 +156,9 @@ impl Default for DrafterConfig {
 
 /// Draft cut-off ([`EagleDrafter::with_min_confidence`]) measured to pay on `device`. On the
 /// CPU every drafted level costs a draft step and a verifier row, so a chain stops once the
-/// draft itself gives its path less than a 10% chance. Measured with the embedded draft head
-/// (context window of one row) on the former 228 held-out LIBERO frames of init 49 (chain 1x6x7, one
-/// run, decode phase against plain decoding): cut-off 0 / 0.05 / 0.1 / 0.2 / 0.3 gave strict
-/// 1.23x / 1.27x / 1.28x / 1.28x / 1.25x and relaxed r=9 1.56x / 1.58x / 1.59x / 1.58x / 1.51x.
-/// Elsewhere nothing is cut: the wide GPU tree is already ranked by EAGLE-2's scores.
+/// draft itself gives its path less than a 10% chance (the sweep that chose 0.1 is in
+/// `docs/performance.md`, "Draft cut-off"). Elsewhere nothing is cut: the wide GPU tree is
+/// already ranked by EAGLE-2's scores.
 pub fn default_min_confidence(device: &Device) -> f32 {
     match device {
         Device::Cpu => 0.1,

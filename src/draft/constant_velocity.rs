@@ -1,7 +1,8 @@
 //! A constant-velocity extrapolation of the last actions as a draft.
 
-use super::{DraftRequest, DraftTree, Drafter};
-use crate::accept::ActionIds;
+use super::{DraftRequest, Drafter};
+use crate::tree::DraftTree;
+use crate::action::ActionIds;
 use crate::error::{Error, Result};
 
 /// Proposes, as a chain, each remaining dimension's next bin on the least-squares line through
@@ -19,7 +20,7 @@ impl ConstantVelocity {
     /// Extrapolates from the last `history` actions (at least 2), chains of at most `max_depth`.
     pub fn new(history: usize, max_depth: usize) -> Result<Self> {
         if history < 2 {
-            return Err(Error::InvalidSpecSettings(format!(
+            return Err(Error::setting("history", format!(
                 "a constant-velocity drafter needs at least 2 earlier actions, not {history}"
             )));
         }
@@ -71,7 +72,7 @@ impl Drafter for ConstantVelocity {
     }
 
     fn propose(&mut self, request: &DraftRequest<'_>) -> Result<DraftTree> {
-        let root = request.tokens.last().copied().unwrap_or_default();
+        let root = request.root()?;
         let earlier: Vec<&[u32]> = request.history.recent(self.history).collect();
         let Some(previous) = earlier.last() else {
             return Ok(DraftTree::chain(root, &[]));

@@ -17,7 +17,7 @@ use candle_nn::var_builder::SimpleBackend;
 use candle_nn::VarBuilder;
 use serde::{Deserialize, Serialize};
 
-use crate::accept::ActionIds;
+use crate::action::ActionIds;
 use crate::checkpoint::get;
 use crate::config::{read_text, LlamaConfig};
 use crate::cpu::dense::Dense;
@@ -26,9 +26,8 @@ use crate::kv_cache::KvCache;
 use crate::llama::{AttentionMask, DecoderLayer, KvSource, Llama, Positions, RotaryTable};
 
 /// Prompt rows from which a CPU draft prefill computes its keys and values in two halves on two
-/// cores. Measured on the embedded model's 93-row prompt (2-core Sapphire Rapids, the whole
-/// draft prefill, two alternations): 0.78-0.79 ms with rayon's pool woken for each matmul,
-/// 0.68-0.69 ms with the halves.
+/// cores, rather than waking rayon's pool for each matmul (which costs more for a prompt of the
+/// embedded model's length; see `docs/performance.md`, "Measurements behind the code").
 const SPLIT_MIN_ROWS: usize = 32;
 
 /// Rows before the last from which [`EagleDraft::forward_last`] computes only their keys and
@@ -378,8 +377,7 @@ impl EagleDraft {
     /// for their keys and values: from 16 of them on (a draft prefill over a
     /// prompt), their attention, output projection and MLP are skipped, which is most of the
     /// work, and on the CPU the two halves of them run on two cores. Fewer rows (a commit after
-    /// a verification) take one whole pass, which streams the weights once instead of twice:
-    /// measured on the embedded model, a 4-row commit cost 190-320 us the other way.
+    /// a verification) take one whole pass, which streams the weights once instead of twice.
     pub fn forward_last(
         &self,
         next_embeds: &Tensor,
@@ -389,14 +387,14 @@ impl EagleDraft {
     ) -> Result<Tensor> {
         let n = features.dim(0)?;
         if n == 0 || next_embeds.dim(0)? != n {
-            return Err(Error::InvalidSpecSettings(format!(
+            return Err(Error::internal(format!(
                 "a draft pass over {n} features and {} embeddings",
                 next_embeds.dim(0)?
             )));
         }
         cache.ensure_room(n)?;
         if cache.len() != start {
-            return Err(Error::InvalidSpecSettings(format!(
+            return Err(Error::internal(format!(
                 "draft rows at position {start} but the draft cache holds {}",
                 cache.len()
             )));

@@ -4,8 +4,9 @@ use candle_core::Tensor;
 
 use super::eagle::{DraftLmHead, EagleDraft};
 use super::eagle_run::{DraftCutoff, DraftState, EagleRun};
-use super::{ActionStart, Committed, DraftRequest, DraftTree, Drafter, TreeSettings};
-use crate::accept::ActionIds;
+use super::{ActionStart, Committed, DraftRequest, Drafter, TreeSettings};
+use crate::tree::DraftTree;
+use crate::action::ActionIds;
 use crate::error::{Error, Result};
 use crate::verifier::OpenVla;
 
@@ -25,7 +26,7 @@ pub struct EagleDrafter {
 impl EagleDrafter {
     /// Validates the tree settings and checks that the draft head computes in the dtype and on
     /// the device of the verifier whose LM head `lm_head` is. Errors:
-    /// [`Error::InvalidSpecSettings`], [`Error::DraftMismatch`].
+    /// [`Error::InvalidSetting`], [`Error::DraftMismatch`].
     pub fn new(head: EagleDraft, lm_head: DraftLmHead, tree: TreeSettings) -> Result<Self> {
         tree.validate()?;
         if head.dtype() != lm_head.dtype() {
@@ -57,7 +58,7 @@ impl EagleDrafter {
     /// tree settings allow. Errors unless `0 <= min_confidence <= 1`.
     pub fn with_min_confidence(mut self, min_confidence: f32) -> Result<Self> {
         if !(0.0..=1.0).contains(&min_confidence) {
-            return Err(Error::InvalidSpecSettings(format!(
+            return Err(Error::setting("min_confidence", format!(
                 "draft min_confidence {min_confidence} is not in [0, 1]"
             )));
         }
@@ -168,7 +169,7 @@ impl Drafter for EagleDrafter {
     }
 
     fn propose(&mut self, request: &DraftRequest<'_>) -> Result<DraftTree> {
-        let root = request.tokens.last().copied().unwrap_or_default();
+        let root = request.root()?;
         let cutoff = (self.min_confidence > 0.0).then_some(DraftCutoff {
             policy: request.acceptance,
             first_dim: request.next_dim(),
@@ -192,7 +193,7 @@ impl Drafter for EagleDrafter {
 
     fn commit(&mut self, model: &OpenVla, committed: &Committed) -> Result<()> {
         let features = committed.features.as_ref().ok_or_else(|| {
-            Error::InvalidSpecSettings("an EAGLE commit without the verifier's features".into())
+            Error::internal("an EAGLE commit without the verifier's features")
         })?;
         let mut state = self.prefilled_state(model)?;
         let result = self
@@ -217,7 +218,7 @@ impl EagleDrafter {
         let mut state = self
             .state
             .take()
-            .ok_or_else(|| Error::InvalidSpecSettings("EAGLE drafting before its start".into()))?;
+            .ok_or_else(|| Error::internal("EAGLE drafting before its start"))?;
         if let Some(p) = self.pending.take() {
             self.run(model)
                 .prefill(&mut state, &p.input_embeds, &p.hidden, p.first_token)?;

@@ -1,7 +1,7 @@
 //! One tree from several drafters' trees over the same root: shared prefixes appear once, and a
 //! node budget bounds the verifier's pass.
 
-use super::tree::{DraftTree, NodeId, TreeNode};
+use crate::tree::{DraftTree, NodeId, TreeNode};
 use crate::error::{Error, Result};
 
 /// Merges `trees` (all rooted at the same token) into one of at most `node_budget` nodes, root
@@ -10,15 +10,15 @@ use crate::error::{Error, Result};
 /// fit is dropped with its subtree. A node whose parent already has a child with its token is
 /// that child (keeping the higher score), so a shared prefix is verified once.
 ///
-/// Errors with [`Error::InvalidSpecSettings`] if the roots differ, no tree is given, or the
-/// budget is 0.
+/// Errors with [`Error::MalformedDraftTree`] if the roots differ or no tree is given, and
+/// [`Error::InvalidSetting`] if the budget is 0.
 pub fn merge_trees(trees: &[DraftTree], node_budget: usize) -> Result<DraftTree> {
     let Some(first) = trees.first() else {
-        return Err(Error::InvalidSpecSettings("merging no draft trees".into()));
+        return Err(Error::MalformedDraftTree("merging no draft trees".into()));
     };
     if node_budget == 0 {
-        return Err(Error::InvalidSpecSettings(
-            "a merged draft tree's node budget must be at least 1 (the root)".into(),
+        return Err(Error::setting("node_budget", 
+            "a merged draft tree's node budget must be at least 1 (the root)",
         ));
     }
     let root = first.nodes()[0].token;
@@ -26,7 +26,7 @@ pub fn merge_trees(trees: &[DraftTree], node_budget: usize) -> Result<DraftTree>
     let mut children: Vec<Vec<usize>> = vec![Vec::new()];
     for tree in trees {
         if tree.nodes()[0].token != root {
-            return Err(Error::InvalidSpecSettings(format!(
+            return Err(Error::MalformedDraftTree(format!(
                 "merging draft trees with roots {root} and {}",
                 tree.nodes()[0].token
             )));

@@ -1,8 +1,9 @@
 //! Several drafters in one tree: the verifier checks all their proposals in one pass.
 
 use super::merge::merge_trees;
-use super::{ActionStart, Committed, DraftRequest, DraftTree, Drafter};
-use crate::accept::ActionIds;
+use super::{ActionStart, Committed, DraftRequest, Drafter};
+use crate::tree::DraftTree;
+use crate::action::ActionIds;
 use crate::error::{Error, Result};
 use crate::verifier::OpenVla;
 
@@ -17,16 +18,16 @@ pub struct Merged {
 }
 
 impl Merged {
-    /// Errors with [`Error::InvalidSpecSettings`] for no drafters or a budget under 2 (a root
+    /// Errors with [`Error::InvalidSetting`] for no drafters or a budget under 2 (a root
     /// and one drafted node).
     pub fn new(drafters: Vec<Box<dyn Drafter>>, node_budget: usize) -> Result<Self> {
         if drafters.is_empty() {
-            return Err(Error::InvalidSpecSettings(
-                "a merged drafter of no drafters".into(),
+            return Err(Error::setting("drafters", 
+                "a merged drafter of no drafters",
             ));
         }
         if node_budget < 2 {
-            return Err(Error::InvalidSpecSettings(format!(
+            return Err(Error::setting("node_budget", format!(
                 "a merged drafter's node budget of {node_budget} leaves no room for a draft"
             )));
         }

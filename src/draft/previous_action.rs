@@ -1,6 +1,7 @@
 //! The previous control step's action as a draft: consecutive actions of a robot are close.
 
-use super::{DraftRequest, DraftTree, Drafter};
+use super::{DraftRequest, Drafter};
+use crate::tree::DraftTree;
 use crate::error::Result;
 
 /// Proposes, as a chain, the previous action's tokens for the dimensions still to decode. Costs
@@ -39,7 +40,7 @@ impl Drafter for PreviousAction {
     }
 
     fn propose(&mut self, request: &DraftRequest<'_>) -> Result<DraftTree> {
-        let root = request.tokens.last().copied().unwrap_or_default();
+        let root = request.root()?;
         let chain: &[u32] = request
             .history
             .last()

@@ -1,7 +1,8 @@
 //! One drafter for an action's first pass, another for the passes after it.
 
-use super::{ActionStart, Committed, DraftRequest, DraftTree, Drafter};
-use crate::accept::ActionIds;
+use super::{ActionStart, Committed, DraftRequest, Drafter};
+use crate::tree::DraftTree;
+use crate::action::ActionIds;
 use crate::error::Result;
 use crate::verifier::OpenVla;
 

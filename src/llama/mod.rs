@@ -5,7 +5,7 @@
 mod layer;
 mod rope;
 
-pub use layer::{Attention, DecoderLayer, KvSource, Mlp};
+pub(crate) use layer::{DecoderLayer, KvSource};
 pub use rope::{Positions, RotaryTable};
 
 use std::sync::Arc;
@@ -56,7 +56,7 @@ impl AttentionMask {
             Self::Tree(tree) => {
                 let (rows, cols) = tree.dims2()?;
                 if rows != n || cols != n {
-                    return Err(Error::InvalidSpecSettings(format!(
+                    return Err(Error::internal(format!(
                         "tree mask is [{rows}, {cols}] for {n} rows"
                     )));
                 }
@@ -70,7 +70,7 @@ impl AttentionMask {
             Self::Full(mask) => {
                 let (rows, cols) = mask.dims2()?;
                 if rows != n || cols != past + n {
-                    return Err(Error::InvalidSpecSettings(format!(
+                    return Err(Error::internal(format!(
                         "mask is [{rows}, {cols}] for {n} rows over {past} cached positions"
                     )));
                 }

@@ -57,7 +57,7 @@ impl RotaryTable {
             }
             Positions::Explicit(pos) => {
                 if pos.len() != n {
-                    return Err(Error::InvalidSpecSettings(format!(
+                    return Err(Error::internal(format!(
                         "{} positions for {n} rows",
                         pos.len()
                     )));

@@ -292,8 +292,14 @@ fn tokenizer_files_missing_or_corrupt() {
     assert!(matches!(err, Error::MissingFile { .. }), "{err}");
     let bad = dir.write("tokenizer.json", "{\"model\": 3}");
     let err = load_tokenizer(&bad).unwrap_err();
-    assert!(matches!(err, Error::Tokenizer(_)), "{err}");
-    assert!(err.to_string().contains("tokenizer.json"), "{err}");
+    let Error::Tokenizer { context, source } = &err else {
+        panic!("not a tokenizer error: {err}");
+    };
+    assert!(context.ends_with("tokenizer.json"), "{err}");
+    assert!(
+        std::error::Error::source(&err).is_some(),
+        "the tokenizer's error is dropped: {source}"
+    );
 }
 
 #[test]
@@ -318,11 +324,12 @@ fn fixture_checkpoint_opens_end_to_end() {
     assert_eq!(ids[0], config.text.bos_token_id);
     assert_eq!(*ids.last().unwrap(), space);
     assert_ne!(ids[ids.len() - 2], space);
-    let decoder =
-        crate::action::ActionDecoder::from_config(&config, Some("libero_spatial_no_noops"))
+    let tokenizer = crate::action::ActionTokenizer::from_config(&config).unwrap();
+    let (_, stats) =
+        crate::action::select_statistics(&config.norm_stats, Some("libero_spatial_no_noops"))
             .unwrap();
-    let centre = decoder.tokenizer().token_for_bin(127);
-    let action = decoder.decode(&[centre; 7]).unwrap();
+    let centre = tokenizer.token_for_bin(127);
+    let action = tokenizer.unnormalize(&[centre; 7], stats).unwrap();
     assert_eq!(action.len(), 7);
     assert!(action.iter().all(|a| a.is_finite()));
 }

@@ -174,7 +174,7 @@ impl Dense {
     /// values the layer was built from (a view where the layer keeps candle's layout).
     pub fn weight_rows(&self, start: usize, len: usize) -> Result<(Tensor, Option<Tensor>)> {
         let out_of_range = |out_dim: usize| {
-            Error::InvalidConfig(format!(
+            Error::internal(format!(
                 "features {start}..{} of a layer with {out_dim}",
                 start.saturating_add(len)
             ))
@@ -252,7 +252,7 @@ impl Dense {
         if let Inner::Packed { weight, device } = &self.inner {
             let dims = xs.dims();
             if start + len > weight.out_dim() {
-                return Err(Error::InvalidConfig(format!(
+                return Err(Error::internal(format!(
                     "features {start}..{} of a layer with {}",
                     start + len,
                     weight.out_dim()
@@ -307,8 +307,8 @@ impl Dense {
         };
         let dims = xs.dims();
         let Some((&width, lead)) = dims.split_last() else {
-            return Err(Error::InvalidConfig(
-                "a dense layer needs an input with at least one axis".to_string(),
+            return Err(Error::internal(
+                "a dense layer needs an input with at least one axis",
             ));
         };
         if width != in_dim {
@@ -360,7 +360,7 @@ fn check_len_exact(values: usize, expected: usize) -> Result<()> {
     if values == expected {
         Ok(())
     } else {
-        Err(Error::InvalidConfig(format!(
+        Err(Error::internal(format!(
             "a dense layer's weight holds {values} values where {expected} were expected"
         )))
     }
@@ -390,7 +390,7 @@ fn with_cpu_rows<R>(
                 .get(start..start.checked_add(len)?)
         })
         .ok_or_else(|| {
-            Error::InvalidConfig(format!(
+            Error::internal(format!(
                 "a dense layer's input does not hold {rows} rows of {width}"
             ))
         })?;
@@ -412,7 +412,7 @@ fn gemm_rows(
         if rows.checked_mul(cols) == Some(len) {
             Ok(())
         } else {
-            Err(Error::InvalidConfig(format!(
+            Err(Error::internal(format!(
                 "a dense layer's `{name}` of {len} values for [{rows}, {cols}]"
             )))
         }
@@ -477,7 +477,7 @@ fn candle_columns(
 ) -> Result<Option<Tensor>> {
     let out_dim = weight_t.dim(1)?;
     if start + len > out_dim {
-        return Err(Error::InvalidConfig(format!(
+        return Err(Error::internal(format!(
             "features {start}..{} of a layer with {out_dim}",
             start + len
         )));

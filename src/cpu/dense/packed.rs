@@ -10,9 +10,8 @@
 //! of the cost, and this kernel has none of a general gemm's per-call set-up.
 //!
 //! Weights that are exact bf16 values (a bf16 checkpoint, as OpenVLA publishes, loaded in f32)
-//! are kept as bf16 panels and widened in registers: the same multiply-adds on half the bytes.
-//! Measured on the embedded model (2-core Sapphire Rapids, 100 LIBERO frames): plain decoding
-//! of an action's last 6 tokens went from 10.7 to 6.5 ms.
+//! are kept as bf16 panels and widened in registers: the same multiply-adds on half the bytes
+//! (what that saves is in `docs/performance.md`, "Measurements behind the code").
 //!
 //! Threads (rayon's pool, as candle's own CPU ops use) split the panels (disjoint output
 //! columns), so the result does not depend on the thread count: every output is the same
@@ -33,17 +32,15 @@ pub(crate) const NR: usize = 32;
 /// Rows per strip (the micro-kernel's register tile is `MR x NR`).
 const MR: usize = 14;
 /// Depth of one block of the reduction: the packed rows of a block stay in L2 while the
-/// panels stream past. Measured best among 64..4096 for the shapes this path serves.
+/// panels stream past. The best of 64..4096 for the shapes this path serves.
 const KC: usize = 2048;
 /// Reduction steps (`NR` weights: two cache lines in f32, one in bf16) the kernel prefetches
-/// the weight ahead of its loads: 4 KB in f32. The hardware prefetcher alone kept up with one
-/// row but not with several: measured on a 2-core Sapphire Rapids machine, 7 rows x 4096 x
-/// 22016 took 29.6 ms without and 14.6-18 ms with (one row: 16.9 ms and 12-15 ms), 7 x 256 x
-/// 1376 81 us and 56-58 us (one row: 59 us and 51-54 us). Distances of 16 to 64 steps measured
-/// alike.
+/// the weight ahead of its loads: 4 KB in f32. The hardware prefetcher alone keeps up with one
+/// row but not with several (figures in `docs/performance.md`, "Measurements behind the code");
+/// distances of 16 to 64 steps do alike.
 const PREFETCH_AHEAD: usize = 32;
-/// Below this many multiply-adds a matmul runs on the calling thread only. Measured on the
-/// embedded model (width 256), waking a second thread cost more than it saved for the 1-7 row
+/// Below this many multiply-adds a matmul runs on the calling thread only: at the embedded
+/// model's width (256), waking a second thread costs more than it saves for the 1-7 row
 /// matmuls of decoding (up to 2.5M multiply-adds); at 7B width one row is 16.7M.
 const PARALLEL_MIN_MACS: usize = 1 << 23;
 
@@ -95,14 +92,14 @@ impl PackedWeight {
         bf16: bool,
     ) -> Result<Self> {
         if n.checked_mul(k) != Some(weight.len()) {
-            return Err(Error::InvalidConfig(format!(
+            return Err(Error::internal(format!(
                 "CPU kernel: a [{n}, {k}] weight of {} values",
                 weight.len()
             )));
         }
         if let Some(bias) = &bias {
             if bias.len() != n {
-                return Err(Error::InvalidConfig(format!(
+                return Err(Error::internal(format!(
                     "CPU kernel: a bias of {} values for {n} outputs",
                     bias.len()
                 )));
@@ -144,7 +141,7 @@ impl PackedWeight {
     ) -> Result<(Vec<f32>, Option<Vec<f32>>)> {
         let k = self.k;
         if rows.start > rows.end || rows.end > self.n {
-            return Err(Error::InvalidConfig(format!(
+            return Err(Error::internal(format!(
                 "CPU kernel: rows {}..{} of a weight with {}",
                 rows.start, rows.end, self.n
             )));
@@ -171,7 +168,7 @@ impl PackedWeight {
         let bias = match &self.bias {
             Some(bias) => Some(
                 bias.get(rows)
-                    .ok_or_else(|| Error::InvalidConfig("CPU kernel: a short bias".to_string()))?
+                    .ok_or_else(|| Error::internal("CPU kernel: a short bias"))?
                     .to_vec(),
             ),
             None => None,
@@ -208,7 +205,7 @@ impl PackedWeight {
         let num_panels = end.div_ceil(NR).saturating_sub(first);
         let ldc = num_panels * NR;
         let Some(out_len) = m.checked_mul(ldc) else {
-            return Err(Error::InvalidConfig(format!(
+            return Err(Error::internal(format!(
                 "CPU kernel: {m} rows of {ldc} outputs"
             )));
         };

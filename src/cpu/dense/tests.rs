@@ -72,7 +72,7 @@ fn forward_columns_is_a_slice_of_forward() -> Result<()> {
         let full = xt.matmul(&view)?.broadcast_add(&bt)?.to_dtype(DType::F32)?;
         for (start, len) in [(0, 100), (32, 64), (5, 37), (99, 1)] {
             let part = candle_columns(&xt, &view, Some(&bt), start, len)?
-                .ok_or_else(|| Error::InvalidConfig("no columns path".into()))?
+                .ok_or_else(|| Error::internal("no columns path"))?
                 .to_dtype(DType::F32)?;
             let reference = full.narrow(1, start, len)?;
             let excess = ((part - &reference)?.abs()? - (reference.abs()? * (2.0 * ulp as f64))?)?
@@ -123,7 +123,7 @@ fn rows_hand_back_the_weight_and_compute_a_slice() -> Result<()> {
             let (weight, bias) = dense.weight_rows(start, len)?;
             // The values the layer was built from, exactly.
             assert!(close(&weight, &source.narrow(0, start, len)?, 0.0));
-            let bias = bias.ok_or_else(|| Error::InvalidConfig("bias lost".into()))?;
+            let bias = bias.ok_or_else(|| Error::internal("bias lost"))?;
             assert!(close(&bias, &b.narrow(0, start, len)?, 0.0));
             // The row layer computes those outputs (tolerance: 1e-5, another summation
             // order is allowed).

@@ -72,7 +72,7 @@ pub(super) fn head(
 ) -> Result<()> {
     let &HeadInputs { n, total, dim, .. } = inputs;
     if !fits(dim) {
-        return Err(Error::InvalidConfig(format!(
+        return Err(Error::internal(format!(
             "CPU kernel: few-row attention over heads of {dim}"
         )));
     }
@@ -80,8 +80,8 @@ pub(super) fn head(
         return Ok(());
     }
     if total == 0 {
-        return Err(Error::InvalidConfig(
-            "CPU kernel: attention over no positions".to_string(),
+        return Err(Error::internal(
+            "CPU kernel: attention over no positions",
         ));
     }
     check_len("queries", inputs.queries.len(), n.checked_mul(dim))?;

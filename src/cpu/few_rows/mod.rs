@@ -81,12 +81,12 @@ pub(crate) fn attention(
     let (n, width) = qkv.dims2()?;
     let Heads { query, kv, dim } = heads;
     if width != (query + 2 * kv) * dim || kv == 0 || query % kv != 0 {
-        return Err(Error::InvalidConfig(format!(
+        return Err(Error::internal(format!(
             "qkv of width {width} for {query} query and {kv} kv heads of {dim}"
         )));
     }
     if !fits(dim) {
-        return Err(Error::InvalidConfig(format!(
+        return Err(Error::internal(format!(
             "few-row attention takes head sizes that are multiples of {} up to {}, not {dim}",
             2 * LANES,
             MAX_CHUNKS * LANES
@@ -105,7 +105,7 @@ pub(crate) fn attention(
     let sin = to_vec(sin)?;
     let half = dim / 2;
     if cos.len() != n * half || sin.len() != n * half {
-        return Err(Error::InvalidConfig(format!(
+        return Err(Error::internal(format!(
             "rotary tables of {} values for {n} rows of {dim}",
             cos.len()
         )));
@@ -135,7 +135,7 @@ pub(crate) fn attention(
         Some(mask) => {
             let values = to_vec(mask)?;
             if values.len() != n * total {
-                return Err(Error::InvalidSpecSettings(format!(
+                return Err(Error::internal(format!(
                     "mask of {} values for {n} rows over {total} positions",
                     values.len()
                 )));
