@@ -5,7 +5,7 @@ use candle_core::{DType, Device, Tensor};
 
 use super::builder::{TreeBuilder, TreeSettings};
 use super::eagle::{DraftLmHead, EagleDraft};
-use super::tree::{DraftTree, NodeId};
+use crate::tree::{additive_mask, DraftTree, NodeId};
 use crate::accept::{Acceptance, AcceptancePolicy};
 use crate::error::{Error, Result};
 use crate::kv_cache::KvCache;
@@ -91,7 +91,7 @@ impl EagleRun<'_> {
     ) -> Result<()> {
         let k = next_tokens.len();
         if features.dim(0)? != k || k == 0 {
-            return Err(Error::InvalidSpecSettings(format!(
+            return Err(Error::internal(format!(
                 "{} features for {k} committed tokens",
                 features.dim(0)?
             )));
@@ -130,7 +130,7 @@ impl EagleRun<'_> {
         cutoff: Option<DraftCutoff<'_>>,
     ) -> Result<DraftTree> {
         let root_feature = state.root_feature.clone().ok_or_else(|| {
-            Error::InvalidSpecSettings("build_tree before the draft prefill".into())
+            Error::internal("build_tree before the draft prefill")
         })?;
         let committed = state.cache.len();
         let mut builder = TreeBuilder::new(root, settings, max_depth)?;
@@ -149,70 +149,86 @@ impl EagleRun<'_> {
                 self.lm_head.token(j)
             });
         }
-        // Draft rows fed so far inside the tree: (builder node, predicted feature).
-        let mut fed: Vec<(NodeId, Tensor)> = Vec::new();
-        let result = (|| -> Result<()> {
-            while !builder.is_done() {
-                let frontier: Vec<NodeId> = builder.frontier().to_vec();
-                let n = frontier.len();
-                let mut tokens = Vec::with_capacity(n);
-                let mut parents = Vec::with_capacity(n);
-                let mut positions = Vec::with_capacity(n);
-                let mut mask = vec![f32::NEG_INFINITY; n * (committed + fed.len() + n)];
-                let width = committed + fed.len() + n;
-                for (row, &id) in frontier.iter().enumerate() {
-                    let node = builder.node(id).ok_or_else(|| {
-                        Error::InvalidSpecSettings("frontier node out of range".into())
-                    })?;
-                    tokens.push(node.token);
-                    positions.push(committed + node.depth - 1);
-                    let ancestors = builder.path_to(id).unwrap_or_default();
-                    let parent_feature = match node.parent {
-                        Some(p) => fed.iter().find(|(f, _)| *f == p).map(|(_, t)| t.clone()),
-                        None => None,
-                    }
-                    .unwrap_or_else(|| root_feature.clone());
-                    parents.push(parent_feature);
-                    let line = &mut mask[row * width..(row + 1) * width];
-                    line[..committed].fill(0.0);
-                    for (j, (fid, _)) in fed.iter().enumerate() {
-                        if ancestors.contains(fid) {
-                            line[committed + j] = 0.0;
-                        }
-                    }
-                    line[committed + fed.len() + row] = 0.0;
-                }
-                let features = Tensor::cat(&parents, 0)?;
-                let embeds = self.verifier.embed(&tokens)?;
-                let mask = Tensor::from_vec(mask, (n, width), features.device())?;
-                let out = self.head.forward(
-                    &embeds,
-                    &features,
-                    &Positions::Explicit(positions),
-                    &AttentionMask::Full(mask),
-                    &mut state.cache,
-                )?;
-                let (candidates, rows) = level_candidates(
-                    &self.lm_head.log_probs(&out)?,
-                    settings.top_k,
-                    self.lm_head,
-                    cutoff.is_some(),
-                )?;
-                for (row, &id) in frontier.iter().enumerate() {
-                    fed.push((id, out.narrow(0, row, 1)?));
-                }
-                builder.expand(&candidates)?;
-                if let Some(cutoff) = cutoff {
-                    cutoff.score(&mut builder, &frontier, &mut confidence, &rows, |j| {
-                        self.lm_head.token(j)
-                    });
-                }
-            }
-            Ok(())
-        })();
+        let mut level = Level {
+            builder: &mut builder,
+            confidence: &mut confidence,
+            root_feature: &root_feature,
+            committed,
+            fed: Vec::new(),
+        };
+        let result = self.grow(&mut level, &mut state.cache, settings, cutoff);
+        // The tree's rows are scratch: the committed rows stay, whatever happened.
         state.cache.truncate(committed);
         result?;
         Ok(builder.finish())
+    }
+
+    /// Expands `level.builder` level by level until it is done: one draft pass over each
+    /// frontier, its rows appended to `cache` after the committed ones.
+    fn grow(
+        &self,
+        level: &mut Level<'_>,
+        cache: &mut KvCache,
+        settings: TreeSettings,
+        cutoff: Option<DraftCutoff<'_>>,
+    ) -> Result<()> {
+        while !level.builder.is_done() {
+            let frontier: Vec<NodeId> = level.builder.frontier().to_vec();
+            let n = frontier.len();
+            let mut tokens = Vec::with_capacity(n);
+            let mut parents = Vec::with_capacity(n);
+            let mut positions = Vec::with_capacity(n);
+            let mut ancestors = Vec::with_capacity(n);
+            for &id in &frontier {
+                let node = level
+                    .builder
+                    .node(id)
+                    .ok_or_else(|| Error::internal("frontier node out of range"))?;
+                tokens.push(node.token);
+                positions.push(level.committed + node.depth - 1);
+                ancestors.push(level.builder.path_to(id).ok_or_else(|| {
+                    Error::internal("a frontier node with no path to the root")
+                })?);
+                let parent_feature = node
+                    .parent
+                    .and_then(|p| level.fed.iter().find(|(f, _)| *f == p))
+                    .map_or_else(|| level.root_feature.clone(), |(_, t)| t.clone());
+                parents.push(parent_feature);
+            }
+            // Each row sees the committed rows, its fed ancestors, and itself.
+            let fed = level.fed.len();
+            let mask = additive_mask(n, level.committed, fed + n, |row, j| match j.checked_sub(fed) {
+                None => ancestors[row].contains(&level.fed[j].0),
+                Some(new) => new == row,
+            });
+            let features = Tensor::cat(&parents, 0)?;
+            let embeds = self.verifier.embed(&tokens)?;
+            let width = level.committed + fed + n;
+            let mask = Tensor::from_vec(mask, (n, width), features.device())?;
+            let out = self.head.forward(
+                &embeds,
+                &features,
+                &Positions::Explicit(positions),
+                &AttentionMask::Full(mask),
+                cache,
+            )?;
+            let (candidates, rows) = level_candidates(
+                &self.lm_head.log_probs(&out)?,
+                settings.top_k,
+                self.lm_head,
+                cutoff.is_some(),
+            )?;
+            for (row, &id) in frontier.iter().enumerate() {
+                level.fed.push((id, out.narrow(0, row, 1)?));
+            }
+            level.builder.expand(&candidates)?;
+            if let Some(cutoff) = cutoff {
+                cutoff.score(level.builder, &frontier, level.confidence, &rows, |j| {
+                    self.lm_head.token(j)
+                });
+            }
+        }
+        Ok(())
     }
 
     /// A draft cache sized for `capacity` positions.
@@ -221,6 +237,17 @@ impl EagleRun<'_> {
             self.head.new_cache(capacity, dtype, device)?,
         ))
     }
+}
+
+/// A tree being grown: the builder, each pool node's estimated acceptance probability, and the
+/// draft rows fed so far inside the tree (builder node, predicted feature), after `committed`
+/// cached rows whose last output is `root_feature`.
+struct Level<'a> {
+    builder: &'a mut TreeBuilder,
+    confidence: &'a mut Vec<f32>,
+    root_feature: &'a Tensor,
+    committed: usize,
+    fed: Vec<(NodeId, Tensor)>,
 }
 
 /// A level's candidates: the `k` best (token, log-prob) of each row, best first.
@@ -364,7 +391,8 @@ impl DraftCutoff<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::accept::{ActionIds, RelaxedBinDistance};
+    use crate::accept::RelaxedBinDistance;
+use crate::action::ActionIds;
     use crate::draft::TreeSettings;
 
     const CHAIN: TreeSettings = TreeSettings {
