@@ -20,6 +20,7 @@ pub mod projector;
 pub mod synthetic;
 #[cfg(feature = "train")]
 pub mod train;
+pub mod tree;
 pub mod verifier;
 pub mod vision;
 
@@ -28,9 +29,12 @@ pub use candle_core;
 /// The image library of [`VlaPolicy::predict_action`]'s frames.
 pub use image;
 
-pub use action::{ActionDecoder, ActionTokenizer};
+pub use accept::Acceptance;
+pub use action::{ActionIds, ActionTokenizer};
 pub use checkpoint::CheckpointFiles;
-pub use decode::{DecodedAction, TokenOrigin};
+pub use decode::{DecodeStats, DecodedAction, Speculation, TokenOrigin};
+pub use device::Precision;
+pub use draft::{DrafterConfig, TreeSettings};
 pub use error::{Error, Result};
 pub use policy::{ActionOutput, NonActionTokens, VlaPolicy};
 pub use processor::Processor;

@@ -7,9 +7,7 @@
 //! checkpoint from disk, giving it the embedded draft head. Strict speculative tokens must equal
 //! the plain ones, or it fails.
 
-use spec_vla::decode::Speculation;
-use spec_vla::device::Precision;
-use spec_vla::{embedded, VlaPolicy};
+use spec_vla::{embedded, Precision, Speculation, VlaPolicy};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let device = spec_vla::candle_core::Device::Cpu;
