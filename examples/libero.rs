@@ -17,7 +17,7 @@ use clap::Parser;
 #[path = "support/mod.rs"]
 mod support;
 use spec_vla::decode::{Decoder, GreedyDecoder, Speculation};
-use spec_vla::draft::eagle::EagleDraft;
+use spec_vla::draft::eagle::EagleHead;
 use spec_vla::draft::TreeSettings;
 use spec_vla::{ActionOutput, VlaPolicy};
 use support::{device, dtype};
@@ -119,7 +119,7 @@ fn main() -> Result<()> {
     let frames = support::load_frames(&policy, args.frames.as_deref(), args.limit)?;
 
     if let Some(dir) = &args.draft {
-        let head = EagleDraft::from_dir(dir, &policy.config().text, dtype, &device)?;
+        let head = EagleHead::from_dir(dir, &policy.config().text, dtype, &device)?;
         policy = policy.with_draft_head(head);
     }
     if let Some(head) = policy.draft_head() {

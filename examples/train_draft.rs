@@ -23,7 +23,7 @@ use candle_core::{DType, Device};
 use clap::Parser;
 use spec_vla::accept::Acceptance;
 use spec_vla::config::LlamaConfig;
-use spec_vla::draft::eagle::{DraftConfig, DraftLmHeadKind};
+use spec_vla::draft::eagle::{DraftLmHeadKind, EagleHeadConfig};
 use spec_vla::draft::TreeSettings;
 use spec_vla::train::{
     acceptance_length, batch_indices, load_samples, save_samples, DraftSample, DraftTrainer,
@@ -153,7 +153,7 @@ fn main() -> Result<()> {
 
     // 2. Train.
     let verifier: &LlamaConfig = &model.config().text;
-    let config = DraftConfig {
+    let config = EagleHeadConfig {
         llama: LlamaConfig {
             num_hidden_layers: 1,
             ..verifier.clone()

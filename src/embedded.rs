@@ -16,7 +16,7 @@ use candle_core::{DType, Device};
 
 use crate::config::LlamaConfig;
 use crate::device::Precision;
-use crate::draft::eagle::EagleDraft;
+use crate::draft::eagle::EagleHead;
 use crate::error::Result;
 use crate::policy::VlaPolicy;
 
@@ -63,7 +63,7 @@ pub fn draft_head(
     verifier: &LlamaConfig,
     dtype: DType,
     device: &Device,
-) -> Result<Option<EagleDraft>> {
+) -> Result<Option<EagleHead>> {
     bundled::draft(verifier, dtype, device)
 }
 
@@ -74,7 +74,7 @@ mod bundled {
     use super::*;
     use crate::checkpoint::{int8_rows, usage};
     use crate::config::OpenVlaConfig;
-    use crate::draft::eagle::DraftConfig;
+    use crate::draft::eagle::EagleHeadConfig;
     use crate::error::Error;
     use crate::processor::{Processor, TowerNormalization};
 
@@ -136,8 +136,8 @@ mod bundled {
             Path::new(PREPROCESSOR.0),
             config.towers.len(),
         )?;
-        let tokenizer = tokenizers::Tokenizer::from_bytes(TOKENIZER.1)
-            .map_err(|source| Error::Tokenizer {
+        let tokenizer =
+            tokenizers::Tokenizer::from_bytes(TOKENIZER.1).map_err(|source| Error::Tokenizer {
                 context: TOKENIZER.0.to_string(),
                 source,
             })?;
@@ -150,11 +150,12 @@ mod bundled {
         verifier: &LlamaConfig,
         dtype: DType,
         device: &Device,
-    ) -> Result<Option<EagleDraft>> {
-        let config = DraftConfig::from_json_str(text(DRAFT_CONFIG)?, Path::new(DRAFT_CONFIG.0))?;
+    ) -> Result<Option<EagleHead>> {
+        let config =
+            EagleHeadConfig::from_json_str(text(DRAFT_CONFIG)?, Path::new(DRAFT_CONFIG.0))?;
         let (vb, usage) = weights(DRAFT_WEIGHTS, dtype, device)?;
-        let draft = EagleDraft::load(&vb, &config, verifier)?;
-        usage.ensure_all_used(EagleDraft::unread_by_eagle)?;
+        let draft = EagleHead::load(&vb, &config, verifier)?;
+        usage.ensure_all_used(EagleHead::unread_by_eagle)?;
         Ok(Some(draft))
     }
 }
@@ -170,7 +171,7 @@ mod bundled {
         ))
     }
 
-    pub(super) fn draft(_: &LlamaConfig, _: DType, _: &Device) -> Result<Option<EagleDraft>> {
+    pub(super) fn draft(_: &LlamaConfig, _: DType, _: &Device) -> Result<Option<EagleHead>> {
         Ok(None)
     }
 

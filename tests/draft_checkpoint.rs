@@ -9,7 +9,7 @@ use candle_nn::VarBuilder;
 use common::*;
 use spec_vla::accept::Acceptance;
 use spec_vla::decode::SpecDecoder;
-use spec_vla::draft::eagle::{DraftConfig, DraftLmHead, DraftLmHeadKind, EagleDraft};
+use spec_vla::draft::eagle::{DraftLmHead, DraftLmHeadKind, EagleHead, EagleHeadConfig};
 use spec_vla::draft::TreeSettings;
 use spec_vla::VlaPolicy;
 
@@ -18,16 +18,16 @@ fn specvla_pickle_loads_the_same_weights() -> Result<()> {
     let dir = fixtures().join("specvla_draft");
     let policy = VlaPolicy::from_dir(&tiny_checkpoint(), DType::F32, &Device::Cpu)?;
     let verifier = &policy.config().text;
-    let from_pickle = EagleDraft::from_dir(&dir, verifier, DType::F32, &Device::Cpu)?;
+    let from_pickle = EagleHead::from_dir(&dir, verifier, DType::F32, &Device::Cpu)?;
     assert_eq!(
         from_pickle.config().lm_head,
         DraftLmHeadKind::ActionIds,
         "default head"
     );
-    let config = DraftConfig::from_file(&dir.join("config.json"))?;
+    let config = EagleHeadConfig::from_file(&dir.join("config.json"))?;
     let reference =
         candle_core::safetensors::load(dir.join("reference.safetensors"), &Device::Cpu)?;
-    let from_safetensors = EagleDraft::load(
+    let from_safetensors = EagleHead::load(
         &VarBuilder::from_tensors(reference, DType::F32, &Device::Cpu),
         &config,
         verifier,
@@ -45,7 +45,7 @@ fn specvla_pickle_loads_the_same_weights() -> Result<()> {
 #[test]
 fn strict_speculative_reproduces_the_reference_tokens() -> Result<()> {
     let mut policy = VlaPolicy::from_dir(&tiny_checkpoint(), DType::F32, &Device::Cpu)?;
-    let draft = EagleDraft::from_dir(
+    let draft = EagleHead::from_dir(
         &fixtures().join("specvla_draft"),
         &policy.config().text,
         DType::F32,

@@ -14,7 +14,7 @@ use common::*;
 use spec_vla::accept::{Acceptance, RelaxedBinDistance};
 use spec_vla::action::ActionIds;
 use spec_vla::decode::{
-    ActionRequest, DecodedAction, Decoder, GreedyDecoder, SpecDecoder, TokenOrigin,
+    ActionRequest, ActionTokens, Decoder, GreedyDecoder, SpecDecoder, TokenOrigin,
 };
 use spec_vla::draft::{DrafterConfig, EpisodeKey};
 use spec_vla::synthetic::SeededRng;
@@ -56,7 +56,7 @@ fn decode(
     image: &Tensor,
     ids: &[u32],
     episode: &EpisodeKey,
-) -> Result<DecodedAction> {
+) -> Result<ActionTokens> {
     let capacity = model.cache_capacity(ids.len(), decoder.extra_cache_positions());
     let mut cache = model.llm().new_cache(capacity)?;
     let prefill = model.prefill(image, ids, &mut cache)?;

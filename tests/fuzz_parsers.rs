@@ -24,7 +24,7 @@ use serde_json::{Map, Value};
 use spec_vla::accept::Acceptance;
 use spec_vla::checkpoint::read_safetensors_header;
 use spec_vla::config::{DatasetStatistics, LlamaConfig, OpenVlaConfig};
-use spec_vla::draft::eagle::DraftConfig;
+use spec_vla::draft::eagle::EagleHeadConfig;
 use spec_vla::draft::{TreeBuilder, TreeSettings};
 
 const CASES: u32 = 4096;
@@ -377,7 +377,7 @@ fn config_bytes_never_panic() {
     run_counting(prop::collection::vec(any::<u8>(), 0..512), |bytes| {
         let text = String::from_utf8_lossy(&bytes);
         let _ = OpenVlaConfig::from_json_str(&text, Path::new("config.json"));
-        let _ = DraftConfig::from_json_str(&text, Path::new("draft/config.json"));
+        let _ = EagleHeadConfig::from_json_str(&text, Path::new("draft/config.json"));
         let _ = serde_json::from_str::<TreeSettings>(&text);
         let _ = serde_json::from_str::<Acceptance>(&text);
         Ok(true)
@@ -388,7 +388,8 @@ fn config_bytes_never_panic() {
 fn draft_config_never_panics() {
     let parsed = run_counting(draft_config_doc(), |doc| {
         let text = doc.to_string();
-        let Ok(config) = DraftConfig::from_json_str(&text, Path::new("draft/config.json")) else {
+        let Ok(config) = EagleHeadConfig::from_json_str(&text, Path::new("draft/config.json"))
+        else {
             return Ok(false);
         };
         let _ = config.check_against(&verifier());
@@ -419,7 +420,13 @@ fn tree_settings_never_panic() {
             let candidates: Vec<Vec<(u32, f32)>> = builder
                 .frontier()
                 .iter()
-                .map(|_| scores.iter().enumerate().map(|(i, &s)| (i as u32 + 2, s)).collect())
+                .map(|_| {
+                    scores
+                        .iter()
+                        .enumerate()
+                        .map(|(i, &s)| (i as u32 + 2, s))
+                        .collect()
+                })
                 .collect();
             builder
                 .expand(&candidates)
@@ -459,7 +466,9 @@ fn acceptance_serde_never_panics() {
         prop_assert!(parsed.validate().is_ok());
         // Whatever parsed decides without panicking, exact matches included.
         for dim in 0..9 {
-            prop_assert!(spec_vla::accept::AcceptancePolicy::accepts(&parsed, 7, 7, dim));
+            prop_assert!(spec_vla::accept::AcceptancePolicy::accepts(
+                &parsed, 7, 7, dim
+            ));
             let _ = spec_vla::accept::AcceptancePolicy::accepts(&parsed, u32::MAX, 0, dim);
         }
         Ok(true)
@@ -507,7 +516,11 @@ fn safetensors_headers_never_panic() {
             return Ok(false);
         };
         // An accepted header describes data that lies inside the file.
-        let end = tensors.values().map(|t| t.data_offsets.1).max().unwrap_or(0);
+        let end = tensors
+            .values()
+            .map(|t| t.data_offsets.1)
+            .max()
+            .unwrap_or(0);
         prop_assert!(end <= bytes.len());
         Ok(true)
     });

@@ -12,7 +12,7 @@ use serde_json::Value;
 use spec_vla::accept::{Acceptance, RelaxedBinDistance};
 use spec_vla::action::ActionIds;
 use spec_vla::decode::SpecDecoder;
-use spec_vla::draft::eagle::{DraftLmHead, DraftLmHeadKind, EagleDraft};
+use spec_vla::draft::eagle::{DraftLmHead, DraftLmHeadKind, EagleHead};
 use spec_vla::{embedded, Error, NonActionTokens, TokenOrigin, VlaPolicy};
 
 /// A folder beside the embedded model's files: its weights and tokenizer linked, its
@@ -302,7 +302,7 @@ fn folders_and_configs_of_the_wrong_kind_are_named() -> Result<()> {
     assert!(matches!(err, Error::NotADirectory { .. }), "{err}");
     let policy = VlaPolicy::from_dir(&model, DType::F32, &Device::Cpu)?;
     let err =
-        EagleDraft::from_dir(&model, &policy.config().text, DType::F32, &Device::Cpu).unwrap_err();
+        EagleHead::from_dir(&model, &policy.config().text, DType::F32, &Device::Cpu).unwrap_err();
     assert!(
         matches!(err, Error::DraftMismatch(ref m) if m.contains("OpenVLA verifier's config")),
         "{err}"
@@ -334,7 +334,7 @@ fn a_draft_config_without_its_sizes_is_refused() -> Result<()> {
         .context("object")?
         .remove("hidden_size");
     std::fs::write(dir.join("config.json"), config.to_string())?;
-    let result = EagleDraft::from_dir(&dir, &policy.config().text, DType::F32, &Device::Cpu);
+    let result = EagleHead::from_dir(&dir, &policy.config().text, DType::F32, &Device::Cpu);
     let _ = std::fs::remove_dir_all(&dir);
     let err = result.unwrap_err();
     assert!(

@@ -5,7 +5,7 @@ mod common;
 use anyhow::Result;
 use candle_core::{DType, Device, Tensor};
 use common::*;
-use spec_vla::draft::eagle::EagleDraft;
+use spec_vla::draft::eagle::EagleHead;
 use spec_vla::llama::{AttentionMask, Positions};
 use spec_vla::synthetic::SeededRng;
 use spec_vla::train::{batch_indices, DraftSample, DraftTrainer, TrainSettings};
@@ -110,7 +110,7 @@ fn loss_falls_and_resume_is_exact() -> Result<()> {
 
     // The exported head loads and computes what the trainer's head computes.
     straight.export(&dir.join("export"), DType::F32)?;
-    let loaded = EagleDraft::from_dir(
+    let loaded = EagleHead::from_dir(
         &dir.join("export"),
         &case.model.config().text,
         DType::F32,

@@ -73,7 +73,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Parser, ValueEnum};
 use serde_json::{json, Value};
 use spec_vla::device::Precision;
-use spec_vla::draft::eagle::EagleDraft;
+use spec_vla::draft::eagle::EagleHead;
 use spec_vla::VlaPolicy;
 
 use engine::{DecoderDefaults, Engine};
@@ -220,7 +220,7 @@ pub fn prepare(args: &Args) -> Result<(axum::Router, Value, api::AppState)> {
     let dtype = policy.model().dtype();
     let mut draft = policy.draft_head().map(|_| "embedded".to_string());
     if let Some(dir) = &args.draft {
-        let head = EagleDraft::from_dir(dir, &policy.config().text, dtype, &device)
+        let head = EagleHead::from_dir(dir, &policy.config().text, dtype, &device)
             .with_context(|| format!("draft head {}", dir.display()))?;
         policy = policy.with_draft_head(head);
         draft = Some(dir.display().to_string());

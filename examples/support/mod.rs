@@ -15,10 +15,10 @@ use spec_vla::accept::{Acceptance, RadiusSpec, RelaxedBinDistance};
 use spec_vla::action::ActionIds;
 use spec_vla::config::LlamaConfig;
 use spec_vla::decode::SpecDecoder;
-use spec_vla::draft::eagle::{DraftConfig, DraftLmHeadKind, EagleDraft};
+use spec_vla::draft::eagle::{DraftLmHeadKind, EagleHead, EagleHeadConfig};
 use spec_vla::draft::{DrafterConfig, TreeBuilder, TreeSettings};
-use spec_vla::tree::DraftTree;
 use spec_vla::synthetic::{random_draft_weights, SeededRng};
+use spec_vla::tree::DraftTree;
 use spec_vla::VlaPolicy;
 
 /// One entry of a frames folder's `manifest.json`.
@@ -174,8 +174,8 @@ impl fmt::Display for DraftSource {
 }
 
 /// The draft config of a one-layer EAGLE head for `verifier`, drafting over action ids.
-pub fn random_draft_config(verifier: &LlamaConfig) -> DraftConfig {
-    DraftConfig {
+pub fn random_draft_config(verifier: &LlamaConfig) -> EagleHeadConfig {
+    EagleHeadConfig {
         llama: LlamaConfig {
             num_hidden_layers: 1,
             ..verifier.clone()
@@ -208,13 +208,13 @@ pub fn random_draft(
     context_window: Option<usize>,
     dtype: DType,
     device: &Device,
-) -> Result<EagleDraft> {
-    let config = DraftConfig {
+) -> Result<EagleHead> {
+    let config = EagleHeadConfig {
         context_window,
         ..random_draft_config(verifier)
     };
     let weights = as_published(random_draft_weights(&config.llama, seed, dtype, device)?)?;
-    Ok(EagleDraft::load(
+    Ok(EagleHead::load(
         &VarBuilder::from_tensors(weights, dtype, device),
         &config,
         verifier,
@@ -226,11 +226,11 @@ pub fn draft_head(
     policy: &VlaPolicy,
     dir: Option<&Path>,
     seed: u64,
-) -> Result<(EagleDraft, DraftSource)> {
+) -> Result<(EagleHead, DraftSource)> {
     let model = policy.model();
     let (verifier, dtype, device) = (&policy.config().text, model.dtype(), model.device());
     if let Some(dir) = dir {
-        let head = EagleDraft::from_dir(dir, verifier, dtype, device)?;
+        let head = EagleHead::from_dir(dir, verifier, dtype, device)?;
         return Ok((head, DraftSource::Folder(dir.to_path_buf())));
     }
     if let Some(head) = spec_vla::embedded::draft_head(verifier, dtype, device)? {
@@ -258,7 +258,7 @@ pub fn acceptance(ids: ActionIds, r: u32) -> Result<Acceptance> {
 /// A speculative decoder for `policy` with `drafter`, whose EAGLE branches run `draft`.
 pub fn spec_decoder(
     policy: &VlaPolicy,
-    draft: &EagleDraft,
+    draft: &EagleHead,
     drafter: &DrafterConfig,
     acceptance: Acceptance,
 ) -> Result<SpecDecoder> {

@@ -3,7 +3,7 @@
 
 use std::time::Instant;
 
-use super::{ActionRequest, DecodeStats, DecodedAction, Decoder, TokenOrigin};
+use super::{ActionRequest, ActionTokens, DecodeStats, Decoder, TokenOrigin};
 use crate::error::Result;
 use crate::kv_cache::KvCache;
 use crate::verifier::{OpenVla, Prefill};
@@ -20,7 +20,7 @@ impl Decoder for GreedyDecoder {
         prefill: &Prefill,
         cache: &mut KvCache,
         request: &ActionRequest<'_>,
-    ) -> Result<DecodedAction> {
+    ) -> Result<ActionTokens> {
         let n_tokens = request.n_tokens;
         let mut stats = DecodeStats::default();
         let mut tokens = Vec::with_capacity(n_tokens);
@@ -36,7 +36,7 @@ impl Decoder for GreedyDecoder {
             stats.verifier_passes += 1;
             stats.tokens_per_pass.push(1);
         }
-        Ok(DecodedAction {
+        Ok(ActionTokens {
             origins: vec![TokenOrigin::Verifier; tokens.len()],
             tokens,
             stats,

@@ -24,7 +24,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::accept::Acceptance;
 use crate::decode::{ActionRequest, Decoder, SpecDecoder};
-use crate::draft::eagle::{DraftConfig, DraftLmHead, EagleDraft};
+use crate::draft::eagle::{DraftLmHead, EagleHead, EagleHeadConfig};
 use crate::draft::TreeSettings;
 use crate::error::{Error, Result};
 use crate::synthetic::{random_draft_weights, SeededRng};
@@ -33,8 +33,11 @@ use crate::verifier::OpenVla;
 /// Everything that shapes a training run.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TrainSettings {
+    /// Seed of the initial weights, the batches and the input noise.
     pub seed: u64,
+    /// Samples per optimiser step.
     pub batch_size: usize,
+    /// The optimiser's settings.
     pub optim: AdamWSettings,
     /// Weight of the feature regression (Spec-VLA: 1.0).
     pub feature_weight: f64,
@@ -70,13 +73,19 @@ impl Default for TrainSettings {
 /// Losses of one step.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct StepReport {
+    /// The step (from 1).
     pub step: usize,
+    /// The weighted sum of the two losses.
     pub loss: f64,
+    /// The feature regression loss (smooth L1).
     pub feature_loss: f64,
+    /// The soft cross-entropy against the verifier's token distribution.
     pub token_loss: f64,
     /// Share of loss rows whose predicted feature gives the verifier's token under the LM head.
     pub token_accuracy: f64,
+    /// The global gradient norm before clipping.
     pub grad_norm: f64,
+    /// The learning rate of the step.
     pub lr: f64,
 }
 
@@ -90,7 +99,7 @@ struct CheckpointState {
 /// Trains one draft head for one verifier.
 pub struct DraftTrainer<'a> {
     model: &'a OpenVla,
-    config: DraftConfig,
+    config: EagleHeadConfig,
     settings: TrainSettings,
     varmap: VarMap,
     optim: AdamW,
@@ -109,7 +118,11 @@ fn smooth_l1(diff: &Tensor) -> Result<Tensor> {
 
 impl<'a> DraftTrainer<'a> {
     /// A fresh head (seeded random initialisation) for `model`.
-    pub fn new(model: &'a OpenVla, config: DraftConfig, settings: TrainSettings) -> Result<Self> {
+    pub fn new(
+        model: &'a OpenVla,
+        config: EagleHeadConfig,
+        settings: TrainSettings,
+    ) -> Result<Self> {
         config.check_against(&model.config().text)?;
         let device = model.device().clone();
         let init = random_draft_weights(&config.llama, settings.seed, DType::F32, &device)?;
@@ -147,16 +160,18 @@ impl<'a> DraftTrainer<'a> {
         })
     }
 
+    /// Optimiser steps taken.
     pub fn step(&self) -> usize {
         self.optim.step_count()
     }
 
     /// The head with the current weights.
-    pub fn draft(&self) -> Result<EagleDraft> {
+    pub fn draft(&self) -> Result<EagleHead> {
         let vb = VarBuilder::from_varmap(&self.varmap, DType::F32, self.model.device());
-        EagleDraft::load(&vb, &self.config, &self.model.config().text)
+        EagleHead::load(&vb, &self.config, &self.model.config().text)
     }
 
+    /// The frozen LM head the head is trained through.
     pub fn lm_head(&self) -> &DraftLmHead {
         &self.lm_head
     }
@@ -330,7 +345,7 @@ impl<'a> DraftTrainer<'a> {
     }
 
     /// Writes a draft-head folder (`config.json`, `model.safetensors` with the weights in
-    /// `dtype`) that [`EagleDraft::from_dir`] loads.
+    /// `dtype`) that [`EagleHead::from_dir`] loads.
     ///
     /// `DType::BF16` rounds the trained weights: half the file, and on a CPU with AVX-512 the
     /// head then runs on bf16 weight panels (see `cpu::dense`) and streams half the bytes
@@ -376,14 +391,16 @@ pub fn batch_indices(seed: u64, step: usize, n_samples: usize, batch: usize) -> 
 /// One held-out example for evaluating acceptance: pixel values and prompt ids.
 #[derive(Debug, Clone)]
 pub struct EvalExample {
+    /// The processed frame, `[channels, size, size]`.
     pub pixel_values: Tensor,
+    /// The prompt's token ids.
     pub input_ids: Vec<u32>,
 }
 
 /// Mean acceptance length (tokens per verifier pass after the prefill) of `draft` on `examples`.
 pub fn acceptance_length(
     model: &OpenVla,
-    draft: EagleDraft,
+    draft: EagleHead,
     lm_head: DraftLmHead,
     tree: TreeSettings,
     acceptance: Acceptance,

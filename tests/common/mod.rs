@@ -62,7 +62,7 @@ pub fn max_rel_err(a: &Tensor, reference: &Tensor) -> Result<f32> {
 use candle_core::DType;
 use candle_nn::VarBuilder;
 use spec_vla::config::LlamaConfig;
-use spec_vla::draft::eagle::{DraftConfig, DraftLmHead, DraftLmHeadKind, EagleDraft};
+use spec_vla::draft::eagle::{DraftLmHead, DraftLmHeadKind, EagleHead, EagleHeadConfig};
 use spec_vla::synthetic::{
     random_draft_weights, random_openvla_weights, tiny_config, SeededRng, TinySizes,
 };
@@ -71,14 +71,14 @@ use spec_vla::verifier::OpenVla;
 /// A random tiny verifier, a random draft head for it, an image and a prompt.
 pub struct RandomCase {
     pub model: OpenVla,
-    pub draft: EagleDraft,
+    pub draft: EagleHead,
     pub image_embeds: Tensor,
     pub ids: Vec<u32>,
     pub action_first_id: u32,
 }
 
-pub fn draft_config(verifier: &LlamaConfig) -> DraftConfig {
-    DraftConfig {
+pub fn draft_config(verifier: &LlamaConfig) -> EagleHeadConfig {
+    EagleHeadConfig {
         llama: LlamaConfig {
             num_hidden_layers: 1,
             ..verifier.clone()
@@ -109,7 +109,7 @@ pub fn random_case(seed: u64) -> Result<RandomCase> {
     let model = OpenVla::load(&VarBuilder::from_tensors(weights, DType::F32, &dev), &cfg)?;
     let dcfg = draft_config(&cfg.text);
     let dweights = random_draft_weights(&dcfg.llama, seed + 1, DType::F32, &dev)?;
-    let draft = EagleDraft::load(
+    let draft = EagleHead::load(
         &VarBuilder::from_tensors(dweights, DType::F32, &dev),
         &dcfg,
         &cfg.text,

@@ -1,4 +1,6 @@
-use candle_core::{DType, Device, Tensor};
+use std::sync::Arc;
+
+use candle_core::{DType, Device, Tensor, D};
 use candle_nn::VarBuilder;
 
 use super::*;
@@ -45,7 +47,7 @@ fn a_draft_config_reads_rope_parameters_and_refuses_scaling() {
     let path = std::path::Path::new("draft/config.json");
     let text =
         format!(r#"{{{sizes}, "rope_parameters": {{"rope_theta": 1e6, "rope_type": "default"}}}}"#);
-    let config = DraftConfig::from_json_str(&text, path).unwrap();
+    let config = EagleHeadConfig::from_json_str(&text, path).unwrap();
     assert_eq!(config.llama.rope_theta, 1e6);
     let verifier = LlamaConfig {
         hidden_size: 256,
@@ -57,7 +59,7 @@ fn a_draft_config_reads_rope_parameters_and_refuses_scaling() {
     };
     config.check_against(&verifier).unwrap();
     let text = format!(r#"{{{sizes}, "rope_scaling": {{"rope_type": "yarn", "factor": 4}}}}"#);
-    let err = DraftConfig::from_json_str(&text, path)
+    let err = EagleHeadConfig::from_json_str(&text, path)
         .unwrap()
         .check_against(&verifier)
         .unwrap_err();
@@ -78,14 +80,14 @@ fn forward_last_matches_the_last_row_of_forward() -> Result<()> {
         max_position_embeddings: 256,
         ..LlamaConfig::default()
     };
-    let config = DraftConfig {
+    let config = EagleHeadConfig {
         llama: llama.clone(),
         lm_head: DraftLmHeadKind::ActionIds,
         context_window: None,
     };
     let weights = random_draft_weights(&llama, 21, DType::F32, &dev)?;
     let vb = VarBuilder::from_tensors(weights, DType::F32, &dev);
-    let draft = EagleDraft::load(&vb, &config, &llama)?;
+    let draft = EagleHead::load(&vb, &config, &llama)?;
     let mut full = draft.new_cache(128, DType::F32, &dev)?;
     let mut last = draft.new_cache(128, DType::F32, &dev)?;
     for (step, n) in [93usize, 4, 1].into_iter().enumerate() {
