@@ -7,7 +7,7 @@
 //!   tree (4x6x24) and the paper's (8x5x50).
 //! - `accept`: [`best_path`] alone over such trees, strict and relaxed.
 //! - `stages`: the draft head's prefill, the draft head growing a real tree
-//!   ([`Drafter::build_tree`]), the verifier's one pass over that tree, and one plain decode step, so the cost of a speculative cycle can be
+//!   ([`EagleDrafter::draft_tree`]), the verifier's one pass over that tree, and one plain decode step, so the cost of a speculative cycle can be
 //!   compared with the decode steps it replaces.
 //!
 //! When the crate embeds no trained draft head a RANDOM one is used (printed on stderr): the
@@ -29,8 +29,7 @@ use spec_vla::accept::{best_path, Acceptance, RelaxedBinDistance};
 use spec_vla::action::ActionIds;
 use spec_vla::decode::{Decoder, GreedyDecoder};
 use spec_vla::draft::eagle::DraftLmHead;
-use spec_vla::draft::eagle_run::EagleRun;
-use spec_vla::draft::TreeSettings;
+use spec_vla::draft::{EagleDrafter, TreeSettings};
 use spec_vla::{ActionOutput, VlaPolicy};
 
 /// Frames used by `one_action` (each iteration predicts one action per frame).
@@ -212,16 +211,11 @@ fn stages(c: &mut Criterion) {
         ids.count(),
     )
     .expect("draft lm head");
-    let drafter = EagleRun {
-        head: &draft,
-        lm_head: &lm_head,
-        verifier: model.llm(),
-    };
-    let mut state = drafter
-        .new_state(cache.capacity(), model.dtype(), &dev)
-        .expect("draft state");
+    let llm = model.llm();
+    let capacity = cache.capacity();
+    let mut drafter = EagleDrafter::new(draft, lm_head, TreeSettings::default()).expect("drafter");
     drafter
-        .prefill(&mut state, &prefill.input_embeds, &prefill.hidden, first)
+        .prefill(llm, &prefill.input_embeds, &prefill.hidden, first, capacity)
         .expect("draft prefill");
 
     let mut group = c.benchmark_group("stages");
@@ -235,22 +229,16 @@ fn stages(c: &mut Criterion) {
     group.bench_function("draft_prefill", |b| {
         b.iter(|| {
             drafter
-                .prefill(&mut state, &prefill.input_embeds, &prefill.hidden, first)
+                .prefill(llm, &prefill.input_embeds, &prefill.hidden, first, capacity)
                 .expect("draft prefill")
         })
     });
     for (name, settings) in trees() {
         // The first cycle of an action drafts at most 5 levels (6 tokens left, one is the bonus).
         group.bench_function(BenchmarkId::new("draft_tree", name), |b| {
-            b.iter(|| {
-                drafter
-                    .build_tree(&mut state, first, settings, 5)
-                    .expect("tree")
-            })
+            b.iter(|| drafter.draft_tree(llm, first, settings, 5).expect("tree"))
         });
-        let tree = drafter
-            .build_tree(&mut state, first, settings, 5)
-            .expect("tree");
+        let tree = drafter.draft_tree(llm, first, settings, 5).expect("tree");
         group.bench_function(BenchmarkId::new("verify_tree", name), |b| {
             b.iter(|| {
                 cache.truncate(base);

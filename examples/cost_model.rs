@@ -6,7 +6,7 @@
 //! only `--layers` Llama layers, and a 4096-wide one-layer EAGLE draft head. It measures:
 //!
 //! - fixed costs: vision towers + projector, the LM head over `n` rows, the draft head's
-//!   prefill, one draft tree (the real `Drafter::build_tree`), draft steps, cache compaction;
+//!   prefill, one draft tree (the real `EagleDrafter::draft_tree`), draft steps, cache compaction;
 //! - per-layer costs: the prefill, one decode step, and one verification pass over `N` tree
 //!   nodes, each measured over the `--layers` layers and divided by the layer count.
 //!
@@ -37,12 +37,11 @@ use clap::Parser;
 use spec_vla::action::ActionIds;
 use spec_vla::config::OpenVlaConfig;
 use spec_vla::draft::eagle::{DraftLmHead, DraftLmHeadKind};
-use spec_vla::draft::eagle_run::EagleRun;
-use spec_vla::draft::TreeSettings;
-use spec_vla::tree::DraftTree;
+use spec_vla::draft::{EagleDrafter, TreeSettings};
 use spec_vla::kv_cache::KvCache;
 use spec_vla::llama::{AttentionMask, Positions};
 use spec_vla::synthetic::{random_openvla_weights, SeededRng};
+use spec_vla::tree::DraftTree;
 use spec_vla::verifier::OpenVla;
 
 #[derive(Parser, Debug)]
@@ -190,7 +189,7 @@ fn measure(
     args: &Args,
     dev: &Device,
     model: &OpenVla,
-    draft: &spec_vla::draft::eagle::EagleDraft,
+    draft: &spec_vla::draft::eagle::EagleHead,
     nodes: &[usize],
     trees: &[TreeSettings],
 ) -> Result<Costs> {
@@ -284,16 +283,26 @@ fn measure(
     for &(n, ms) in &verify {
         log(&format!("verify {n} nodes"), ms);
     }
-    // Compaction of a verified tree (3 rows kept, not a prefix, so rows really move).
-    let compact = if max_nodes >= 8 {
-        support::median_ms(dev, reps, || {
-            // The rows of the last pass are still in the buffers: re-extend, then compact.
-            cache.truncate(base);
-            cache.advance(max_nodes)?;
-            Ok(cache.compact(base, &[0, 3, 7])?)
-        })?
-    } else {
-        0.0
+    // Compaction of a verified tree (3 rows kept, not a prefix, so rows really move); each
+    // repetition first appends the largest tree again, untimed.
+    let compact = match passes.last() {
+        Some((embeds, positions, mask)) if max_nodes >= 8 => {
+            let mut times = Vec::with_capacity(reps.max(1));
+            for _ in 0..=reps.max(1) {
+                cache.truncate(base);
+                llm.forward(embeds, positions, mask, &mut cache)?;
+                dev.synchronize()?;
+                let start = std::time::Instant::now();
+                cache.compact(base, &[0, 3, 7])?;
+                dev.synchronize()?;
+                times.push(start.elapsed().as_secs_f64() * 1e3);
+            }
+            // The first repetition is the warm-up.
+            times.remove(0);
+            times.sort_by(f64::total_cmp);
+            times[times.len() / 2]
+        }
+        _ => 0.0,
     };
     log("compaction", compact);
     cache.truncate(base);
@@ -320,34 +329,26 @@ fn measure(
     // too), side by side.
     let action_head = DraftLmHead::new(llm, DraftLmHeadKind::ActionIds, ids.first(), ids.count())?;
     let full_head = DraftLmHead::new(llm, DraftLmHeadKind::FullVocab, ids.first(), ids.count())?;
-    let act = EagleRun {
-        head: draft,
-        lm_head: &action_head,
-        verifier: llm,
-    };
-    let full = EagleRun {
-        lm_head: &full_head,
-        ..act
-    };
-    let mut state = act.new_state(cache.capacity(), model.dtype(), dev)?;
-    let draft_prefill =
-        support::once_ms(
-            dev,
-            || Ok(act.prefill(&mut state, &embeds, &hidden, first)?),
-        )?;
+    let mut act = EagleDrafter::new(draft.clone(), action_head.clone(), trees[0])?;
+    let mut full = EagleDrafter::new(draft.clone(), full_head.clone(), trees[0])?;
+    let capacity = cache.capacity();
+    let draft_prefill = support::once_ms(dev, || {
+        Ok(act.prefill(llm, &embeds, &hidden, first, capacity)?)
+    })?;
     log("draft prefill", draft_prefill);
+    full.prefill(llm, &embeds, &hidden, first, capacity)?;
     // The first cycle of an action drafts at most 5 levels (6 tokens left, one is the bonus).
     let depth = |t: &TreeSettings| t.depth.min(ACTION_TOKENS - 2);
     let times = support::interleaved_ms(dev, reps, trees.len() + 1, |i| {
         match trees.get(i) {
-            Some(t) => act.build_tree(&mut state, first, *t, depth(t))?,
-            None => full.build_tree(&mut state, first, trees[0], depth(&trees[0]))?,
+            Some(t) => act.draft_tree(llm, first, *t, depth(t))?,
+            None => full.draft_tree(llm, first, trees[0], depth(&trees[0]))?,
         };
         Ok(())
     })?;
     let mut draft_tree = Vec::new();
     for (i, &tree) in trees.iter().enumerate() {
-        let built = act.build_tree(&mut state, first, tree, depth(&tree))?.len();
+        let built = act.draft_tree(llm, first, tree, depth(&tree))?.len();
         let full_ms = if i == 0 { times[trees.len()] } else { f64::NAN };
         log(
             &format!("build_tree {}", support::tree_name(&tree)),

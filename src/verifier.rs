@@ -6,11 +6,11 @@ use candle_nn::VarBuilder;
 
 use crate::action::ActionIds;
 use crate::config::OpenVlaConfig;
-use crate::tree::DraftTree;
 use crate::error::{Error, Result};
 use crate::kv_cache::KvCache;
 use crate::llama::{AttentionMask, Llama, Positions};
 use crate::projector::Projector;
+use crate::tree::DraftTree;
 use crate::vision::VisionBackbone;
 
 /// What the prefill leaves behind for the decoders.
@@ -22,8 +22,7 @@ pub struct Prefill {
     pub hidden: Tensor,
     /// Logits at the last position, `[vocab]` f32: the first action token comes from here.
     pub last_logits: Tensor,
-    /// The greedy token of `last_logits` (read back with the finiteness check, see
-    /// [`greedy_rows`]).
+    /// The greedy token of `last_logits` (read back with a check that every logit is finite).
     pub greedy: u32,
 }
 
@@ -36,15 +35,19 @@ pub struct Verified {
     pub logits: Tensor,
     /// Greedy token of every row of `logits`.
     pub greedy: Vec<u32>,
+    /// The cache position of the first row: the pass appended its rows at `start..start + n`
+    /// (keep the accepted ones with [`KvCache::compact`]`(start, ..)`).
+    pub start: usize,
 }
 
 impl Verified {
-    fn new(hidden: Tensor, logits: Tensor, stage: &'static str) -> Result<Self> {
+    fn new(hidden: Tensor, logits: Tensor, start: usize, stage: &'static str) -> Result<Self> {
         let greedy = greedy_rows(&logits, stage)?;
         Ok(Self {
             hidden,
             logits,
             greedy,
+            start,
         })
     }
 
@@ -82,22 +85,27 @@ impl OpenVla {
         })
     }
 
+    /// The configuration it was loaded with.
     pub fn config(&self) -> &OpenVlaConfig {
         &self.config
     }
 
+    /// The vision towers.
     pub fn vision(&self) -> &VisionBackbone {
         &self.vision
     }
 
+    /// The projector from vision features to the Llama's width.
     pub fn projector(&self) -> &Projector {
         &self.projector
     }
 
+    /// The language model.
     pub fn llm(&self) -> &Llama {
         &self.llm
     }
 
+    /// The dtype it computes in.
     pub fn dtype(&self) -> DType {
         self.llm.dtype()
     }
@@ -114,6 +122,7 @@ impl OpenVla {
         )
     }
 
+    /// The device its weights are on.
     pub fn device(&self) -> &Device {
         self.llm.device()
     }
@@ -228,13 +237,17 @@ impl OpenVla {
             cache,
         )?;
         let logits = self.llm.logits(&hidden)?;
-        Verified::new(hidden, logits, "decode")
+        Verified::new(hidden, logits, start, "decode")
     }
 
     /// One pass over every node of `tree` on top of `cache`: node `i` sits at position
     /// `cache.len() + depth(i)` and sees the cache plus itself and its ancestors. All rows are
-    /// appended to the cache; keep the accepted ones with [`KvCache::compact`].
+    /// appended to the cache; keep the accepted ones with [`KvCache::compact`]. A root-only tree
+    /// (nothing drafted) is a plain [`decode`](Self::decode) step.
     pub fn verify(&self, tree: &DraftTree, cache: &mut KvCache) -> Result<Verified> {
+        if let [root] = tree.nodes() {
+            return self.decode(root.token, cache);
+        }
         let n = tree.len();
         let start = cache.len();
         let positions = Positions::Explicit(tree.nodes().iter().map(|n| start + n.depth).collect());
@@ -246,7 +259,7 @@ impl OpenVla {
             cache,
         )?;
         let logits = self.llm.logits(&hidden)?;
-        Verified::new(hidden, logits, "verify")
+        Verified::new(hidden, logits, start, "verify")
     }
 }
 

@@ -18,13 +18,12 @@ use common::*;
 use spec_vla::accept::{Acceptance, RadiusSpec, RelaxedBinDistance};
 use spec_vla::action::ActionIds;
 use spec_vla::decode::{
-    ActionRequest, DecodedAction, Decoder, GreedyDecoder, SpecDecoder, TokenOrigin,
+    ActionRequest, ActionTokens, Decoder, GreedyDecoder, SpecDecoder, TokenOrigin,
 };
-use spec_vla::draft::eagle::{DraftConfig, DraftLmHeadKind, EagleDraft};
-use spec_vla::draft::eagle_run::EagleRun;
+use spec_vla::draft::eagle::{DraftLmHeadKind, EagleHead, EagleHeadConfig};
 use spec_vla::draft::{EagleDrafter, Merged, PreviousAction, TreeBuilder, TreeSettings};
-use spec_vla::tree::{DraftTree, NodeId};
 use spec_vla::synthetic::{random_draft_weights, SeededRng};
+use spec_vla::tree::{DraftTree, NodeId};
 use spec_vla::verifier::OpenVla;
 use spec_vla::Error;
 
@@ -45,7 +44,7 @@ fn run(
     decoder: &mut dyn Decoder,
     image: &Tensor,
     ids: &[u32],
-) -> Result<DecodedAction> {
+) -> Result<ActionTokens> {
     let mut cache = model
         .llm()
         .new_cache(model.cache_capacity(ids.len(), decoder.extra_cache_positions()))?;
@@ -94,7 +93,7 @@ struct Tally {
 }
 
 impl Tally {
-    fn add(&mut self, out: &DecodedAction) {
+    fn add(&mut self, out: &ActionTokens) {
         let kept = out
             .origins
             .iter()
@@ -131,11 +130,11 @@ impl Tally {
 fn check_strict(
     case: &RandomCase,
     greedy: &[u32],
-    out: &DecodedAction,
+    out: &ActionTokens,
     label: &str,
     near_ties: &mut Vec<(String, usize, f32)>,
 ) -> Result<()> {
-    let DecodedAction {
+    let ActionTokens {
         tokens,
         origins,
         stats,
@@ -176,7 +175,8 @@ fn check_strict(
             .zip(greedy)
             .position(|(a, b)| a != b)
             .unwrap_or(0);
-        let (_, margin) = greedy_after(&case.model, &case.image_embeds, &case.ids, &greedy[..first])?;
+        let (_, margin) =
+            greedy_after(&case.model, &case.image_embeds, &case.ids, &greedy[..first])?;
         assert!(
             margin < NEAR_TIE,
             "{label}: {tokens:?} != {greedy:?} at {first}, margin {margin}"
@@ -510,7 +510,7 @@ fn invalid_settings_are_typed_errors() -> Result<()> {
         candle_core::DType::F32,
         &candle_core::Device::Cpu,
     );
-    let err = spec_vla::draft::eagle::EagleDraft::load(&vb, &wrong, &case.model.config().text)
+    let err = spec_vla::draft::eagle::EagleHead::load(&vb, &wrong, &case.model.config().text)
         .unwrap_err();
     assert!(matches!(err, Error::DraftMismatch(_)), "{err}");
     Ok(())
@@ -536,13 +536,13 @@ fn a_draft_context_window_sees_only_the_last_prompt_rows() -> Result<()> {
         rows > window + 1,
         "the prompt must be longer than the window"
     );
-    let head = |context_window: Option<usize>| -> Result<EagleDraft> {
-        let config = DraftConfig {
+    let head = |context_window: Option<usize>| -> Result<EagleHead> {
+        let config = EagleHeadConfig {
             context_window,
             ..case.draft.config().clone()
         };
         let weights = random_draft_weights(&config.llama, 99, DType::F32, &dev)?;
-        Ok(EagleDraft::load(
+        Ok(EagleHead::load(
             &VarBuilder::from_tensors(weights, DType::F32, &dev),
             &config,
             &model.config().text,
@@ -553,15 +553,10 @@ fn a_draft_context_window_sees_only_the_last_prompt_rows() -> Result<()> {
         depth: 3,
         total_tokens: 4,
     };
-    let draft = |head: &EagleDraft, embeds: &Tensor, hidden: &Tensor| -> Result<Vec<f32>> {
-        let drafter = EagleRun {
-            head,
-            lm_head: &lm_head,
-            verifier: model.llm(),
-        };
-        let mut state = drafter.new_state(rows + 8, DType::F32, &dev)?;
-        drafter.prefill(&mut state, embeds, hidden, first)?;
-        let tree = drafter.build_tree(&mut state, first, chain, 3)?;
+    let draft = |head: &EagleHead, embeds: &Tensor, hidden: &Tensor| -> Result<Vec<f32>> {
+        let mut drafter = EagleDrafter::new(head.clone(), lm_head.clone(), chain)?;
+        drafter.prefill(model.llm(), embeds, hidden, first, rows + 8)?;
+        let tree = drafter.draft_tree(model.llm(), first, chain, 3)?;
         Ok(tree.nodes().iter().map(|n| n.score).collect())
     };
     let (windowed, whole) = (head(Some(window))?, head(None)?);

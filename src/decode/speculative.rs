@@ -4,10 +4,10 @@
 use std::time::Instant;
 
 use super::step::SpecStep;
-use super::{ActionRequest, DecodeStats, DecodedAction, Decoder, TokenOrigin};
+use super::{ActionRequest, ActionTokens, DecodeStats, Decoder, TokenOrigin};
 use crate::accept::Acceptance;
 use crate::action::ActionIds;
-use crate::draft::eagle::{DraftLmHead, EagleDraft};
+use crate::draft::eagle::{DraftLmHead, EagleHead};
 use crate::draft::{ActionHistory, ActionStart, Drafter, EagleDrafter, TreeSettings};
 use crate::error::{Error, Result};
 use crate::kv_cache::KvCache;
@@ -29,12 +29,12 @@ impl SpecDecoder {
     pub fn new(drafter: Box<dyn Drafter>, acceptance: Acceptance) -> Result<Self> {
         acceptance.validate()?;
         if let (Some(drafter_ids), Some(policy_ids)) =
-            (drafter.action_ids(), acceptance.action_ids())
+            (drafter.needs().action_ids, acceptance.action_ids())
         {
             check_ids("the draft LM head's", drafter_ids, policy_ids)?;
         }
         Ok(Self {
-            history: ActionHistory::new(drafter.history_len()),
+            history: ActionHistory::new(drafter.needs().history),
             drafter,
             acceptance,
         })
@@ -43,7 +43,7 @@ impl SpecDecoder {
     /// The EAGLE head alone with `tree` and no draft cut-off: [`EagleDrafter::new`] then
     /// [`new`](Self::new).
     pub fn eagle(
-        draft: EagleDraft,
+        draft: EagleHead,
         lm_head: DraftLmHead,
         tree: TreeSettings,
         acceptance: Acceptance,
@@ -59,6 +59,7 @@ impl SpecDecoder {
         self.drafter.name()
     }
 
+    /// The acceptance policy.
     pub fn acceptance(&self) -> &Acceptance {
         &self.acceptance
     }
@@ -95,7 +96,7 @@ impl Decoder for SpecDecoder {
     }
 
     fn extra_cache_positions(&self) -> usize {
-        self.drafter.extra_cache_positions()
+        self.drafter.needs().cache_positions
     }
 
     fn new_episode(&mut self) {
@@ -108,7 +109,7 @@ impl Decoder for SpecDecoder {
         prefill: &Prefill,
         cache: &mut KvCache,
         request: &ActionRequest<'_>,
-    ) -> Result<DecodedAction> {
+    ) -> Result<ActionTokens> {
         self.history.enter(request.episode);
         let mut step = SpecStep {
             model,
@@ -117,7 +118,7 @@ impl Decoder for SpecDecoder {
             action_ids: model.action_ids()?,
             history: &self.history,
             n_tokens: request.n_tokens,
-            out: DecodedAction {
+            out: ActionTokens {
                 tokens: Vec::with_capacity(request.n_tokens),
                 origins: Vec::with_capacity(request.n_tokens),
                 stats: DecodeStats::default(),
@@ -131,7 +132,7 @@ impl Decoder for SpecDecoder {
         if !step.is_done() {
             let start = Instant::now();
             self.drafter.start(&ActionStart {
-                model,
+                verifier: model.llm(),
                 prefill,
                 cache_capacity: step.cache.capacity(),
             })?;

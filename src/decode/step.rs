@@ -5,13 +5,13 @@ use std::time::Instant;
 
 use candle_core::Tensor;
 
-use super::{DecodedAction, TokenOrigin};
+use super::{ActionTokens, TokenOrigin};
 use crate::accept::{best_path, Acceptance, AcceptedPath};
 use crate::action::ActionIds;
 use crate::draft::{ActionHistory, Committed, DraftRequest, Drafter};
-use crate::tree::DraftTree;
 use crate::error::{Error, Result};
 use crate::kv_cache::KvCache;
+use crate::tree::DraftTree;
 use crate::verifier::{OpenVla, Verified};
 
 /// The decoding of one action after the prefill: the verifier's cache, the tokens so far and
@@ -24,7 +24,7 @@ pub(crate) struct SpecStep<'a> {
     pub history: &'a ActionHistory,
     pub n_tokens: usize,
     /// Tokens, origins and statistics so far (the prefill's token first).
-    pub out: DecodedAction,
+    pub out: ActionTokens,
 }
 
 impl SpecStep<'_> {
@@ -45,10 +45,10 @@ impl SpecStep<'_> {
         };
         let verified = self.verify(&tree)?;
         let path = self.accept(&tree, &verified)?;
-        let committed = self.commit(&tree, &verified, &path, drafter.reads_features())?;
+        let committed = self.commit(&tree, &verified, &path, drafter.needs().features)?;
         if !self.is_done() {
             let start = Instant::now();
-            drafter.commit(self.model, &committed)?;
+            drafter.commit(self.model.llm(), &committed)?;
             self.out.stats.times.draft += start.elapsed();
         }
         Ok(())
@@ -68,7 +68,7 @@ impl SpecStep<'_> {
     pub fn draft(&mut self, drafter: &mut dyn Drafter, max_depth: usize) -> Result<DraftTree> {
         let start = Instant::now();
         let tree = drafter.propose(&DraftRequest {
-            model: self.model,
+            verifier: self.model.llm(),
             tokens: &self.out.tokens,
             max_depth,
             acceptance: self.acceptance,
@@ -79,14 +79,10 @@ impl SpecStep<'_> {
         Ok(tree)
     }
 
-    /// The verifier's pass over `tree` (a plain decode step for a root-only tree).
+    /// The verifier's pass over `tree` (a root-only tree is a plain decode step).
     pub fn verify(&mut self, tree: &DraftTree) -> Result<Verified> {
         let start = Instant::now();
-        let verified = if tree.len() == 1 {
-            self.model.decode(self.root()?, self.cache)?
-        } else {
-            self.model.verify(tree, self.cache)?
-        };
+        let verified = self.model.verify(tree, self.cache)?;
         let stats = &mut self.out.stats;
         stats.times.verify += start.elapsed();
         stats.verifier_passes += 1;
@@ -141,10 +137,7 @@ impl SpecStep<'_> {
                 }
             });
         self.out.origins.extend(origins);
-        if tree.len() > 1 {
-            let base = self.cache.len().saturating_sub(tree.len());
-            self.cache.compact(base, &rows)?;
-        }
+        self.cache.compact(verified.start, &rows)?;
         self.out.tokens.extend_from_slice(&emitted);
         self.out.stats.tokens_per_pass.push(emitted.len());
         self.out.stats.times.commit += start.elapsed();

@@ -1,9 +1,9 @@
 //! A constant-velocity extrapolation of the last actions as a draft.
 
-use super::{DraftRequest, Drafter};
-use crate::tree::DraftTree;
+use super::{DraftRequest, Drafter, DrafterNeeds};
 use crate::action::ActionIds;
 use crate::error::{Error, Result};
+use crate::tree::DraftTree;
 
 /// Proposes, as a chain, each remaining dimension's next bin on the least-squares line through
 /// that dimension's bins in the last `history` actions, rounded and clamped to the action ids.
@@ -20,9 +20,12 @@ impl ConstantVelocity {
     /// Extrapolates from the last `history` actions (at least 2), chains of at most `max_depth`.
     pub fn new(history: usize, max_depth: usize) -> Result<Self> {
         if history < 2 {
-            return Err(Error::setting("history", format!(
-                "a constant-velocity drafter needs at least 2 earlier actions, not {history}"
-            )));
+            return Err(Error::setting(
+                "history",
+                format!(
+                    "a constant-velocity drafter needs at least 2 earlier actions, not {history}"
+                ),
+            ));
         }
         Ok(Self { history, max_depth })
     }
@@ -63,12 +66,11 @@ impl Drafter for ConstantVelocity {
         format!("constant_velocity{}", self.history)
     }
 
-    fn max_nodes(&self) -> usize {
-        self.max_depth + 1
-    }
-
-    fn history_len(&self) -> usize {
-        self.history
+    fn needs(&self) -> DrafterNeeds {
+        DrafterNeeds {
+            history: self.history,
+            ..DrafterNeeds::nodes(self.max_depth + 1)
+        }
     }
 
     fn propose(&mut self, request: &DraftRequest<'_>) -> Result<DraftTree> {

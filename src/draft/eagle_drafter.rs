@@ -2,22 +2,22 @@
 
 use candle_core::Tensor;
 
-use super::eagle::{DraftLmHead, EagleDraft};
+use super::eagle::{DraftLmHead, EagleHead};
 use super::eagle_run::{DraftCutoff, DraftState, EagleRun};
-use super::{ActionStart, Committed, DraftRequest, Drafter, TreeSettings};
-use crate::tree::DraftTree;
-use crate::action::ActionIds;
+use super::{ActionStart, Committed, DraftRequest, Drafter, DrafterNeeds, TreeSettings};
 use crate::error::{Error, Result};
+use crate::llama::Llama;
+use crate::tree::DraftTree;
 use crate::verifier::OpenVla;
 
 /// A draft head, its LM head, the tree shape and the draft cut-off, plus the draft cache it
 /// reuses from one action to the next.
 #[derive(Debug)]
 pub struct EagleDrafter {
-    head: EagleDraft,
+    head: EagleHead,
     lm_head: DraftLmHead,
     tree: TreeSettings,
-    /// Drafting stops below this estimated path acceptance probability; see [`DraftCutoff`].
+    /// Drafting stops below this estimated path acceptance probability (see `DraftCutoff`).
     min_confidence: f32,
     state: Option<DraftState>,
     pending: Option<PendingPrefill>,
@@ -27,7 +27,7 @@ impl EagleDrafter {
     /// Validates the tree settings and checks that the draft head computes in the dtype and on
     /// the device of the verifier whose LM head `lm_head` is. Errors:
     /// [`Error::InvalidSetting`], [`Error::DraftMismatch`].
-    pub fn new(head: EagleDraft, lm_head: DraftLmHead, tree: TreeSettings) -> Result<Self> {
+    pub fn new(head: EagleHead, lm_head: DraftLmHead, tree: TreeSettings) -> Result<Self> {
         tree.validate()?;
         if head.dtype() != lm_head.dtype() {
             return Err(Error::DraftMismatch(format!(
@@ -54,31 +54,75 @@ impl EagleDrafter {
     }
 
     /// Stop drafting once no path's estimated acceptance probability reaches `min_confidence`
-    /// (see [`DraftCutoff`]); `0` (the default of [`new`](Self::new)) drafts every level the
+    /// (the draft's own probability that the verifier keeps the path; for relaxed acceptance,
+    /// its probability mass within the radius); `0` (the default of [`new`](Self::new)) drafts every level the
     /// tree settings allow. Errors unless `0 <= min_confidence <= 1`.
     pub fn with_min_confidence(mut self, min_confidence: f32) -> Result<Self> {
         if !(0.0..=1.0).contains(&min_confidence) {
-            return Err(Error::setting("min_confidence", format!(
-                "draft min_confidence {min_confidence} is not in [0, 1]"
-            )));
+            return Err(Error::setting(
+                "min_confidence",
+                format!("draft min_confidence {min_confidence} is not in [0, 1]"),
+            ));
         }
         self.min_confidence = min_confidence;
         Ok(self)
     }
 
+    /// The draft cut-off (see [`with_min_confidence`](Self::with_min_confidence)).
     pub fn min_confidence(&self) -> f32 {
         self.min_confidence
     }
 
+    /// The shape of the trees this drafter grows.
     pub fn tree_settings(&self) -> TreeSettings {
         self.tree
     }
 
-    fn run<'a>(&'a self, model: &'a OpenVla) -> EagleRun<'a> {
+    /// Runs the draft head's prefill outside a decoder (benches, cost models, tests): the
+    /// verifier's prompt rows `input_embeds` and `hidden` (`[T, hidden]`, as in a
+    /// [`Prefill`](crate::verifier::Prefill)) followed by `first_token`, into a draft cache of
+    /// `capacity` positions. [`draft_tree`](Self::draft_tree) then drafts below it. A decoder
+    /// calls [`Drafter::start`] instead, which defers this prefill until the head first drafts.
+    pub fn prefill(
+        &mut self,
+        verifier: &Llama,
+        input_embeds: &Tensor,
+        hidden: &Tensor,
+        first_token: u32,
+        capacity: usize,
+    ) -> Result<()> {
+        let mut state = self.state_for(capacity, verifier)?;
+        self.pending = None;
+        let result = self
+            .run(verifier)
+            .prefill(&mut state, input_embeds, hidden, first_token);
+        self.state = Some(state);
+        result
+    }
+
+    /// A tree of `tree`'s shape below `root`, at most `max_depth` levels deep, drafted from the
+    /// last [`prefill`](Self::prefill) without a cut-off. The draft cache is left as it was, so
+    /// it can be called again.
+    pub fn draft_tree(
+        &mut self,
+        verifier: &Llama,
+        root: u32,
+        tree: TreeSettings,
+        max_depth: usize,
+    ) -> Result<DraftTree> {
+        let mut state = self.prefilled_state(verifier)?;
+        let drafted = self
+            .run(verifier)
+            .build_tree(&mut state, root, tree, max_depth);
+        self.state = Some(state);
+        drafted
+    }
+
+    fn run<'a>(&'a self, verifier: &'a Llama) -> EagleRun<'a> {
         EagleRun {
             head: &self.head,
             lm_head: &self.lm_head,
-            verifier: model.llm(),
+            verifier,
         }
     }
 }
@@ -88,19 +132,18 @@ impl Drafter for EagleDrafter {
         "eagle".into()
     }
 
-    fn max_nodes(&self) -> usize {
-        self.tree.total_tokens
-    }
-
-    fn extra_cache_positions(&self) -> usize {
-        // The draft appends a frontier of at most `top_k` rows per level below the first.
-        self.tree
-            .total_tokens
-            .max(self.tree.top_k * self.tree.depth)
-    }
-
-    fn action_ids(&self) -> Option<ActionIds> {
-        self.lm_head.action_ids()
+    fn needs(&self) -> DrafterNeeds {
+        DrafterNeeds {
+            max_nodes: self.tree.total_tokens,
+            // The draft appends a frontier of at most `top_k` rows per level below the first.
+            cache_positions: self
+                .tree
+                .total_tokens
+                .max(self.tree.top_k * self.tree.depth),
+            action_ids: self.lm_head.action_ids(),
+            history: 0,
+            features: true,
+        }
     }
 
     fn check_request(&self, model: &OpenVla, prefill_rows: usize, n_tokens: usize) -> Result<()> {
@@ -149,14 +192,7 @@ impl Drafter for EagleDrafter {
     }
 
     fn start(&mut self, start: &ActionStart<'_>) -> Result<()> {
-        let state = match self.state.take() {
-            Some(state) if state.capacity() >= start.cache_capacity => state,
-            _ => DraftState::new(self.head.new_cache(
-                start.cache_capacity,
-                start.model.dtype(),
-                start.model.device(),
-            )?),
-        };
+        let state = self.state_for(start.cache_capacity, start.verifier)?;
         self.state = Some(state);
         // The draft prefill waits until the head drafts or commits: in a staged drafter an
         // action may finish without it.
@@ -175,8 +211,8 @@ impl Drafter for EagleDrafter {
             first_dim: request.next_dim(),
             min_confidence: self.min_confidence,
         });
-        let mut state = self.prefilled_state(request.model)?;
-        let tree = self.run(request.model).build_tree_until(
+        let mut state = self.prefilled_state(request.verifier)?;
+        let tree = self.run(request.verifier).build_tree_until(
             &mut state,
             root,
             self.tree,
@@ -187,17 +223,14 @@ impl Drafter for EagleDrafter {
         tree
     }
 
-    fn reads_features(&self) -> bool {
-        true
-    }
-
-    fn commit(&mut self, model: &OpenVla, committed: &Committed) -> Result<()> {
-        let features = committed.features.as_ref().ok_or_else(|| {
-            Error::internal("an EAGLE commit without the verifier's features")
-        })?;
-        let mut state = self.prefilled_state(model)?;
+    fn commit(&mut self, verifier: &Llama, committed: &Committed) -> Result<()> {
+        let features = committed
+            .features
+            .as_ref()
+            .ok_or_else(|| Error::internal("an EAGLE commit without the verifier's features"))?;
+        let mut state = self.prefilled_state(verifier)?;
         let result = self
-            .run(model)
+            .run(verifier)
             .commit(&mut state, features, &committed.next_tokens);
         self.state = Some(state);
         result
@@ -213,14 +246,27 @@ struct PendingPrefill {
 }
 
 impl EagleDrafter {
+    /// The draft state (taken out of `self`; put it back), reused when its cache holds
+    /// `capacity` positions, else a new one in the verifier's dtype and on its device.
+    fn state_for(&mut self, capacity: usize, verifier: &Llama) -> Result<DraftState> {
+        Ok(match self.state.take() {
+            Some(state) if state.capacity() >= capacity => state,
+            _ => DraftState::new(self.head.new_cache(
+                capacity,
+                verifier.dtype(),
+                verifier.device(),
+            )?),
+        })
+    }
+
     /// The draft state with this action's prefill run (taken out of `self`; put it back).
-    fn prefilled_state(&mut self, model: &OpenVla) -> Result<DraftState> {
+    fn prefilled_state(&mut self, verifier: &Llama) -> Result<DraftState> {
         let mut state = self
             .state
             .take()
             .ok_or_else(|| Error::internal("EAGLE drafting before its start"))?;
         if let Some(p) = self.pending.take() {
-            self.run(model)
+            self.run(verifier)
                 .prefill(&mut state, &p.input_embeds, &p.hidden, p.first_token)?;
         }
         Ok(state)

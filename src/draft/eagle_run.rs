@@ -1,27 +1,27 @@
 //! Runs the EAGLE draft head to grow a [`DraftTree`], keeping the draft's own KV cache in step
 //! with the verifier's committed sequence.
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Tensor};
 
 use super::builder::{TreeBuilder, TreeSettings};
-use super::eagle::{DraftLmHead, EagleDraft};
-use crate::tree::{additive_mask, DraftTree, NodeId};
+use super::eagle::{DraftLmHead, EagleHead};
 use crate::accept::{Acceptance, AcceptancePolicy};
 use crate::error::{Error, Result};
 use crate::kv_cache::KvCache;
 use crate::llama::{AttentionMask, Llama, Positions};
+use crate::tree::{additive_mask, DraftTree, NodeId};
 
 /// The draft side of one action: the draft cache (rows `0..committed` are final) and the
 /// predicted feature that scores the children of the next root.
 #[derive(Debug)]
-pub struct DraftState {
+pub(crate) struct DraftState {
     cache: KvCache,
     /// `[1, hidden]`: the draft output at the last committed row.
     root_feature: Option<Tensor>,
 }
 
 impl DraftState {
-    pub fn new(cache: KvCache) -> Self {
+    pub(crate) fn new(cache: KvCache) -> Self {
         Self {
             cache,
             root_feature: None,
@@ -29,32 +29,27 @@ impl DraftState {
     }
 
     /// Positions the draft cache can hold.
-    pub fn capacity(&self) -> usize {
+    pub(crate) fn capacity(&self) -> usize {
         self.cache.capacity()
-    }
-
-    /// Committed draft rows; the next root sits at this position.
-    pub fn committed(&self) -> usize {
-        self.cache.len()
     }
 }
 
 /// The EAGLE head run against a verifier: draft head + its LM head + the verifier's embedding
 /// table, borrowed for one action.
 #[derive(Debug, Clone, Copy)]
-pub struct EagleRun<'a> {
-    pub head: &'a EagleDraft,
-    pub lm_head: &'a DraftLmHead,
-    pub verifier: &'a Llama,
+pub(crate) struct EagleRun<'a> {
+    pub(crate) head: &'a EagleHead,
+    pub(crate) lm_head: &'a DraftLmHead,
+    pub(crate) verifier: &'a Llama,
 }
 
 impl EagleRun<'_> {
     /// Feeds the verifier's prefill: row `i` pairs hidden `f_i` with the embedding of token
     /// `i + 1`; the last row pairs with `first_token`, the verifier's first greedy token.
     /// `input_embeds`, `hidden`: `[T, hidden]`. A head with a context window
-    /// ([`DraftConfig::context_window`](crate::draft::eagle::DraftConfig)) takes only the last
+    /// ([`EagleHeadConfig::context_window`](crate::draft::eagle::EagleHeadConfig)) takes only the last
     /// rows.
-    pub fn prefill(
+    pub(crate) fn prefill(
         &self,
         state: &mut DraftState,
         input_embeds: &Tensor,
@@ -83,7 +78,7 @@ impl EagleRun<'_> {
 
     /// Appends verified rows: `features` `[k, hidden]` (verifier hidden states of the root and
     /// the accepted nodes) paired with `next_tokens` (the accepted tokens, then the bonus).
-    pub fn commit(
+    pub(crate) fn commit(
         &self,
         state: &mut DraftState,
         features: &Tensor,
@@ -107,9 +102,9 @@ impl EagleRun<'_> {
         Ok(())
     }
 
-    /// Grows a tree below `root` (at position `state.committed()`), at most `max_depth` levels.
+    /// Grows a tree below `root` (at the position after the committed draft rows), at most `max_depth` levels.
     /// The draft cache is back at its committed length afterwards.
-    pub fn build_tree(
+    pub(crate) fn build_tree(
         &self,
         state: &mut DraftState,
         root: u32,
@@ -121,7 +116,7 @@ impl EagleRun<'_> {
 
     /// [`build_tree`](Self::build_tree) that also stops drafting once `cutoff` says no frontier
     /// path is likely enough to be accepted.
-    pub fn build_tree_until(
+    pub(crate) fn build_tree_until(
         &self,
         state: &mut DraftState,
         root: u32,
@@ -129,9 +124,10 @@ impl EagleRun<'_> {
         max_depth: usize,
         cutoff: Option<DraftCutoff<'_>>,
     ) -> Result<DraftTree> {
-        let root_feature = state.root_feature.clone().ok_or_else(|| {
-            Error::internal("build_tree before the draft prefill")
-        })?;
+        let root_feature = state
+            .root_feature
+            .clone()
+            .ok_or_else(|| Error::internal("build_tree before the draft prefill"))?;
         let committed = state.cache.len();
         let mut builder = TreeBuilder::new(root, settings, max_depth)?;
         // The estimated acceptance probability of every pool node's path (root = 1).
@@ -186,9 +182,11 @@ impl EagleRun<'_> {
                     .ok_or_else(|| Error::internal("frontier node out of range"))?;
                 tokens.push(node.token);
                 positions.push(level.committed + node.depth - 1);
-                ancestors.push(level.builder.path_to(id).ok_or_else(|| {
-                    Error::internal("a frontier node with no path to the root")
-                })?);
+                ancestors.push(
+                    level.builder.path_to(id).ok_or_else(|| {
+                        Error::internal("a frontier node with no path to the root")
+                    })?,
+                );
                 let parent_feature = node
                     .parent
                     .and_then(|p| level.fed.iter().find(|(f, _)| *f == p))
@@ -197,9 +195,11 @@ impl EagleRun<'_> {
             }
             // Each row sees the committed rows, its fed ancestors, and itself.
             let fed = level.fed.len();
-            let mask = additive_mask(n, level.committed, fed + n, |row, j| match j.checked_sub(fed) {
-                None => ancestors[row].contains(&level.fed[j].0),
-                Some(new) => new == row,
+            let mask = additive_mask(n, level.committed, fed + n, |row, j| {
+                match j.checked_sub(fed) {
+                    None => ancestors[row].contains(&level.fed[j].0),
+                    Some(new) => new == row,
+                }
             });
             let features = Tensor::cat(&parents, 0)?;
             let embeds = self.verifier.embed(&tokens)?;
@@ -229,13 +229,6 @@ impl EagleRun<'_> {
             }
         }
         Ok(())
-    }
-
-    /// A draft cache sized for `capacity` positions.
-    pub fn new_state(&self, capacity: usize, dtype: DType, device: &Device) -> Result<DraftState> {
-        Ok(DraftState::new(
-            self.head.new_cache(capacity, dtype, device)?,
-        ))
     }
 }
 
@@ -337,7 +330,7 @@ fn top_k_rows(rows: &[Vec<f32>], k: usize, head: &DraftLmHead) -> Vec<Vec<(u32, 
 /// nodes drafted so far, that frontier included, are still verified (a verifier row costs less
 /// than a draft step and is accepted often enough to pay).
 #[derive(Debug, Clone, Copy)]
-pub struct DraftCutoff<'a> {
+pub(crate) struct DraftCutoff<'a> {
     pub policy: &'a Acceptance,
     /// The action dimension of the root's children (the number of action tokens emitted so far).
     pub first_dim: usize,
@@ -392,7 +385,7 @@ impl DraftCutoff<'_> {
 mod tests {
     use super::*;
     use crate::accept::RelaxedBinDistance;
-use crate::action::ActionIds;
+    use crate::action::ActionIds;
     use crate::draft::TreeSettings;
 
     const CHAIN: TreeSettings = TreeSettings {
@@ -434,7 +427,7 @@ use crate::action::ActionIds;
                     .collect()
             })
             .collect();
-        let tensor = Tensor::new(rows.clone(), &Device::Cpu)?;
+        let tensor = Tensor::new(rows.clone(), &candle_core::Device::Cpu)?;
         for k in [0, 1, 4, 256, 300] {
             let device = top_k_on_device(&tensor, k)?;
             for (row, got) in rows.iter().zip(&device) {

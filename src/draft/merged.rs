@@ -1,10 +1,9 @@
 //! Several drafters in one tree: the verifier checks all their proposals in one pass.
 
-use super::merge::merge_trees;
-use super::{ActionStart, Committed, DraftRequest, Drafter};
-use crate::tree::DraftTree;
-use crate::action::ActionIds;
+use super::{ActionStart, Committed, DraftRequest, Drafter, DrafterNeeds};
 use crate::error::{Error, Result};
+use crate::llama::Llama;
+use crate::tree::{merge_trees, DraftTree};
 use crate::verifier::OpenVla;
 
 /// Sibling branches from several drafters below one root, shared prefixes deduplicated, at most
@@ -22,14 +21,18 @@ impl Merged {
     /// and one drafted node).
     pub fn new(drafters: Vec<Box<dyn Drafter>>, node_budget: usize) -> Result<Self> {
         if drafters.is_empty() {
-            return Err(Error::setting("drafters", 
+            return Err(Error::setting(
+                "drafters",
                 "a merged drafter of no drafters",
             ));
         }
         if node_budget < 2 {
-            return Err(Error::setting("node_budget", format!(
-                "a merged drafter's node budget of {node_budget} leaves no room for a draft"
-            )));
+            return Err(Error::setting(
+                "node_budget",
+                format!(
+                    "a merged drafter's node budget of {node_budget} leaves no room for a draft"
+                ),
+            ));
         }
         Ok(Self {
             drafters,
@@ -37,6 +40,7 @@ impl Merged {
         })
     }
 
+    /// Most nodes of a merged tree, root included.
     pub fn node_budget(&self) -> usize {
         self.node_budget
     }
@@ -48,20 +52,12 @@ impl Drafter for Merged {
         names.join("+")
     }
 
-    fn max_nodes(&self) -> usize {
-        let sum: usize = self.drafters.iter().map(|d| d.max_nodes()).sum();
-        sum.min(self.node_budget)
-    }
-
-    fn extra_cache_positions(&self) -> usize {
-        self.drafters
-            .iter()
-            .map(|d| d.extra_cache_positions())
-            .fold(self.max_nodes(), usize::max)
-    }
-
-    fn action_ids(&self) -> Option<ActionIds> {
-        self.drafters.iter().find_map(|d| d.action_ids())
+    fn needs(&self) -> DrafterNeeds {
+        let sum: usize = self.drafters.iter().map(|d| d.needs().max_nodes).sum();
+        DrafterNeeds::union(
+            self.drafters.iter().map(|d| d.as_ref()),
+            sum.min(self.node_budget),
+        )
     }
 
     fn check_request(&self, model: &OpenVla, prefill_rows: usize, n_tokens: usize) -> Result<()> {
@@ -83,21 +79,9 @@ impl Drafter for Merged {
         merge_trees(&trees, self.node_budget)
     }
 
-    fn history_len(&self) -> usize {
-        self.drafters
-            .iter()
-            .map(|d| d.history_len())
-            .max()
-            .unwrap_or(0)
-    }
-
-    fn reads_features(&self) -> bool {
-        self.drafters.iter().any(|d| d.reads_features())
-    }
-
-    fn commit(&mut self, model: &OpenVla, committed: &Committed) -> Result<()> {
+    fn commit(&mut self, verifier: &Llama, committed: &Committed) -> Result<()> {
         self.drafters
             .iter_mut()
-            .try_for_each(|d| d.commit(model, committed))
+            .try_for_each(|d| d.commit(verifier, committed))
     }
 }

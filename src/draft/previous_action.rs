@@ -1,8 +1,8 @@
 //! The previous control step's action as a draft: consecutive actions of a robot are close.
 
-use super::{DraftRequest, Drafter};
-use crate::tree::DraftTree;
+use super::{DraftRequest, Drafter, DrafterNeeds};
 use crate::error::Result;
+use crate::tree::DraftTree;
 
 /// Proposes, as a chain, the previous action's tokens for the dimensions still to decode. Costs
 /// no model at all; proposes nothing at an episode's first action.
@@ -31,12 +31,11 @@ impl Drafter for PreviousAction {
         "previous_action".into()
     }
 
-    fn max_nodes(&self) -> usize {
-        self.max_depth + 1
-    }
-
-    fn history_len(&self) -> usize {
-        1
+    fn needs(&self) -> DrafterNeeds {
+        DrafterNeeds {
+            history: 1,
+            ..DrafterNeeds::nodes(self.max_depth + 1)
+        }
     }
 
     fn propose(&mut self, request: &DraftRequest<'_>) -> Result<DraftTree> {

@@ -1,9 +1,9 @@
 //! One drafter for an action's first pass, another for the passes after it.
 
-use super::{ActionStart, Committed, DraftRequest, Drafter};
-use crate::tree::DraftTree;
-use crate::action::ActionIds;
+use super::{ActionStart, Committed, DraftRequest, Drafter, DrafterNeeds};
 use crate::error::Result;
+use crate::llama::Llama;
+use crate::tree::DraftTree;
 use crate::verifier::OpenVla;
 
 /// `first` proposes the first tree of every action (unless it proposes nothing), `then` every
@@ -18,6 +18,7 @@ pub struct Staged {
 }
 
 impl Staged {
+    /// `first` for each action's first pass, `then` for the passes after it.
     pub fn new(first: Box<dyn Drafter>, then: Box<dyn Drafter>) -> Self {
         Self {
             first,
@@ -36,18 +37,13 @@ impl Drafter for Staged {
         format!("{}>{}", self.first.name(), self.then.name())
     }
 
-    fn max_nodes(&self) -> usize {
-        self.first.max_nodes().max(self.then.max_nodes())
-    }
-
-    fn extra_cache_positions(&self) -> usize {
-        self.first
-            .extra_cache_positions()
-            .max(self.then.extra_cache_positions())
-    }
-
-    fn action_ids(&self) -> Option<ActionIds> {
-        self.first.action_ids().or_else(|| self.then.action_ids())
+    fn needs(&self) -> DrafterNeeds {
+        let max_nodes = self
+            .first
+            .needs()
+            .max_nodes
+            .max(self.then.needs().max_nodes);
+        DrafterNeeds::union(self.both(), max_nodes)
     }
 
     fn check_request(&self, model: &OpenVla, prefill_rows: usize, n_tokens: usize) -> Result<()> {
@@ -75,20 +71,8 @@ impl Drafter for Staged {
         self.then.propose(request)
     }
 
-    fn history_len(&self) -> usize {
-        self.both()
-            .iter()
-            .map(|d| d.history_len())
-            .max()
-            .unwrap_or(0)
-    }
-
-    fn reads_features(&self) -> bool {
-        self.both().iter().any(|d| d.reads_features())
-    }
-
-    fn commit(&mut self, model: &OpenVla, committed: &Committed) -> Result<()> {
-        self.first.commit(model, committed)?;
-        self.then.commit(model, committed)
+    fn commit(&mut self, verifier: &Llama, committed: &Committed) -> Result<()> {
+        self.first.commit(verifier, committed)?;
+        self.then.commit(verifier, committed)
     }
 }

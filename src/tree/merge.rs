@@ -1,7 +1,7 @@
 //! One tree from several drafters' trees over the same root: shared prefixes appear once, and a
 //! node budget bounds the verifier's pass.
 
-use crate::tree::{DraftTree, NodeId, TreeNode};
+use super::{DraftTree, NodeId, TreeNode};
 use crate::error::{Error, Result};
 
 /// Merges `trees` (all rooted at the same token) into one of at most `node_budget` nodes, root
@@ -17,7 +17,8 @@ pub fn merge_trees(trees: &[DraftTree], node_budget: usize) -> Result<DraftTree>
         return Err(Error::MalformedDraftTree("merging no draft trees".into()));
     };
     if node_budget == 0 {
-        return Err(Error::setting("node_budget", 
+        return Err(Error::setting(
+            "node_budget",
             "a merged draft tree's node budget must be at least 1 (the root)",
         ));
     }

@@ -5,6 +5,10 @@
 //! previous pass), never drafted. Every other node's parent has a smaller index, so iterating
 //! nodes in index order visits parents before children.
 
+mod merge;
+
+pub use merge::merge_trees;
+
 use crate::error::{Error, Result};
 
 /// A row-major `[rows, prefix + keys]` ADDITIVE attention mask: every row sees the `prefix`
@@ -81,9 +85,7 @@ impl DraftTree {
     ///
     /// Errors with [`Error::MalformedDraftTree`] naming the first broken invariant.
     pub fn from_nodes(nodes: Vec<TreeNode>) -> Result<Self> {
-        let bad = |msg: String| {
-            Err(Error::MalformedDraftTree(msg))
-        };
+        let bad = |msg: String| Err(Error::MalformedDraftTree(msg));
         let Some(root) = nodes.first() else {
             return bad("no nodes (a tree holds at least its root)".into());
         };
