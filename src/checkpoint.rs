@@ -6,7 +6,7 @@
 //!
 //! Weights are memory-mapped. Before mapping, every shard's safetensors header is read and
 //! checked against the file size, so a truncated or corrupt file gives a typed error naming it
-//! instead of failing deep inside candle. [`get`] is the one way model code reads a weight: it
+//! instead of failing deep inside candle. `get` is the one way model code reads a weight: it
 //! turns a missing tensor or a wrong shape into [`Error::MissingTensor`] /
 //! [`Error::ShapeMismatch`] with the full dotted name.
 

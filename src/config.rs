@@ -25,16 +25,25 @@ pub const MAX_PATCHES: usize = 1 << 16;
 /// Sizes of one timm-style ViT tower.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct VitConfig {
+    /// Width of the patch embeddings and blocks.
     pub embed_dim: usize,
     /// Blocks in the published tower; the featurizer runs `depth - 1` of them.
     pub depth: usize,
+    /// Attention heads per block.
     pub num_heads: usize,
+    /// Hidden width of each block's MLP.
     pub mlp_hidden_dim: usize,
+    /// Side of one square patch, in pixels.
     pub patch_size: usize,
+    /// Side of the square input image, in pixels.
     pub image_size: usize,
+    /// Whether the tower prepends a class token (DINOv2; dropped from the features).
     pub class_token: bool,
+    /// Register tokens after the class token (4 for DINOv2-reg4; dropped from the features).
     pub num_register_tokens: usize,
+    /// Whether blocks scale their residual branches (LayerScale, `ls1`/`ls2.scale_factor`).
     pub layer_scale: bool,
+    /// The LayerNorms' epsilon.
     pub layer_norm_eps: f64,
 }
 
@@ -78,6 +87,7 @@ impl VitConfig {
         }
     }
 
+    /// Width of one attention head.
     pub fn head_dim(&self) -> usize {
         self.embed_dim / self.num_heads
     }
@@ -87,6 +97,7 @@ impl VitConfig {
         self.image_size / self.patch_size
     }
 
+    /// Patches per image (the tower's feature rows).
     pub fn num_patches(&self) -> usize {
         self.grid_size() * self.grid_size()
     }
@@ -224,11 +235,17 @@ fn default_bins() -> usize {
 pub struct OpenVlaConfig {
     /// One tower, or two for a fused backbone (DINOv2 on channels 0-2, SigLIP on 3-5).
     pub towers: Vec<VitConfig>,
+    /// The projector from vision features to the language model's width.
     pub projector: ProjectorKind,
+    /// The language model (`text_config`, with OpenVLA's defaults filled in).
     pub text: LlamaConfig,
+    /// How a frame is brought to the towers' input size.
     pub resize: ResizeStrategy,
+    /// Bins per action dimension (256).
     pub n_action_bins: usize,
+    /// The padding token.
     pub pad_token_id: u32,
+    /// The vocabulary padding: `text.vocab_size` is the tokenizer's size rounded up to this.
     pub pad_to_multiple_of: usize,
     /// Dataset statistics from `config.json`; a `dataset_statistics.json` beside it is merged
     /// over these by [`OpenVlaConfig::merge_dataset_statistics`].

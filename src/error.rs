@@ -10,16 +10,24 @@ use std::path::PathBuf;
 pub enum Error {
     /// A file the checkpoint needs is not there.
     #[error("missing file {path}")]
-    MissingFile { path: PathBuf },
+    MissingFile {
+        /// The file looked for.
+        path: PathBuf,
+    },
 
     /// A checkpoint or draft folder was expected, but the path is a file (or something else).
     #[error("{path} is not a folder: pass the checkpoint folder, not a file inside it")]
-    NotADirectory { path: PathBuf },
+    NotADirectory {
+        /// The path given.
+        path: PathBuf,
+    },
 
     /// Reading a file failed.
     #[error("cannot read {path}: {source}")]
     Io {
+        /// The file read.
         path: PathBuf,
+        /// The operating system's error.
         #[source]
         source: std::io::Error,
     },
@@ -27,15 +35,23 @@ pub enum Error {
     /// A JSON file (config, index, statistics, preprocessor) does not parse or lacks a field.
     #[error("malformed {what} ({path}): {message}")]
     MalformedConfig {
+        /// Which kind of file (`config.json`, `dataset_statistics.json`, ...).
         what: &'static str,
+        /// The file.
         path: PathBuf,
+        /// What is wrong with it.
         message: String,
     },
 
     /// A weights file (safetensors, or the embedded int8-rows layout) whose bytes are not a valid
     /// file of its format: a torn header, tensor ranges that do not tile the data, a wrong size.
     #[error("corrupt weights file {path}: {message}")]
-    CorruptWeights { path: PathBuf, message: String },
+    CorruptWeights {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        message: String,
+    },
 
     /// A configuration value is invalid on its own or against another one.
     #[error("invalid configuration: {0}")]
@@ -45,30 +61,49 @@ pub enum Error {
     /// not implement (a RoPE scaling, a head size, biases); refused rather than ignored.
     #[error("unsupported configuration: `{key}` = {value} ({reason})")]
     UnsupportedConfig {
+        /// The configuration key.
         key: String,
+        /// Its value.
         value: String,
+        /// Why it is refused.
         reason: String,
     },
 
     /// Dataset statistics (`norm_stats` / `dataset_statistics.json`) that cannot un-normalise an
     /// action correctly.
     #[error("dataset statistics `{key}`: {message}")]
-    InvalidStatistics { key: String, message: String },
+    InvalidStatistics {
+        /// The statistics' key (`unnorm_key`).
+        key: String,
+        /// What is wrong with them.
+        message: String,
+    },
 
     /// The checkpoint holds tensors the configuration does not use: config and weights disagree
     /// (e.g. `num_hidden_layers` smaller than the layers stored).
     #[error("the checkpoint holds {count} tensors the configuration does not use, e.g. {first:?}: config.json and the weights disagree")]
-    UnusedTensors { count: usize, first: Vec<String> },
+    UnusedTensors {
+        /// How many tensors are unused.
+        count: usize,
+        /// The first few of their names.
+        first: Vec<String>,
+    },
 
     /// A tensor the model needs is absent from the checkpoint.
     #[error("missing tensor `{name}` in the checkpoint")]
-    MissingTensor { name: String },
+    MissingTensor {
+        /// The tensor's full name.
+        name: String,
+    },
 
     /// A tensor has another shape than the configuration implies.
     #[error("tensor `{name}` has shape {found:?}, expected {expected:?}")]
     ShapeMismatch {
+        /// The tensor's full name.
         name: String,
+        /// The shape the configuration implies.
         expected: Vec<usize>,
+        /// The shape stored.
         found: Vec<usize>,
     },
 
@@ -82,46 +117,80 @@ pub enum Error {
 
     /// A token id outside the model's vocabulary.
     #[error("token id {id} is outside the model's vocabulary of {vocab}")]
-    TokenOutOfVocabulary { id: u32, vocab: usize },
+    TokenOutOfVocabulary {
+        /// The token id.
+        id: u32,
+        /// The vocabulary size.
+        vocab: usize,
+    },
 
     /// An emitted action position holds a token that is not an action token, and the policy was
     /// set to refuse such actions ([`NonActionTokens::Reject`](crate::policy::NonActionTokens)).
     #[error("action position {position} holds token {token}, which is not an action token")]
-    NonActionToken { position: usize, token: u32 },
+    NonActionToken {
+        /// The action position (0-based).
+        position: usize,
+        /// The token found there.
+        token: u32,
+    },
 
     /// The tokenizer failed to load or to encode; `context` says what it was doing (the file, or
     /// "encoding the prompt").
     #[error("tokenizer ({context}): {source}")]
     Tokenizer {
+        /// What the tokenizer was doing: the file it loaded, or "encoding the prompt".
         context: String,
+        /// The tokenizer's own error.
         #[source]
         source: tokenizers::Error,
     },
 
     /// The requested `unnorm_key` is not among the checkpoint's dataset statistics.
     #[error("unknown unnorm_key `{key}`; this checkpoint has: {known:?}")]
-    UnknownUnnormKey { key: String, known: Vec<String> },
+    UnknownUnnormKey {
+        /// The key asked for.
+        key: String,
+        /// The keys the checkpoint has.
+        known: Vec<String>,
+    },
 
     /// The checkpoint has several dataset statistics and no key was given.
     #[error("this checkpoint has several dataset statistics; pass one of {known:?} as unnorm_key")]
-    AmbiguousUnnormKey { known: Vec<String> },
+    AmbiguousUnnormKey {
+        /// The keys the checkpoint has.
+        known: Vec<String>,
+    },
 
     /// The model produced NaN or infinite logits.
     #[error("non-finite logits at {stage}")]
-    NonFiniteLogits { stage: &'static str },
+    NonFiniteLogits {
+        /// The pass that produced them (`prefill`, `decode`, `verify`).
+        stage: &'static str,
+    },
 
     /// A sequence would not fit in the preallocated cache or the rotary table.
     #[error("sequence of {needed} positions exceeds the capacity of {capacity}")]
-    CapacityExceeded { needed: usize, capacity: usize },
+    CapacityExceeded {
+        /// Positions the sequence needs.
+        needed: usize,
+        /// Positions available.
+        capacity: usize,
+    },
 
     /// A request that cannot fit the model's positions, found before any compute.
     #[error("the request needs {needed} positions (image {image} + prompt {prompt} + action {action}) but {limit_name} is {limit}")]
     RequestTooLong {
+        /// Positions the request needs in all.
         needed: usize,
+        /// Positions of the image patches.
         image: usize,
+        /// Positions of the prompt tokens.
         prompt: usize,
+        /// Positions of the action tokens (and drafted rows).
         action: usize,
+        /// The limit.
         limit: usize,
+        /// What the limit is (a config key).
         limit_name: &'static str,
     },
 
@@ -129,7 +198,9 @@ pub enum Error {
     /// drafter's options, a drafter and policy that disagree); `setting` names which.
     #[error("invalid setting `{setting}`: {reason}")]
     InvalidSetting {
+        /// The setting, as named in configuration (`tree.top_k`, `radius`, `min_confidence`, ...).
         setting: &'static str,
+        /// Why it cannot work.
         reason: String,
     },
 
@@ -142,7 +213,9 @@ pub enum Error {
     /// is the source line that found it.
     #[error("internal error at {place}: {message} (a bug in spec_vla)")]
     Internal {
+        /// The source line that found the broken invariant.
         place: &'static std::panic::Location<'static>,
+        /// What was broken.
         message: String,
     },
 
@@ -152,7 +225,10 @@ pub enum Error {
 
     /// Half precision asked for on the CPU without [`Precision::Exactly`](crate::device::Precision).
     #[error("{dtype} on the CPU runs candle's generic kernels, measured 4.5x slower than f32: load in f32 (Precision::Auto; bf16 weights widen exactly), or pass Precision::Exactly to compute in {dtype} anyway")]
-    SlowDtype { dtype: String },
+    SlowDtype {
+        /// The dtype asked for.
+        dtype: String,
+    },
 
     /// A requested device or feature is not available in this build.
     #[error("unavailable: {0}")]
@@ -162,7 +238,9 @@ pub enum Error {
     /// is the Hub client's error when there is one (none when the repository lacks a file).
     #[error("hub: {what}{}", .source.as_ref().map(|e| format!(": {e}")).unwrap_or_default())]
     Hub {
+        /// The repository and what was being fetched.
         what: String,
+        /// The Hub client's error, when there is one.
         #[source]
         source: Option<Box<dyn std::error::Error + Send + Sync>>,
     },

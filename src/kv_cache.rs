@@ -55,10 +55,12 @@ impl KvCache {
         self.len
     }
 
+    /// Whether no position is held.
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }
 
+    /// Positions the buffers hold.
     pub fn capacity(&self) -> usize {
         self.capacity
     }

@@ -1,4 +1,5 @@
 #![doc = include_str!("../README.md")]
+#![warn(missing_docs)]
 pub mod accept;
 pub mod action;
 pub mod checkpoint;
@@ -32,7 +33,7 @@ pub use image;
 pub use accept::Acceptance;
 pub use action::{ActionIds, ActionTokenizer};
 pub use checkpoint::CheckpointFiles;
-pub use decode::{DecodeStats, DecodedAction, Speculation, TokenOrigin};
+pub use decode::{ActionTokens, DecodeStats, Speculation, TokenOrigin};
 pub use device::Precision;
 pub use draft::{DrafterConfig, TreeSettings};
 pub use error::{Error, Result};

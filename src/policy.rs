@@ -10,11 +10,11 @@ use crate::action::{select_statistics, ActionIds, ActionTokenizer};
 use crate::checkpoint::{CheckpointFiles, WeightUsage};
 use crate::config::OpenVlaConfig;
 use crate::decode::{
-    ActionRequest, DecodeStats, DecodedAction, Decoder, GreedyDecoder, SpecDecoder, Speculation,
+    ActionRequest, ActionTokens, DecodeStats, Decoder, GreedyDecoder, SpecDecoder, Speculation,
     TokenOrigin,
 };
 use crate::device::Precision;
-use crate::draft::eagle::EagleDraft;
+use crate::draft::eagle::EagleHead;
 use crate::draft::EpisodeKey;
 use crate::error::{Error, Result};
 use crate::kv_cache::KvCache;
@@ -37,6 +37,7 @@ pub struct ActionOutput {
     pub non_action_positions: Vec<usize>,
     /// The dataset statistics used to un-normalise.
     pub unnorm_key: String,
+    /// What decoding the action cost.
     pub stats: DecodeStats,
 }
 
@@ -48,7 +49,7 @@ pub enum NonActionTokens {
     /// [`ActionOutput::non_action_positions`].
     #[default]
     Flag,
-    /// Fail with [`Error::NonActionToken`](crate::Error::NonActionToken) instead of returning an
+    /// Fail with [`Error::NonActionToken`] instead of returning an
     /// action.
     Reject,
 }
@@ -63,7 +64,7 @@ pub struct VlaPolicy {
     actions: ActionTokenizer,
     non_action_tokens: NonActionTokens,
     decoder: Box<dyn Decoder>,
-    draft_head: Option<EagleDraft>,
+    draft_head: Option<EagleHead>,
     cache: Option<KvCache>,
 }
 
@@ -93,7 +94,7 @@ impl VlaPolicy {
     /// Every tensor the weight files hold must be read by the model the configuration
     /// describes, apart from those OpenVLA itself never reads
     /// ([`OpenVla::unread_by_openvla`]); otherwise config and weights disagree and loading fails
-    /// with [`Error::UnusedTensors`](crate::Error::UnusedTensors).
+    /// with [`Error::UnusedTensors`].
     pub fn from_files(
         files: &CheckpointFiles,
         precision: impl Into<Precision>,
@@ -137,13 +138,13 @@ impl VlaPolicy {
 
     /// The same policy with `head` as its EAGLE draft head (for [`speculative`](Self::speculative)).
     /// The head is checked against the model when the decoder is built.
-    pub fn with_draft_head(mut self, head: EagleDraft) -> Self {
+    pub fn with_draft_head(mut self, head: EagleHead) -> Self {
         self.draft_head = Some(head);
         self
     }
 
     /// The draft head, if the policy has one (the embedded model comes with its own).
-    pub fn draft_head(&self) -> Option<&EagleDraft> {
+    pub fn draft_head(&self) -> Option<&EagleHead> {
         self.draft_head.as_ref()
     }
 
@@ -197,18 +198,22 @@ impl VlaPolicy {
         Ok(self.actions.action_ids())
     }
 
+    /// The model's configuration.
     pub fn config(&self) -> &OpenVlaConfig {
         self.model.config()
     }
 
+    /// The verifier model.
     pub fn model(&self) -> &OpenVla {
         &self.model
     }
 
+    /// The image and prompt processor.
     pub fn processor(&self) -> &Processor {
         &self.processor
     }
 
+    /// The action tokenizer (ids, bins and un-normalisation).
     pub fn action_tokenizer(&self) -> &ActionTokenizer {
         &self.actions
     }
@@ -276,7 +281,7 @@ impl VlaPolicy {
         let decoded =
             prefill.and_then(|prefill| decoder.decode(&self.model, &prefill, &mut cache, &request));
         self.cache = Some(cache);
-        let DecodedAction {
+        let ActionTokens {
             tokens,
             origins,
             mut stats,

@@ -33,7 +33,9 @@ pub const SPACE_TOKEN: &str = "\u{2581}";
 /// Normalisation of one tower's input: `(x / 255 - mean) / std` per RGB channel.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct TowerNormalization {
+    /// Per-channel mean, after scaling to [0, 1].
     pub mean: [f32; 3],
+    /// Per-channel standard deviation.
     pub std: [f32; 3],
 }
 

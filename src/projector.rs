@@ -15,6 +15,7 @@ pub struct Projector {
 }
 
 impl Projector {
+    /// Loads `fc1..fc3` (fused backbones) or `fc1..fc2` from `vb`, sized by `cfg`.
     pub fn load(vb: &VarBuilder, cfg: &OpenVlaConfig) -> Result<Self> {
         let v = cfg.vision_dim();
         let h = cfg.text.hidden_size;

@@ -18,10 +18,12 @@ use crate::error::Result;
 pub struct SeededRng(u64);
 
 impl SeededRng {
+    /// A generator from `seed` (any value, 0 included).
     pub fn new(seed: u64) -> Self {
         Self(seed)
     }
 
+    /// The next 64 random bits.
     pub fn next_u64(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
         let mut z = self.0;
@@ -288,12 +290,19 @@ pub fn random_draft_weights(
 /// Sizes of a small random OpenVLA for tests: towers, Llama and vocabulary.
 #[derive(Debug, Clone, Copy)]
 pub struct TinySizes {
+    /// Width of each vision tower.
     pub tower_width: usize,
+    /// Side of one patch, in pixels.
     pub patch_size: usize,
+    /// Side of the input image, in pixels.
     pub image_size: usize,
+    /// Width of the Llama.
     pub hidden: usize,
+    /// Decoder layers of the Llama.
     pub layers: usize,
+    /// Attention heads per layer.
     pub heads: usize,
+    /// Key/value heads per layer.
     pub kv_heads: usize,
     /// Tokenizer vocabulary `V` (action ids are its last 256); the model has `V + 64` rows.
     pub vocab: usize,

@@ -1,8 +1,8 @@
 //! Choosing the accepted path through a verified draft tree (pure function).
 
 use super::AcceptancePolicy;
-use crate::tree::{DraftTree, NodeId};
 use crate::error::{Error, Result};
+use crate::tree::{DraftTree, NodeId};
 
 /// The outcome of one verification: the accepted drafted nodes and the bonus token.
 ///

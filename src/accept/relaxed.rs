@@ -108,13 +108,17 @@ impl RelaxedBinDistance {
     pub fn validate(&self) -> Result<()> {
         let max = self.radius.max();
         if max >= self.ids.count() {
-            return Err(Error::setting("radius", format!(
-                "relaxed acceptance radius {max} must be below the {} action bins",
-                self.ids.count()
-            )));
+            return Err(Error::setting(
+                "radius",
+                format!(
+                    "relaxed acceptance radius {max} must be below the {} action bins",
+                    self.ids.count()
+                ),
+            ));
         }
         if matches!(&self.radius, RadiusSpec::PerDimension(radii) if radii.is_empty()) {
-            return Err(Error::setting("radius", 
+            return Err(Error::setting(
+                "radius",
                 "relaxed acceptance with no per-dimension radii",
             ));
         }
@@ -126,16 +130,20 @@ impl RelaxedBinDistance {
     pub fn check_dims(&self, dims: usize) -> Result<()> {
         if let RadiusSpec::PerDimension(radii) = &self.radius {
             if radii.len() != dims {
-                return Err(Error::setting("radius", format!(
-                    "{} per-dimension radii for an action of {dims} dimensions",
-                    radii.len()
-                )));
+                return Err(Error::setting(
+                    "radius",
+                    format!(
+                        "{} per-dimension radii for an action of {dims} dimensions",
+                        radii.len()
+                    ),
+                ));
             }
         }
         if let Some(d) = self.exempt_dims.iter().find(|&&d| d >= dims) {
-            return Err(Error::setting("exempt_dims", format!(
-                "exempt action dimension {d} is not below the action's {dims} dimensions"
-            )));
+            return Err(Error::setting(
+                "exempt_dims",
+                format!("exempt action dimension {d} is not below the action's {dims} dimensions"),
+            ));
         }
         Ok(())
     }
@@ -269,10 +277,7 @@ mod tests {
         // Exempt dimensions past the action are refused against the action's dimensions.
         for exempt in [vec![7], vec![0, usize::MAX]] {
             let p = RelaxedBinDistance::new(RadiusSpec::Uniform(1), exempt, small).unwrap();
-            assert!(matches!(
-                p.check_dims(7),
-                Err(Error::InvalidSetting { .. })
-            ));
+            assert!(matches!(p.check_dims(7), Err(Error::InvalidSetting { .. })));
         }
         // A single-bin range only admits radius 0.
         let one = ActionIds::new(10, 1).unwrap();

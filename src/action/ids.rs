@@ -44,14 +44,16 @@ impl ActionIds {
     /// Action ids `first..first + count`. Errors if `count` is 0 or the range passes `u32::MAX`.
     pub fn new(first: u32, count: u32) -> Result<Self> {
         if count == 0 {
-            return Err(Error::setting("action_ids", 
+            return Err(Error::setting(
+                "action_ids",
                 "action id range must hold at least one id",
             ));
         }
         if first.checked_add(count - 1).is_none() {
-            return Err(Error::setting("action_ids", format!(
-                "action id range {first} + {count} overflows u32"
-            )));
+            return Err(Error::setting(
+                "action_ids",
+                format!("action id range {first} + {count} overflows u32"),
+            ));
         }
         Ok(Self { first, count })
     }
@@ -60,9 +62,10 @@ impl ActionIds {
     /// them out. Errors if `n_bins` is 0 or exceeds `vocab_size`.
     pub fn at_vocab_end(vocab_size: u32, n_bins: u32) -> Result<Self> {
         let first = vocab_size.checked_sub(n_bins).ok_or_else(|| {
-            Error::setting("action_ids", format!(
-                "{n_bins} action bins do not fit a vocabulary of {vocab_size}"
-            ))
+            Error::setting(
+                "action_ids",
+                format!("{n_bins} action bins do not fit a vocabulary of {vocab_size}"),
+            )
         })?;
         Self::new(first, n_bins)
     }

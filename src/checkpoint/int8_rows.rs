@@ -31,7 +31,9 @@ const Q_MAX: f32 = 127.0;
 /// One tensor in bf16: its shape and values in row-major order.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Bf16Tensor {
+    /// The shape.
     pub shape: Vec<usize>,
+    /// The values, row-major.
     pub values: Vec<bf16>,
 }
 

@@ -16,19 +16,29 @@ use crate::error::{Error, Result};
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(from = "RawLlamaConfig")]
 pub struct LlamaConfig {
+    /// Rows of the embedding table and the LM head (padding included).
     pub vocab_size: usize,
+    /// Width of the hidden states.
     pub hidden_size: usize,
+    /// Hidden width of each MLP.
     pub intermediate_size: usize,
+    /// Decoder layers.
     pub num_hidden_layers: usize,
+    /// Query heads per layer.
     pub num_attention_heads: usize,
     /// `None` means one KV head per attention head, as transformers fills it.
     pub num_key_value_heads: Option<usize>,
+    /// The RMSNorms' epsilon.
     pub rms_norm_eps: f64,
     /// The RoPE base: the top-level key, else `rope_parameters.rope_theta`, else 10000.
     pub rope_theta: f64,
+    /// Positions the rotary table covers.
     pub max_position_embeddings: usize,
+    /// The beginning-of-sequence token.
     pub bos_token_id: u32,
+    /// The end-of-sequence token.
     pub eos_token_id: u32,
+    /// Whether the LM head is the embedding table.
     pub tie_word_embeddings: bool,
     /// transformers 5.x's `rope_parameters`, as written.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -53,8 +63,10 @@ pub struct LlamaConfig {
 /// transformers 5.x's `rope_parameters` object.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RopeParameters {
+    /// The RoPE base.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rope_theta: Option<f64>,
+    /// The RoPE kind; only `default` is supported.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rope_type: Option<String>,
     /// Scaling parameters (`factor`, ...) of other rope types, kept to be named in errors.
@@ -168,10 +180,12 @@ impl Default for LlamaConfig {
 }
 
 impl LlamaConfig {
+    /// Key/value heads per layer (`num_key_value_heads`, else one per attention head).
     pub fn num_kv_heads(&self) -> usize {
         self.num_key_value_heads.unwrap_or(self.num_attention_heads)
     }
 
+    /// Width of one attention head.
     pub fn head_dim(&self) -> usize {
         self.hidden_size / self.num_attention_heads
     }

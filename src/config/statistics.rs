@@ -7,17 +7,23 @@ use crate::error::{Error, Result};
 /// Per-dimension action statistics of one dataset (OpenVLA's `norm_stats[key]["action"]`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ActionStatistics {
+    /// The 1st percentile of each dimension: a normalised -1.
     pub q01: Vec<f64>,
+    /// The 99th percentile of each dimension: a normalised +1.
     pub q99: Vec<f64>,
     /// Dimensions to un-normalise; absent means all.
     #[serde(default)]
     pub mask: Option<Vec<bool>>,
+    /// Mean of each dimension (kept, not used).
     #[serde(default)]
     pub mean: Option<Vec<f64>>,
+    /// Standard deviation of each dimension (kept, not used).
     #[serde(default)]
     pub std: Option<Vec<f64>>,
+    /// Minimum of each dimension (kept, not used).
     #[serde(default)]
     pub min: Option<Vec<f64>>,
+    /// Maximum of each dimension (kept, not used).
     #[serde(default)]
     pub max: Option<Vec<f64>>,
 }
@@ -68,11 +74,15 @@ impl ActionStatistics {
 /// One entry of `norm_stats` / `dataset_statistics.json`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DatasetStatistics {
+    /// The action statistics, which un-normalise actions.
     pub action: ActionStatistics,
+    /// Proprioception statistics, as written (not used).
     #[serde(default)]
     pub proprio: Option<serde_json::Value>,
+    /// Transitions in the dataset (not used).
     #[serde(default)]
     pub num_transitions: Option<u64>,
+    /// Trajectories in the dataset (not used).
     #[serde(default)]
     pub num_trajectories: Option<u64>,
 }

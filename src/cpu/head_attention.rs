@@ -47,9 +47,7 @@ pub(crate) fn head_attention(
         return Ok(());
     }
     if total == 0 {
-        return Err(Error::internal(
-            "CPU kernel: attention over no positions",
-        ));
+        return Err(Error::internal("CPU kernel: attention over no positions"));
     }
     check_len("q", q.values.len(), span(n, dim, q.stride))?;
     check_len("keys", keys.values.len(), span(total, dim, keys.stride))?;

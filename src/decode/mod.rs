@@ -29,17 +29,21 @@ pub enum TokenOrigin {
     /// A drafted token that a relaxed policy accepted in place of the verifier's greedy
     /// `verifier_token` for the same prefix, `bin_distance` bins away from it.
     AcceptedRelaxed {
+        /// The verifier's own greedy token for the same prefix.
         verifier_token: u32,
+        /// How many bins the accepted token is from it (1..=r).
         bin_distance: u32,
     },
 }
 
 /// The tokens of one action, where each came from, and what they cost.
 #[derive(Debug, Clone, PartialEq)]
-pub struct DecodedAction {
+pub struct ActionTokens {
+    /// The action's tokens, in order (the first is the verifier's greedy token at the prefill).
     pub tokens: Vec<u32>,
     /// One entry per token, in order.
     pub origins: Vec<TokenOrigin>,
+    /// Verifier passes, tokens per pass and time per stage.
     pub stats: DecodeStats,
 }
 
@@ -81,7 +85,7 @@ pub trait Decoder: std::fmt::Debug + Send {
         prefill: &Prefill,
         cache: &mut KvCache,
         request: &ActionRequest<'_>,
-    ) -> Result<DecodedAction>;
+    ) -> Result<ActionTokens>;
 
     /// Forgets the episode's earlier actions: the next action starts a new episode. (A request
     /// with another instruction or other statistics does so too.)

@@ -16,6 +16,7 @@ use crate::error::Result;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Speculation {
+    /// Which drafter proposes the trees.
     #[serde(default)]
     pub drafter: DrafterConfig,
     /// `None`: strict acceptance (the output is exactly greedy decoding's). Otherwise a drafted
@@ -93,8 +94,8 @@ mod tests {
             "radius >= bins"
         );
         let json = r#"{"drafter":{"drafter":"previous_action"},"radius":{"uniform":9}}"#;
-        let spec: Speculation = serde_json::from_str(json)
-            .map_err(|e| crate::Error::setting("speculation", e))?;
+        let spec: Speculation =
+            serde_json::from_str(json).map_err(|e| crate::Error::setting("speculation", e))?;
         assert_eq!(
             spec,
             Speculation::relaxed(9).with_drafter(DrafterConfig::PreviousAction)

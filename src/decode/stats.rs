@@ -24,6 +24,7 @@ impl StageTimes {
         self.draft + self.verify + self.commit
     }
 
+    /// Time from the frame to the last action token.
     pub fn total(&self) -> Duration {
         self.vision + self.prefill + self.decode()
     }
@@ -49,6 +50,7 @@ pub struct DecodeStats {
     /// (no draft), which a speculative decoder also takes now and then. Plain decoding leaves
     /// it empty.
     pub drafts_per_pass: Vec<usize>,
+    /// Wall time per stage.
     pub times: StageTimes,
 }
 

@@ -19,8 +19,8 @@
 use candle_core::Device;
 use serde::{Deserialize, Serialize};
 
-use crate::tree::{DraftTree, NodeId, TreeNode};
 use crate::error::{Error, Result};
+use crate::tree::{DraftTree, NodeId, TreeNode};
 
 /// Largest accepted `top_k` (larger values are a configuration mistake).
 pub const MAX_TOP_K: usize = 1024;
@@ -95,17 +95,23 @@ impl TreeSettings {
             return bad("tree.depth", "tree depth must be at least 1".into());
         }
         if self.total_tokens > MAX_TOTAL_TOKENS {
-            return bad("tree.total_tokens", format!(
-                "tree total_tokens {} exceeds {MAX_TOTAL_TOKENS}",
-                self.total_tokens
-            ));
+            return bad(
+                "tree.total_tokens",
+                format!(
+                    "tree total_tokens {} exceeds {MAX_TOTAL_TOKENS}",
+                    self.total_tokens
+                ),
+            );
         }
         // `depth + 1` overflows for `depth == usize::MAX`; such a depth exceeds any budget.
         if self.depth >= self.total_tokens {
-            return bad("tree.total_tokens", format!(
+            return bad(
+                "tree.total_tokens",
+                format!(
                 "tree total_tokens {} is below depth + 1 (depth {}; the root counts as one token)",
                 self.total_tokens, self.depth
-            ));
+            ),
+            );
         }
         Ok(())
     }
@@ -209,9 +215,7 @@ impl TreeBuilder {
     /// [`Error::Internal`] if the builder is already done.
     pub fn expand(&mut self, candidates: &[Vec<(u32, f32)>]) -> Result<()> {
         if self.is_done() {
-            return Err(Error::internal(
-                "draft tree expanded after it was done",
-            ));
+            return Err(Error::internal("draft tree expanded after it was done"));
         }
         if candidates.len() != self.frontier.len() {
             return Err(Error::ShapeMismatch {

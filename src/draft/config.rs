@@ -3,7 +3,7 @@
 use candle_core::Device;
 use serde::{Deserialize, Serialize};
 
-use super::eagle::{DraftLmHead, EagleDraft};
+use super::eagle::{DraftLmHead, EagleHead};
 use super::{
     ConstantVelocity, Drafter, EagleDrafter, Merged, PreviousAction, Staged, TreeSettings,
 };
@@ -17,23 +17,32 @@ use crate::verifier::OpenVla;
 pub enum DrafterConfig {
     /// The EAGLE draft head (it needs one: [`DrafterConfig::build`]'s `head`).
     Eagle {
+        /// The tree shape; `None`: the one measured for the device ([`TreeSettings::for_device`]).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         tree: Option<TreeSettings>,
+        /// The draft cut-off; `None`: the one measured for the device ([`default_min_confidence`]).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         min_confidence: Option<f32>,
     },
     /// The previous action's remaining tokens.
     PreviousAction,
     /// The least-squares extrapolation of the last `history` actions (at least 2).
-    ConstantVelocity { history: usize },
+    ConstantVelocity {
+        /// Earlier actions the line is fitted through.
+        history: usize,
+    },
     /// Several drafters in one tree of at most `node_budget` nodes.
     Merged {
+        /// The drafters whose trees are merged, earlier ones first when the budget runs out.
         drafters: Vec<DrafterConfig>,
+        /// Most nodes of the merged tree, root included.
         node_budget: usize,
     },
     /// `first` for an action's first pass, `then` for the later ones.
     Staged {
+        /// The drafter of an action's first pass.
         first: Box<DrafterConfig>,
+        /// The drafter of the later passes.
         then: Box<DrafterConfig>,
     },
 }
@@ -103,7 +112,7 @@ impl DrafterConfig {
     /// Builds the drafter for `model`. `head` is the EAGLE draft head; without one an `eagle`
     /// drafter is refused ([`Error::InvalidSetting`]), and a merged drafter drops its EAGLE
     /// branches (refused if nothing is left).
-    pub fn build(&self, model: &OpenVla, head: Option<&EagleDraft>) -> Result<Box<dyn Drafter>> {
+    pub fn build(&self, model: &OpenVla, head: Option<&EagleHead>) -> Result<Box<dyn Drafter>> {
         let max_depth = model.config().action_dims();
         Ok(match self {
             Self::Eagle {
@@ -111,7 +120,8 @@ impl DrafterConfig {
                 min_confidence,
             } => {
                 let head = head.ok_or_else(|| {
-                    Error::setting("drafter", 
+                    Error::setting(
+                        "drafter",
                         "the eagle drafter needs a draft head (this policy has none)",
                     )
                 })?;

@@ -7,7 +7,9 @@ use std::collections::VecDeque;
 /// [`ActionHistory::clear`].) The default, empty strings, suits decoding frames one at a time.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct EpisodeKey {
+    /// The task instruction.
     pub instruction: String,
+    /// The dataset statistics' key.
     pub unnorm_key: String,
 }
 
@@ -66,10 +68,12 @@ impl ActionHistory {
         self.actions.iter().skip(skip).map(Vec::as_slice)
     }
 
+    /// Actions held.
     pub fn len(&self) -> usize {
         self.actions.len()
     }
 
+    /// Whether no action is held.
     pub fn is_empty(&self) -> bool {
         self.actions.is_empty()
     }

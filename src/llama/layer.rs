@@ -6,9 +6,9 @@ use candle_nn::{RmsNorm, VarBuilder};
 use crate::checkpoint::get;
 use crate::config::LlamaConfig;
 use crate::cpu::dense::Dense;
+use crate::cpu::softmax_f32;
 use crate::error::Result;
 use crate::kv_cache::KvCache;
-use crate::cpu::softmax_f32;
 
 #[cfg(target_arch = "x86_64")]
 use crate::cpu::few_rows;

@@ -124,14 +124,17 @@ impl Llama {
         })
     }
 
+    /// The configuration it was loaded with.
     pub fn config(&self) -> &LlamaConfig {
         &self.cfg
     }
 
+    /// The dtype it computes in.
     pub fn dtype(&self) -> DType {
         self.embed_tokens.dtype()
     }
 
+    /// The device its weights are on.
     pub fn device(&self) -> &Device {
         self.embed_tokens.device()
     }
@@ -147,6 +150,7 @@ impl Llama {
         &self.lm_head
     }
 
+    /// The rotary embedding tables.
     pub fn rotary(&self) -> &RotaryTable {
         &self.rope
     }

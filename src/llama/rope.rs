@@ -16,12 +16,16 @@ pub struct RotaryTable {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Positions {
     /// `start, start + 1, ...`: prefill and plain decoding.
-    Contiguous { start: usize },
+    Contiguous {
+        /// The first row's position.
+        start: usize,
+    },
     /// One explicit position per row: tree nodes sit at `prefix + depth`.
     Explicit(Vec<usize>),
 }
 
 impl RotaryTable {
+    /// Tables of `max_positions` rows for heads of `head_dim` with base `theta`, in `dtype` on `device`.
     pub fn new(
         head_dim: usize,
         theta: f64,

@@ -20,7 +20,9 @@ use crate::verifier::OpenVla;
 /// the verifier's prefill), as in Spec-VLA.
 #[derive(Debug, Clone)]
 pub struct DraftSample {
+    /// The verifier's final hidden states `f_0..f_{T+5}`, `[T + 6, hidden]`.
     pub features: Tensor,
+    /// The input embeddings `e_1..e_{T+5}`, `[T + 5, hidden]`.
     pub next_embeds: Tensor,
     /// The verifier's greedy action tokens.
     pub tokens: Vec<u32>,

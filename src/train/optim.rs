@@ -12,12 +12,19 @@ use crate::error::Result;
 /// clip 0.5; warm-up then linear decay).
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct AdamWSettings {
+    /// Peak learning rate.
     pub lr: f64,
+    /// First-moment decay.
     pub beta1: f64,
+    /// Second-moment decay.
     pub beta2: f64,
+    /// Added to the second moment's root.
     pub eps: f64,
+    /// Decoupled weight decay.
     pub weight_decay: f64,
+    /// Steps of linear warm-up.
     pub warmup_steps: usize,
+    /// Steps of the whole schedule (linear decay after the warm-up).
     pub total_steps: usize,
     /// Largest global gradient norm; larger gradients are scaled down.
     pub clip_norm: f64,
@@ -40,6 +47,7 @@ pub struct AdamW {
 }
 
 impl AdamW {
+    /// An optimiser over `vars` (zero moments).
     pub fn new(vars: Vec<(String, Var)>, settings: AdamWSettings) -> Result<Self> {
         let slots = vars
             .into_iter()
@@ -56,6 +64,7 @@ impl AdamW {
         })
     }
 
+    /// Steps taken.
     pub fn step_count(&self) -> usize {
         self.step
     }

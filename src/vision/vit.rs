@@ -205,6 +205,7 @@ impl VisionTransformer {
         })
     }
 
+    /// The tower's configuration.
     pub fn config(&self) -> &VitConfig {
         &self.cfg
     }

@@ -80,9 +80,7 @@ pub(super) fn head(
         return Ok(());
     }
     if total == 0 {
-        return Err(Error::internal(
-            "CPU kernel: attention over no positions",
-        ));
+        return Err(Error::internal("CPU kernel: attention over no positions"));
     }
     check_len("queries", inputs.queries.len(), n.checked_mul(dim))?;
     check_len("keys", inputs.keys.len(), total.checked_mul(dim))?;
