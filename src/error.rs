@@ -124,6 +124,16 @@ pub enum Error {
     #[error("invalid speculative-decoding settings: {0}")]
     InvalidSpecSettings(String),
 
+    /// A setting or input beyond one of the bounds of [`limits`](crate::limits), refused before
+    /// anything is allocated for it (a drafter history, a tree size, an instruction's or a
+    /// decoded image's size).
+    #[error("{limit} is {got}, above the limit of {max}")]
+    LimitExceeded {
+        limit: crate::limits::Limit,
+        max: u64,
+        got: u64,
+    },
+
     /// A draft head whose sizes do not fit the verifier.
     #[error("draft head does not match the verifier: {0}")]
     DraftMismatch(String),

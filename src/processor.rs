@@ -25,6 +25,10 @@ use tokenizers::Tokenizer;
 use crate::checkpoint::CheckpointFiles;
 use crate::config::{read_text, OpenVlaConfig};
 use crate::error::{Error, Result};
+use crate::limits::Limit;
+
+mod image_file;
+pub use image_file::decode_image;
 
 /// The SentencePiece word-boundary token that OpenVLA appends after the prompt (id 29871 in
 /// Llama-2).
@@ -329,8 +333,11 @@ impl Processor {
     /// `"Out: "` followed by action tokens, which tokenizes to `... ":" "▁" <actions>`). A
     /// tokenizer without a `▁` token gets nothing appended.
     ///
-    /// An empty or whitespace-only instruction is [`Error::EmptyInstruction`].
+    /// An empty or whitespace-only instruction is [`Error::EmptyInstruction`]; one longer than
+    /// [`MAX_INSTRUCTION_BYTES`](crate::limits::MAX_INSTRUCTION_BYTES) is
+    /// [`Error::LimitExceeded`], found before tokenizing.
     pub fn prompt_ids(&self, instruction: &str) -> Result<Vec<u32>> {
+        Limit::InstructionBytes.check(instruction.len())?;
         if instruction.trim().is_empty() {
             return Err(Error::EmptyInstruction);
         }

@@ -24,9 +24,11 @@ pub struct SpecDecoder {
 impl SpecDecoder {
     /// Validates the acceptance policy and checks that a relaxed policy's action ids are the ids
     /// the drafter scores (when it scores only action ids). Errors:
-    /// [`Error::InvalidSpecSettings`].
+    /// [`Error::InvalidSpecSettings`], and [`Error::LimitExceeded`] for a drafter that reads
+    /// more than [`MAX_DRAFTER_HISTORY`](crate::limits::MAX_DRAFTER_HISTORY) earlier actions.
     pub fn new(drafter: Box<dyn Drafter>, acceptance: Acceptance) -> Result<Self> {
         acceptance.validate()?;
+        crate::limits::Limit::DrafterHistory.check(drafter.history_len())?;
         if let (Some(drafter_ids), Some(policy_ids)) =
             (drafter.action_ids(), acceptance.action_ids())
         {

@@ -4,6 +4,7 @@ use super::merge::merge_trees;
 use super::{ActionStart, Committed, DraftRequest, DraftTree, Drafter};
 use crate::accept::ActionIds;
 use crate::error::{Error, Result};
+use crate::limits::Limit;
 use crate::verifier::OpenVla;
 
 /// Sibling branches from several drafters below one root, shared prefixes deduplicated, at most
@@ -18,8 +19,12 @@ pub struct Merged {
 
 impl Merged {
     /// Errors with [`Error::InvalidSpecSettings`] for no drafters or a budget under 2 (a root
-    /// and one drafted node).
+    /// and one drafted node), and with [`Error::LimitExceeded`] for more than
+    /// [`MAX_DRAFTERS`](crate::limits::MAX_DRAFTERS) drafters or a budget over
+    /// [`MAX_TOTAL_TOKENS`](crate::limits::MAX_TOTAL_TOKENS).
     pub fn new(drafters: Vec<Box<dyn Drafter>>, node_budget: usize) -> Result<Self> {
+        Limit::Drafters.check(drafters.len())?;
+        Limit::TreeNodes.check(node_budget)?;
         if drafters.is_empty() {
             return Err(Error::InvalidSpecSettings(
                 "a merged drafter of no drafters".into(),
