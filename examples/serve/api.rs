@@ -31,8 +31,10 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
+use image::DynamicImage;
 use serde::Serialize;
 use serde_json::{json, Value};
+use spec_vla::Processor;
 use tokio::sync::{Mutex, OwnedSemaphorePermit, Semaphore};
 
 use crate::decoders::{lock, DecoderStore, SharedStore};
@@ -55,6 +57,8 @@ pub struct AppState {
     admission: Admission,
     parsers: Arc<Semaphore>,
     body_timeout: Duration,
+    /// The policy's processor, to resize frames outside the model's lock.
+    processor: Arc<Processor>,
     /// The parts of `/info` fixed at start-up.
     info: Arc<Value>,
 }
@@ -68,6 +72,7 @@ impl AppState {
         info: Value,
     ) -> Self {
         Self {
+            processor: Arc::new(engine.policy().processor().clone()),
             engine: Arc::new(Mutex::new(engine)),
             store: DecoderStore::new(max_episodes),
             admission,
@@ -216,8 +221,15 @@ async fn act_inner(state: AppState, request: Request) -> Result<Response, ApiErr
     let received = Instant::now();
     let body = read_body(&state, request).await?;
     let parser = state.parsers.clone().acquire_owned().await;
+    let processor = state.processor.clone();
     let request = blocking(move || {
-        let parsed = wire::parse_act(&body);
+        let parsed = wire::parse_act(&body).map(|mut request| {
+            // The towers' input size, as the processor would resize it (the same pixels): the
+            // costly part of a large frame is done here, not under the model's lock, and a
+            // queued request holds a small RGB image whatever the client sent.
+            request.image = DynamicImage::ImageRgb8(processor.resized_rgb(&request.image));
+            request
+        });
         // The body goes before the parse slot: only parsing requests hold both.
         drop(body);
         drop(parser);

@@ -196,3 +196,21 @@ fn a_panic_costs_its_own_request_and_episode_only() -> Result<()> {
     );
     server.stop()
 }
+
+#[test]
+fn a_large_frame_resized_outside_the_lock_gives_the_library_action() -> Result<()> {
+    let addr = shared()?;
+    let frame = crate::test_harness::sample_image()?;
+    let large = frame.resize_exact(640, 480, image::imageops::FilterType::Triangle);
+    let mut png = Vec::new();
+    large.write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)?;
+    let body = with(sample_request()?, json!({"image": B64.encode(&png)}));
+    let served = decode_numpy_f64(&act(addr, &body)?.json()?)?;
+    let expected = crate::test_harness::reference()?.predict_action(
+        &large,
+        spec_vla::embedded::SAMPLE_INSTRUCTION,
+        Some(spec_vla::embedded::SAMPLE_UNNORM_KEY),
+    )?;
+    assert_eq!(served, expected.action);
+    Ok(())
+}

@@ -103,12 +103,7 @@ pub fn parse_act(body: &[u8]) -> Result<ActRequest, ApiError> {
             .get("image")
             .ok_or_else(|| ApiError::missing("image"))?,
     )?;
-    // What the processor converts to anyway (the same pixels): a queued request holds 3 bytes
-    // per pixel, whatever the client sent.
-    let image = match image {
-        DynamicImage::ImageRgb8(_) => image,
-        other => DynamicImage::ImageRgb8(other.to_rgb8()),
-    };
+
     let instruction: String = required(&fields, "instruction")?;
     // Refused here, before the queue, rather than by the policy under the model's lock.
     spec_vla::limits::Limit::InstructionBytes
