@@ -56,6 +56,7 @@
 //! time, is in `docs/serve.md`.
 
 mod api;
+mod conns;
 mod decoders;
 mod engine;
 mod episodes;
@@ -166,7 +167,8 @@ pub struct Args {
     /// A request body that takes longer than this to arrive (after its head) is answered 408.
     #[arg(long, default_value_t = 30_000, value_parser = clap::value_parser!(u64).range(1..))]
     body_timeout_ms: u64,
-    /// Open connections at once; one more is answered 503 and closed.
+    /// Open connections at once. At the cap the oldest idle one is closed to make room; when
+    /// all are in a request, one more is answered 503 and closed.
     #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u64).range(1..))]
     max_connections: u64,
     /// After Ctrl-C or SIGTERM, how long requests in flight may take before the server exits

@@ -7,9 +7,11 @@
 //!   keep-alive requests.
 //! - **Body timeout** (`--body-timeout-ms`): in the handlers that read a body (`api.rs`), so that
 //!   it counts from the end of the head, whatever the queue does later.
-//! - **Connection cap** (`--max-connections`): a connection beyond it is answered `503
-//!   too_many_connections` and closed at once, so that file descriptors and buffers stay bounded
-//!   and the idle ones time out to make room.
+//! - **Connection cap** (`--max-connections`): at the cap, the oldest connection with no request
+//!   in progress (idle, or still sending its head) is closed to make room (`conns.rs`); when
+//!   every connection is in a request, the new one is answered `503 too_many_connections` and
+//!   closed. File descriptors and buffers stay bounded, and a flood of idle sockets cannot keep
+//!   new requests out.
 //! - **Shutdown**: on the signal the listener closes at once, every connection finishes the
 //!   request it is in (and takes no other), and after `--shutdown-grace-ms` whatever is left is
 //!   dropped: a client that holds a request half-sent cannot keep the server up.
@@ -23,6 +25,8 @@ use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
+
+use crate::conns::{InRequest, Registry};
 
 /// The connection-level bounds.
 #[derive(Debug, Clone, Copy)]
@@ -40,6 +44,8 @@ content-type: application/json\r\nretry-after: 1\r\nconnection: close\r\ncontent
 /// Connections over the cap being answered at once (each for at most [`REFUSAL_TIME`]).
 const REFUSALS: usize = 64;
 const REFUSAL_TIME: Duration = Duration::from_secs(1);
+/// How long the accept loop waits for an evicted connection's slot.
+const EVICTION_TIME: Duration = Duration::from_millis(200);
 
 /// Answers a connection over the cap with [`TOO_MANY_CONNECTIONS`], then reads what the client
 /// sent until it closes (at most [`REFUSAL_TIME`]): closing with its request unread would reset
@@ -69,6 +75,7 @@ pub async fn serve(
         limits.max_connections.clamp(1, Semaphore::MAX_PERMITS),
     ));
     let refusals = Arc::new(Semaphore::new(REFUSALS));
+    let registry = Arc::new(Registry::default());
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
         .header_read_timeout(limits.header_timeout)
@@ -89,7 +96,18 @@ pub async fn serve(
                 }
             },
         };
-        let Ok(slot) = slots.clone().try_acquire_owned() else {
+        let slot = match slots.clone().try_acquire_owned() {
+            Ok(slot) => Some(slot),
+            // The evicted connection's task ends at once and gives its slot back.
+            Err(_) if registry.evict_oldest_idle() => {
+                tokio::time::timeout(EVICTION_TIME, slots.clone().acquire_owned())
+                    .await
+                    .ok()
+                    .and_then(Result::ok)
+            }
+            Err(_) => None,
+        };
+        let Some(slot) = slot else {
             // Refusals are bounded too: beyond them a connection is closed unanswered.
             if let Ok(refusing) = refusals.clone().try_acquire_owned() {
                 tokio::spawn(async move {
@@ -100,11 +118,28 @@ pub async fn serve(
             continue;
         };
         let _ = stream.set_nodelay(true);
-        let connection = http.serve_connection(TokioIo::new(stream), service.clone());
-        let connection = graceful.watch(connection);
+        let handle = registry.register();
+        let requests = handle.requests.clone();
+        let router = service.clone();
+        // The router, with the connection counted as in a request while one is answered.
+        let counted = hyper::service::service_fn(move |request| {
+            let in_request = InRequest::new(&requests);
+            let answer = hyper::service::Service::call(&router, request);
+            async move {
+                let answer = answer.await;
+                drop(in_request);
+                answer
+            }
+        });
+        let connection = graceful.watch(http.serve_connection(TokioIo::new(stream), counted));
         tokio::spawn(async move {
-            // Errors here are the client's (a timeout, a reset): nothing to answer.
-            let _ = connection.await;
+            tokio::select! {
+                // Errors here are the client's (a timeout, a reset): nothing to answer.
+                _ = connection => {}
+                // Dropping the connection closes it.
+                () = handle.evict.notified() => {}
+            }
+            drop(handle);
             drop(slot);
         });
     }

@@ -77,23 +77,44 @@ fn stalled_and_idle_clients_are_dropped_while_others_are_served() -> Result<()> 
 }
 
 #[test]
-fn the_connection_cap_answers_503_and_frees_as_idle_ones_time_out() -> Result<()> {
-    let mut flags = FAST.to_vec();
-    flags.extend(["--max-connections", "3"]);
+fn at_the_connection_cap_idle_ones_make_room_and_busy_ones_get_503() -> Result<()> {
+    let flags = [
+        "--max-connections",
+        "3",
+        "--header-timeout-ms",
+        "3000",
+        "--body-timeout-ms",
+        "3000",
+    ];
     let server = TestServer::start(&flags)?;
     let addr = server.addr;
-    let held: Vec<TcpStream> = (0..3).map(|_| stalled(addr, b"")).collect::<Result<_>>()?;
+    // Idle connections (nothing sent): each new one closes the oldest.
+    let start = Instant::now();
+    let idle: Vec<TcpStream> = (0..3).map(|_| stalled(addr, b"")).collect::<Result<_>>()?;
     std::thread::sleep(Duration::from_millis(100));
+    assert_eq!(
+        get(addr, "/health")?.status,
+        200,
+        "an idle connection made room"
+    );
+    let (_, took) = until_closed(idle.into_iter().next().context("no stream")?, start)?;
+    assert!(
+        took < Duration::from_millis(400),
+        "the oldest closed after {took:?}"
+    );
+    // Connections in a request (a body on its way) are not closed for a new one.
+    let head = b"POST /act HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+                 Content-Length: 1000\r\n\r\n{";
+    let busy: Vec<TcpStream> = (0..3).map(|_| stalled(addr, head)).collect::<Result<_>>()?;
+    std::thread::sleep(Duration::from_millis(200));
     let refused = get(addr, "/health")?;
     assert_eq!(refused.status, 503);
     assert_eq!(
         refused.error_kind().as_deref(),
         Some("too_many_connections")
     );
-    let start = Instant::now();
-    for stream in held {
-        until_closed(stream, start)?;
-    }
+    drop(busy);
+    std::thread::sleep(Duration::from_millis(200));
     assert_eq!(get(addr, "/health")?.status, 200);
     server.stop()
 }
