@@ -219,6 +219,19 @@ pub enum Error {
         message: String,
     },
 
+    /// A setting or input beyond one of the bounds of [`limits`](crate::limits), refused before
+    /// anything is allocated for it (a drafter history, a tree size, an instruction's or a
+    /// decoded image's size).
+    #[error("{limit} is {got}, above the limit of {max}")]
+    LimitExceeded {
+        /// Which bound.
+        limit: crate::limits::Limit,
+        /// Its largest allowed value.
+        max: u64,
+        /// The value found.
+        got: u64,
+    },
+
     /// A draft head whose sizes do not fit the verifier.
     #[error("draft head does not match the verifier: {0}")]
     DraftMismatch(String),

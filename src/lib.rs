@@ -13,6 +13,7 @@ pub mod error;
 #[cfg(feature = "hub")]
 pub mod hub;
 pub mod kv_cache;
+pub mod limits;
 pub mod llama;
 pub mod policy;
 pub mod processor;

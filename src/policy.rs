@@ -169,6 +169,7 @@ impl VlaPolicy {
     /// A speculative decoder for this policy (for [`predict_action_with`](Self::predict_action_with),
     /// e.g. to compare several on the same frames).
     pub fn spec_decoder(&self, speculation: &Speculation) -> Result<SpecDecoder> {
+        speculation.validate()?;
         let drafter = speculation
             .drafter
             .build(&self.model, self.draft_head.as_ref())?;

@@ -25,6 +25,10 @@ use tokenizers::Tokenizer;
 use crate::checkpoint::CheckpointFiles;
 use crate::config::{read_text, OpenVlaConfig};
 use crate::error::{Error, Result};
+use crate::limits::Limit;
+
+mod image_file;
+pub use image_file::decode_image;
 
 /// The SentencePiece word-boundary token that OpenVLA appends after the prompt (id 29871 in
 /// Llama-2).
@@ -289,17 +293,31 @@ impl Processor {
         self.normalize(image, device)
     }
 
+    /// `image` as the towers take it before normalisation: 8-bit RGB, resized to `S x S`
+    /// unless it already is. [`pixel_values`](Self::pixel_values) of the result is the same
+    /// tensor as of `image`, so a caller can do this part (the costly one for a large frame)
+    /// apart from the model, e.g. outside a server's model lock.
+    pub fn resized_rgb(&self, image: &DynamicImage) -> RgbImage {
+        self.resize(image.to_rgb8())
+    }
+
+    fn resize(&self, image: RgbImage) -> RgbImage {
+        let s = self.image_size;
+        let (w, h) = image.dimensions();
+        if (w, h) == (s, s) || w == 0 || h == 0 {
+            image
+        } else {
+            image::imageops::resize(&image, s, s, FilterType::CatmullRom)
+        }
+    }
+
     fn normalize(&self, image: RgbImage, device: &Device) -> Result<Tensor> {
         let (w, h) = image.dimensions();
         if w == 0 || h == 0 {
             return Err(Error::InvalidImage(format!("empty image ({w}x{h})")));
         }
         let s = self.image_size;
-        let image = if (w, h) == (s, s) {
-            image
-        } else {
-            image::imageops::resize(&image, s, s, FilterType::CatmullRom)
-        };
+        let image = self.resize(image);
         let plane = (s as usize) * (s as usize);
         let mut data = vec![0f32; 3 * self.normalization.len() * plane];
         for (t, norm) in self.normalization.iter().enumerate() {
@@ -331,8 +349,11 @@ impl Processor {
     /// `"Out: "` followed by action tokens, which tokenizes to `... ":" "▁" <actions>`). A
     /// tokenizer without a `▁` token gets nothing appended.
     ///
-    /// An empty or whitespace-only instruction is [`Error::EmptyInstruction`].
+    /// An empty or whitespace-only instruction is [`Error::EmptyInstruction`]; one longer than
+    /// [`MAX_INSTRUCTION_BYTES`](crate::limits::MAX_INSTRUCTION_BYTES) is
+    /// [`Error::LimitExceeded`], found before tokenizing.
     pub fn prompt_ids(&self, instruction: &str) -> Result<Vec<u32>> {
+        Limit::InstructionBytes.check(instruction.len())?;
         if instruction.trim().is_empty() {
             return Err(Error::EmptyInstruction);
         }

@@ -10,53 +10,86 @@
 //! (`spawn_blocking`): an action takes milliseconds to seconds of CPU, and running it on an async
 //! worker would stall every other connection, `/health` included, for that long. Parsing the body
 //! (JSON, base64, PNG) is CPU work too and also runs there, before the queue, so that it overlaps
-//! with the action running ahead of it.
+//! with the action running ahead of it; at most [`PARSERS`] requests parse at once.
 //!
-//! The queue is bounded (`--max-queue`): at most that many `/act` requests are parsed, waiting
-//! or running at once, and the next is refused at once with a 503 and `Retry-After`. An action
-//! that waited behind a long queue would reach the robot stale, and every waiting request holds
-//! its decoded image; a fast refusal lets the client decide (drop the frame, send the next one).
+//! The queue is bounded (`--max-queue`): at most that many `/act` requests are read, parsed,
+//! waiting or running at once, and the next is refused at once with a 503 and `Retry-After`,
+//! before its body is read. An action that waited behind a long queue would reach the robot
+//! stale, and every waiting request holds its body or its decoded image; a fast refusal lets the
+//! client decide (drop the frame, send the next one).
+//!
+//! `/health`, `/info` and `/reset` never wait for the model: the decoders and episodes have
+//! their own short lock (`decoders.rs`).
 
-use std::future::Future;
-use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{DefaultBodyLimit, State};
+use axum::extract::{DefaultBodyLimit, FromRequest, Request, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
+use image::DynamicImage;
 use serde::Serialize;
 use serde_json::{json, Value};
+use spec_vla::Processor;
 use tokio::sync::{Mutex, OwnedSemaphorePermit, Semaphore};
 
+use crate::decoders::{lock, DecoderStore, SharedStore};
 use crate::engine::{ActionInputs, Engine};
 use crate::errors::{ApiError, ErrorKind};
+use crate::guard::{check_head, Guard};
 use crate::wire::{self, ActStats, StageTimesMs, StatsAnswer};
+
+/// Requests parsed (JSON, base64, image decoding) at once: parsing is CPU work, and more at once
+/// than cores only holds more bodies and images in memory.
+pub const PARSERS: usize = 2;
 
 /// What every handler shares.
 #[derive(Clone)]
 pub struct AppState {
+    /// The model; its lock is the queue.
     engine: Arc<Mutex<Engine>>,
+    /// Decoders and episodes, under a lock of their own.
+    store: SharedStore,
     admission: Admission,
+    parsers: Arc<Semaphore>,
+    body_timeout: Duration,
+    /// The policy's processor, to resize frames outside the model's lock.
+    processor: Arc<Processor>,
     /// The parts of `/info` fixed at start-up.
     info: Arc<Value>,
 }
 
 impl AppState {
-    pub fn new(engine: Engine, admission: Admission, info: Value) -> Self {
+    pub fn new(
+        engine: Engine,
+        max_episodes: usize,
+        admission: Admission,
+        body_timeout: Duration,
+        info: Value,
+    ) -> Self {
         Self {
+            processor: Arc::new(engine.policy().processor().clone()),
             engine: Arc::new(Mutex::new(engine)),
+            store: DecoderStore::new(max_episodes),
             admission,
+            parsers: Arc::new(Semaphore::new(PARSERS)),
+            body_timeout,
             info: Arc::new(info),
         }
     }
 
     pub fn admission(&self) -> &Admission {
         &self.admission
+    }
+
+    /// Takes the model as a running action would (tests: what must not wait for it).
+    #[cfg(test)]
+    pub fn hold_model(&self) -> tokio::sync::OwnedMutexGuard<Engine> {
+        self.engine.clone().blocking_lock_owned()
     }
 }
 
@@ -97,8 +130,9 @@ impl Admission {
     }
 }
 
-/// The router, refusing bodies over `max_body_bytes` with a 413.
-pub fn router(state: AppState, max_body_bytes: usize) -> Router {
+/// The router: the head checks of `guard` (key, content type, announced length) first, bodies
+/// over `max_body_bytes` refused with a 413.
+pub fn router(state: AppState, guard: Guard, max_body_bytes: usize) -> Router {
     Router::new()
         .route("/act", post(act))
         .route("/reset", post(reset))
@@ -107,19 +141,8 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(max_body_bytes))
+        .layer(axum::middleware::from_fn_with_state(guard, check_head))
         .with_state(state)
-}
-
-/// Serves `router` on `listener` until `shutdown` completes; then stops accepting connections
-/// and waits for the requests in flight to be answered.
-pub async fn serve(
-    listener: tokio::net::TcpListener,
-    router: Router,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
-    axum::serve(listener, router)
-        .with_graceful_shutdown(shutdown)
-        .await
 }
 
 /// A JSON answer.
@@ -158,6 +181,20 @@ fn ms(d: std::time::Duration) -> f64 {
     d.as_secs_f64() * 1e3
 }
 
+/// Reads the body within the server's body timeout (408 `body_timeout` past it) and size limit.
+async fn read_body(state: &AppState, request: Request) -> Result<Bytes, ApiError> {
+    match tokio::time::timeout(state.body_timeout, Bytes::from_request(request, &())).await {
+        Ok(body) => body.map_err(body_error),
+        Err(_) => Err(ApiError::new(
+            ErrorKind::BodyTimeout,
+            format!(
+                "the body did not arrive within {} ms (--body-timeout-ms)",
+                state.body_timeout.as_millis()
+            ),
+        )),
+    }
+}
+
 /// Runs CPU work on the blocking pool; a panic becomes a 500 instead of a dropped connection.
 async fn blocking<T: Send + 'static>(
     work: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
@@ -170,27 +207,41 @@ async fn blocking<T: Send + 'static>(
     })
 }
 
-async fn act(State(state): State<AppState>, body: Result<Bytes, BytesRejection>) -> Response {
-    match act_inner(state, body).await {
+async fn act(State(state): State<AppState>, request: Request) -> Response {
+    match act_inner(state, request).await {
         Ok(response) => response,
         Err(e) => e.into_response(),
     }
 }
 
-async fn act_inner(
-    state: AppState,
-    body: Result<Bytes, BytesRejection>,
-) -> Result<Response, ApiError> {
-    let received = Instant::now();
-    let body = body.map_err(body_error)?;
-    // Held until the answer is built: parsing, waiting and running all count against the bound.
+async fn act_inner(state: AppState, request: Request) -> Result<Response, ApiError> {
+    // Held until the answer is built: reading, parsing, waiting and running all count against
+    // the bound, and a refused request's body is never read.
     let _slot = state.admission.try_admit()?;
-    let request = blocking(move || wire::parse_act(&body)).await?;
+    let received = Instant::now();
+    let body = read_body(&state, request).await?;
+    let parser = state.parsers.clone().acquire_owned().await;
+    let processor = state.processor.clone();
+    let request = blocking(move || {
+        let parsed = wire::parse_act(&body).map(|mut request| {
+            // The towers' input size, as the processor would resize it (the same pixels): the
+            // costly part of a large frame is done here, not under the model's lock, and a
+            // queued request holds a small RGB image whatever the client sent.
+            request.image = DynamicImage::ImageRgb8(processor.resized_rgb(&request.image));
+            request
+        });
+        // The body goes before the parse slot: only parsing requests hold both.
+        drop(body);
+        drop(parser);
+        parsed
+    })
+    .await?;
     let parse_time = received.elapsed();
 
     let queued = Instant::now();
     let mut engine = state.engine.clone().lock_owned().await;
     let queue_time = queued.elapsed();
+    let store = state.store.clone();
     let (request, acted) = blocking(move || {
         let inputs = ActionInputs {
             image: &request.image,
@@ -200,16 +251,17 @@ async fn act_inner(
             episode_id: request.episode_id.as_deref(),
             reset: request.reset,
         };
-        let acted = std::panic::catch_unwind(AssertUnwindSafe(|| engine.act(&inputs)));
-        let acted = acted.unwrap_or_else(|_| {
-            // The policy rebuilds its cache when it finds none, but a decoder may have been
-            // left half-updated: drop them all rather than serve from a broken one.
-            engine.forget_all();
-            Err(ApiError::new(
-                ErrorKind::Internal,
-                "the policy panicked on this request; episode state was dropped",
-            ))
-        });
+        // The engine turns a panic of the policy into an error (losing only this request's
+        // decoder); one elsewhere unwinds to `blocking`, and the store forgets its checkout.
+        let acted =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| engine.act(&store, &inputs)))
+                .unwrap_or_else(|_| {
+                    lock(&store).abandon();
+                    Err(ApiError::new(
+                        ErrorKind::Internal,
+                        "the server panicked on this request; no other episode was touched",
+                    ))
+                });
         // The engine's lock is released here, before the answer is written.
         drop(engine);
         acted.map(|acted| (request, acted))
@@ -248,12 +300,16 @@ async fn act_inner(
 /// id the server holds no state for is not an error (`"known": false`): a client resets before
 /// its first step, and an id evicted from the store looks the same; either way the next action
 /// starts afresh, which is what the call promises.
-async fn reset(State(state): State<AppState>, body: Result<Bytes, BytesRejection>) -> Response {
-    let id = match body.map_err(body_error).and_then(|b| wire::parse_reset(&b)) {
+///
+/// It does not wait for the model: an action running on that episode finishes, and its decoder
+/// is dropped instead of kept.
+async fn reset(State(state): State<AppState>, request: Request) -> Response {
+    let body = read_body(&state, request).await;
+    let id = match body.and_then(|b| wire::parse_reset(&b)) {
         Ok(id) => id,
         Err(e) => return e.into_response(),
     };
-    let known = state.engine.lock().await.reset(&id);
+    let known = lock(&state.store).reset(&id);
     json_response(StatusCode::OK, &json!({"episode_id": id, "known": known}))
 }
 
@@ -262,9 +318,9 @@ async fn health() -> Response {
     json_response(StatusCode::OK, &json!({"status": "ok"}))
 }
 
-/// The start-up facts plus the episode store's counts (which waits for a running action).
+/// The start-up facts plus the episode store's counts (without waiting for the model).
 async fn info(State(state): State<AppState>) -> Response {
-    let counts = state.engine.lock().await.episode_counts();
+    let counts = lock(&state.store).counts();
     let mut info = (*state.info).clone();
     if let Value::Object(map) = &mut info {
         map.insert("episodes".into(), json!(counts));

@@ -1,27 +1,27 @@
-//! The model side of the server, synchronous and free of HTTP: one policy, the decoders built
-//! for it, and the per-episode drafting state.
+//! The model side of the server, synchronous and free of HTTP: one policy and the decoders
+//! built for it.
 //!
 //! Decoders that draft from earlier actions (the previous action, constant velocity) keep a
 //! history, so the history must belong to one robot's episode. A request with an `episode_id`
-//! uses that episode's own decoder, kept in a bounded LRU store (`--max-episodes`); a request
-//! without one uses a decoder whose history is cleared first, so nothing leaks from one
-//! request into another. Strict decoding gives plain greedy decoding's tokens whatever the
-//! history, so episodes change its speed, never its actions.
+//! uses that episode's own decoder, kept in a bounded LRU store (`--max-episodes`,
+//! `decoders.rs`); a request without one uses a decoder whose history is cleared first, so
+//! nothing leaks from one request into another. Strict decoding gives plain greedy decoding's
+//! tokens whatever the history, so episodes change its speed, never its actions.
+//!
+//! A panic inside the policy costs the request that caused it and that request's episode: the
+//! decoder it ran with is dropped, and every other episode is left as it was.
 
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::time::{Duration, Instant};
 
 use image::DynamicImage;
-use serde::Serialize;
 use spec_vla::decode::{Decoder, GreedyDecoder, Speculation};
 use spec_vla::draft::DrafterConfig;
 use spec_vla::{ActionOutput, VlaPolicy};
 
-use crate::episodes::Lru;
+use crate::decoders::{lock, EpisodeState, SharedStore};
 use crate::errors::{ApiError, ErrorKind};
 use crate::wire::{DecoderChoice, EpisodeReport};
-
-/// Decoders kept for requests without an episode, one per distinct decoder setting seen.
-const STANDALONE_DECODERS: usize = 8;
 
 /// How the server decodes when a request does not say.
 #[derive(Debug, Clone)]
@@ -31,16 +31,6 @@ pub struct DecoderDefaults {
     pub drafter: DrafterConfig,
     /// Dimensions `{"relaxed": r}` never relaxes.
     pub exempt_dims: Vec<usize>,
-}
-
-/// One episode's decoder and how far it has come.
-#[derive(Debug)]
-struct EpisodeState {
-    decoder: Box<dyn Decoder>,
-    /// The settings the decoder was built from ([`settings_key`]).
-    settings: String,
-    /// Actions served since the history started afresh.
-    steps: u64,
 }
 
 /// What the policy answered, and what it cost.
@@ -64,36 +54,18 @@ pub struct ActionInputs<'a> {
     pub reset: bool,
 }
 
-/// Episode bookkeeping for `/info`.
-#[derive(Debug, Clone, Serialize)]
-pub struct EpisodeCounts {
-    pub stored: usize,
-    pub max: usize,
-    pub evicted: u64,
-}
-
+/// The policy: whoever holds the `Engine` holds the model (the server's queue is a lock on it).
 #[derive(Debug)]
 pub struct Engine {
     policy: VlaPolicy,
     defaults: DecoderDefaults,
-    episodes: Lru<EpisodeState>,
-    standalone: Lru<Box<dyn Decoder>>,
 }
 
 impl Engine {
     /// Checks the default decoder settings by building them once, so that a server never starts
     /// with settings every request would fail on.
-    pub fn new(
-        policy: VlaPolicy,
-        defaults: DecoderDefaults,
-        max_episodes: usize,
-    ) -> Result<Self, ApiError> {
-        let engine = Self {
-            policy,
-            defaults,
-            episodes: Lru::new(max_episodes),
-            standalone: Lru::new(STANDALONE_DECODERS),
-        };
+    pub fn new(policy: VlaPolicy, defaults: DecoderDefaults) -> Result<Self, ApiError> {
+        let engine = Self { policy, defaults };
         let speculation = engine.resolve(&engine.defaults.decoder.clone());
         engine.build(speculation.as_ref())?;
         Ok(engine)
@@ -105,14 +77,6 @@ impl Engine {
 
     pub fn defaults(&self) -> &DecoderDefaults {
         &self.defaults
-    }
-
-    pub fn episode_counts(&self) -> EpisodeCounts {
-        EpisodeCounts {
-            stored: self.episodes.len(),
-            max: self.episodes.capacity(),
-            evicted: self.episodes.evicted(),
-        }
     }
 
     /// The speculation a decoder choice means here (`None`: plain greedy decoding).
@@ -140,76 +104,95 @@ impl Engine {
         })
     }
 
-    /// Predicts one action. A failed request leaves no episode behind that it created.
-    pub fn act(&mut self, inputs: &ActionInputs<'_>) -> Result<Acted, ApiError> {
+    /// Runs the policy with `decoder`; a panic becomes an `internal` error.
+    fn run(
+        &mut self,
+        decoder: &mut dyn Decoder,
+        inputs: &ActionInputs<'_>,
+    ) -> Result<(ActionOutput, Duration), Panicked> {
+        let start = Instant::now();
+        let policy = &mut self.policy;
+        let output = catch_unwind(AssertUnwindSafe(|| {
+            // Fault injection for the test that a panic costs one episode only.
+            #[cfg(test)]
+            if inputs.instruction == crate::tests_hostile::PANIC_INSTRUCTION {
+                panic!("a panic injected by the tests");
+            }
+            policy.predict_action_with(decoder, inputs.image, inputs.instruction, inputs.unnorm_key)
+        }));
+        match output {
+            Ok(Ok(output)) => Ok((output, start.elapsed())),
+            Ok(Err(e)) => Err(Panicked::No(e.into())),
+            Err(_) => Err(Panicked::Yes),
+        }
+    }
+
+    /// Predicts one action with the decoder `store` keeps for the request's episode (or
+    /// settings). A failed request leaves no episode behind that it created; a panic drops the
+    /// request's own decoder and nothing else.
+    pub fn act(
+        &mut self,
+        store: &SharedStore,
+        inputs: &ActionInputs<'_>,
+    ) -> Result<Acted, ApiError> {
         let choice = inputs.decoder.unwrap_or(&self.defaults.decoder).clone();
         let speculation = self.resolve(&choice);
         let settings = settings_key(speculation.as_ref());
 
         let Some(id) = inputs.episode_id else {
-            if !self.standalone.contains(&settings) {
-                let decoder = self.build(speculation.as_ref())?;
-                self.standalone.insert(settings.clone(), decoder);
-            }
-            let decoder = self
-                .standalone
-                .get_mut(&settings)
-                .ok_or_else(|| ApiError::new(ErrorKind::Internal, "decoder store lost an entry"))?;
+            let taken = lock(store).take_standalone(&settings);
+            let mut decoder = match taken {
+                Some(decoder) => decoder,
+                None => self.build(speculation.as_ref())?,
+            };
             // No episode: the decoder forgets whatever an earlier request left in it.
             decoder.new_episode();
-            let start = Instant::now();
-            let output = self.policy.predict_action_with(
-                decoder.as_mut(),
-                inputs.image,
-                inputs.instruction,
-                inputs.unnorm_key,
-            )?;
+            let (output, policy_time) = match self.run(decoder.as_mut(), inputs) {
+                Ok(done) => done,
+                Err(Panicked::Yes) => return Err(panicked(None)),
+                Err(Panicked::No(e)) => {
+                    lock(store).put_back_standalone(settings, decoder);
+                    return Err(e);
+                }
+            };
+            lock(store).put_back_standalone(settings, decoder);
             return Ok(Acted {
                 output,
                 decoder: choice,
                 episode: None,
-                policy_time: start.elapsed(),
+                policy_time,
             });
         };
 
-        if inputs.reset {
-            self.episodes.remove(id);
-        }
-        let existed = self.episodes.contains(id);
+        let taken = lock(store).take_episode(id, inputs.reset);
+        let existed = taken.is_some();
         // A new id, or other settings than the episode's decoder was built from: start afresh.
-        let fresh = self
-            .episodes
-            .get_mut(id)
-            .is_none_or(|state| state.settings != settings);
-        if fresh {
-            let decoder = self.build(speculation.as_ref())?;
-            let state = EpisodeState {
-                decoder,
-                settings,
-                steps: 0,
-            };
-            self.episodes.insert(id.to_string(), state);
-        }
-        let state = self
-            .episodes
-            .get_mut(id)
-            .ok_or_else(|| ApiError::new(ErrorKind::Internal, "episode store lost an entry"))?;
-        let start = Instant::now();
-        let result = self.policy.predict_action_with(
-            state.decoder.as_mut(),
-            inputs.image,
-            inputs.instruction,
-            inputs.unnorm_key,
-        );
-        let policy_time = start.elapsed();
-        match result {
-            Ok(output) => {
+        let (mut state, fresh) = match taken {
+            Some(state) if state.settings == settings => (state, false),
+            _ => match self.build(speculation.as_ref()) {
+                Ok(decoder) => {
+                    let state = EpisodeState {
+                        decoder,
+                        settings,
+                        steps: 0,
+                    };
+                    (state, true)
+                }
+                Err(e) => {
+                    lock(store).abandon();
+                    return Err(e);
+                }
+            },
+        };
+        match self.run(state.decoder.as_mut(), inputs) {
+            Ok((output, policy_time)) => {
                 state.steps += 1;
                 let episode = EpisodeReport {
                     id: id.to_string(),
                     step: state.steps,
                     fresh,
                 };
+                lock(store).put_back(id, state);
                 Ok(Acted {
                     output,
                     decoder: choice,
@@ -217,25 +200,40 @@ impl Engine {
                     policy_time,
                 })
             }
-            Err(e) => {
-                if !existed {
-                    self.episodes.remove(id);
+            Err(Panicked::No(e)) => {
+                let mut store = lock(store);
+                if existed {
+                    store.put_back(id, state);
+                } else {
+                    store.abandon();
                 }
-                Err(e.into())
+                Err(e)
+            }
+            Err(Panicked::Yes) => {
+                lock(store).abandon();
+                Err(panicked(Some(id)))
             }
         }
     }
+}
 
-    /// Drops episode `id`'s state (its next action starts afresh); whether there was any.
-    pub fn reset(&mut self, id: &str) -> bool {
-        self.episodes.remove(id).is_some()
-    }
+/// How a run of the policy failed.
+enum Panicked {
+    /// An error it returned.
+    No(ApiError),
+    /// A panic (its state was dropped with it).
+    Yes,
+}
 
-    /// Drops every decoder: after a panic during an action, their state may be half-updated.
-    pub fn forget_all(&mut self) {
-        self.episodes.clear();
-        self.standalone.clear();
-    }
+fn panicked(episode: Option<&str>) -> ApiError {
+    let lost = match episode {
+        Some(id) => format!("episode `{id}` starts afresh"),
+        None => "the request had no episode".to_string(),
+    };
+    ApiError::new(
+        ErrorKind::Internal,
+        format!("the policy panicked on this request; {lost}, and no other episode was touched"),
+    )
 }
 
 /// A stable text of decoder settings, to tell whether an episode's decoder was built from the

@@ -47,10 +47,12 @@ impl<V> Lru<V> {
         self.evicted
     }
 
+    #[cfg(test)]
     pub fn contains(&self, key: &str) -> bool {
         self.entries.contains_key(key)
     }
 
+    #[cfg(test)]
     /// The entry for `key`, marked as just used.
     pub fn get_mut(&mut self, key: &str) -> Option<&mut V> {
         self.clock += 1;
@@ -94,6 +96,7 @@ impl<V> Lru<V> {
         self.entries.remove(key).map(|slot| slot.value)
     }
 
+    #[cfg(test)]
     pub fn clear(&mut self) {
         self.entries.clear();
     }

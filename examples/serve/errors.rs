@@ -36,8 +36,15 @@ pub enum ErrorKind {
     RequestTooLong,
     /// Decoder settings that cannot be built for this policy.
     BadDecoder,
-    /// The body is larger than `--max-body-bytes` (413).
+    /// The body is larger than `--max-body-bytes` (413), announced or sent.
     BodyTooLarge,
+    /// The body did not arrive within `--body-timeout-ms` (408).
+    BodyTimeout,
+    /// `/act` or `/reset` without `Content-Type: application/json` (415): what keeps a web page
+    /// from posting to the robot without a CORS preflight.
+    UnsupportedMediaType,
+    /// The server has an API key and the request did not bring it (401).
+    Unauthorized,
     /// No such route (404).
     NotFound,
     /// The route exists for another method (405).
@@ -66,6 +73,9 @@ impl ErrorKind {
             Self::RequestTooLong => "request_too_long",
             Self::BadDecoder => "bad_decoder",
             Self::BodyTooLarge => "body_too_large",
+            Self::BodyTimeout => "body_timeout",
+            Self::UnsupportedMediaType => "unsupported_media_type",
+            Self::Unauthorized => "unauthorized",
             Self::NotFound => "not_found",
             Self::MethodNotAllowed => "method_not_allowed",
             Self::Overloaded => "overloaded",
@@ -77,6 +87,9 @@ impl ErrorKind {
     pub fn status(self) -> StatusCode {
         match self {
             Self::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
+            Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Self::Unauthorized => StatusCode::UNAUTHORIZED,
             Self::NotFound => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
@@ -135,6 +148,7 @@ impl From<spec_vla::Error> for ApiError {
     /// Sorts a library error into the client's fault (4xx) or the server's (5xx). The library's
     /// message is kept: it already names the problem (e.g. the known `unnorm_key`s).
     fn from(error: spec_vla::Error) -> Self {
+        use spec_vla::limits::Limit;
         use spec_vla::Error as E;
         let kind = match &error {
             E::InvalidImage(_) => ErrorKind::BadImage,
@@ -145,6 +159,13 @@ impl From<spec_vla::Error> for ApiError {
             // Only request settings reach the library after start-up (the server's own were
             // built once at start-up), so these are the request's decoder settings.
             E::InvalidSetting { .. } | E::DraftMismatch(_) => ErrorKind::BadDecoder,
+            // Every bound is on something the request sent: the image, the instruction, or
+            // else its decoder settings (the server's own were built at start-up).
+            E::LimitExceeded { limit, .. } => match limit {
+                Limit::ImageBytes => ErrorKind::BadImage,
+                Limit::InstructionBytes => ErrorKind::RequestTooLong,
+                _ => ErrorKind::BadDecoder,
+            },
             E::NonFiniteLogits { .. } | E::NonActionToken { .. } => ErrorKind::ModelError,
             _ => ErrorKind::Internal,
         };
@@ -155,11 +176,20 @@ impl From<spec_vla::Error> for ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let mut response = crate::api::json_response(self.kind.status(), &self.body());
-        if self.kind == ErrorKind::Overloaded {
-            response.headers_mut().insert(
-                axum::http::header::RETRY_AFTER,
-                axum::http::HeaderValue::from_static("1"),
-            );
+        use axum::http::{header, HeaderValue};
+        let headers = response.headers_mut();
+        match self.kind {
+            ErrorKind::Overloaded => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            }
+            ErrorKind::Unauthorized => {
+                headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            }
+            // The body may be only partly read: the connection cannot carry another request.
+            ErrorKind::BodyTimeout | ErrorKind::BodyTooLarge => {
+                headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+            }
+            _ => {}
         }
         response
     }
@@ -181,6 +211,11 @@ mod tests {
             spec_vla::Error::InvalidSetting {
                 setting: "x",
                 reason: "x".into(),
+            },
+            spec_vla::Error::LimitExceeded {
+                limit: spec_vla::limits::Limit::DrafterHistory,
+                max: 64,
+                got: 10_000_000_000,
             },
         ];
         for e in client {

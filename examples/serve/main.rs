@@ -7,7 +7,15 @@
 //! ```
 //!
 //! It prints `listening on http://ADDR` once it accepts connections (`--port 0` picks a free
-//! port), and stops on Ctrl-C or SIGTERM after answering the requests in flight.
+//! port), and stops on Ctrl-C or SIGTERM: it stops accepting at once, answers the requests in
+//! flight for at most `--shutdown-grace-ms`, then exits.
+//!
+//! # Robustness and access
+//!
+//! No client setting can make the server allocate or compute beyond the library's bounds
+//! (`spec_vla::limits`), connections time out (`net.rs`), bodies are bounded in size and time,
+//! and `/act` and `/reset` take only JSON, optionally behind a bearer key (`guard.rs`). Binding
+//! another address than loopback without a key needs `--allow-unauthenticated`.
 //!
 //! # What is matched of deploy.py (openvla/openvla, `vla-scripts/deploy.py`)
 //!
@@ -48,10 +56,15 @@
 //! time, is in `docs/serve.md`.
 
 mod api;
+mod conns;
+mod decoders;
 mod engine;
 mod episodes;
 mod errors;
+mod guard;
+mod net;
 mod numpy;
+mod strict_json;
 mod wire;
 
 #[cfg(test)]
@@ -62,12 +75,18 @@ mod test_harness;
 mod tests;
 #[cfg(test)]
 mod tests_errors;
+#[cfg(test)]
+mod tests_hostile;
+#[cfg(test)]
+mod tests_net;
 
 #[path = "../support/mod.rs"]
 mod support;
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, ValueEnum};
@@ -141,6 +160,29 @@ pub struct Args {
     /// CPU threads for candle's kernels (0 = all cores).
     #[arg(long, default_value_t = 0)]
     threads: usize,
+    /// A connection that takes longer than this to send a request head, or waits longer than
+    /// this between keep-alive requests, is closed.
+    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
+    header_timeout_ms: u64,
+    /// A request body that takes longer than this to arrive (after its head) is answered 408.
+    #[arg(long, default_value_t = 30_000, value_parser = clap::value_parser!(u64).range(1..))]
+    body_timeout_ms: u64,
+    /// Open connections at once. At the cap the oldest idle one is closed to make room; when
+    /// all are in a request, one more is answered 503 and closed.
+    #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u64).range(1..))]
+    max_connections: u64,
+    /// After Ctrl-C or SIGTERM, how long requests in flight may take before the server exits
+    /// anyway.
+    #[arg(long, default_value_t = 5_000)]
+    shutdown_grace_ms: u64,
+    /// Require `Authorization: Bearer KEY` on every route but /health. Prefer the environment
+    /// variable SPEC_VLA_API_KEY, which other users of the machine cannot read from `ps`.
+    #[arg(long)]
+    api_key: Option<String>,
+    /// Serve a non-loopback --host without an API key (anyone who can reach the port can move
+    /// the robot).
+    #[arg(long)]
+    allow_unauthenticated: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -160,6 +202,9 @@ fn main() -> Result<()> {
         std::env::set_var("RAYON_NUM_THREADS", args.threads.to_string());
     }
     let (router, info, _) = prepare(&args)?;
+    if let Some(warning) = exposure_warning(&args)? {
+        eprintln!("warning: {warning}");
+    }
     // Strings as they are, other values (a decoder object) as JSON.
     let show = |v: &Value| v.as_str().map_or_else(|| v.to_string(), str::to_string);
     eprintln!(
@@ -170,21 +215,77 @@ fn main() -> Result<()> {
         show(&info["device"]),
         show(&info["dtype"])
     );
+    run(&args, router, shutdown_signal())
+}
+
+/// Listens, serves until `shutdown`, drains up to the deadline, and returns without waiting for
+/// an action still running past it.
+pub fn run(
+    args: &Args,
+    router: axum::Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    runtime.block_on(async {
-        let listener = bind(&args).await?;
+    let served = runtime.block_on(async {
+        let listener = bind(args).await?;
         let addr = listener.local_addr()?;
         // Scripts wait for this line (stdout, flushed by println!'s newline on a terminal and
         // explicitly here for pipes).
         println!("listening on http://{addr}");
         std::io::Write::flush(&mut std::io::stdout())?;
-        api::serve(listener, router, shutdown_signal()).await?;
+        net::serve(listener, router, net_limits(args), shutdown).await?;
         eprintln!("stopped");
         Ok(())
-    })
+    });
+    runtime.shutdown_timeout(Duration::from_millis(100));
+    served
+}
+
+/// The connection-level bounds of `args`.
+pub fn net_limits(args: &Args) -> net::NetLimits {
+    net::NetLimits {
+        header_timeout: Duration::from_millis(args.header_timeout_ms),
+        max_connections: usize::try_from(args.max_connections).unwrap_or(usize::MAX),
+        shutdown_grace: Duration::from_millis(args.shutdown_grace_ms),
+    }
+}
+
+/// The API key: `--api-key`, else `SPEC_VLA_API_KEY` (an empty one is an error, not "no key").
+fn api_key(args: &Args) -> Result<Option<String>> {
+    let key = args
+        .api_key
+        .clone()
+        .or_else(|| std::env::var(guard::API_KEY_ENV).ok());
+    if key.as_deref().is_some_and(|k| k.trim().is_empty()) {
+        bail!("the API key is empty");
+    }
+    Ok(key)
+}
+
+/// Refuses a non-loopback `--host` without a key unless `--allow-unauthenticated`; what to warn
+/// about when serving beyond loopback.
+pub fn exposure_warning(args: &Args) -> Result<Option<String>> {
+    let host: std::net::IpAddr = args
+        .host
+        .parse()
+        .with_context(|| format!("--host `{}` is not an IP address", args.host))?;
+    if host.is_loopback() {
+        return Ok(None);
+    }
+    Ok(Some(match (api_key(args)?, args.allow_unauthenticated) {
+        (None, false) => bail!(
+            "--host {host} serves beyond this machine without an API key: anyone who can reach              the port could move the robot. Set SPEC_VLA_API_KEY (or --api-key), or pass              --allow-unauthenticated"
+        ),
+        (None, true) => format!(
+            "serving {host} WITHOUT authentication (--allow-unauthenticated): anyone who can              reach the port can move the robot"
+        ),
+        (Some(_), _) => format!(
+            "serving {host} over plain HTTP: the API key crosses the network in clear; use a              trusted network, a VPN or a TLS proxy"
+        ),
+    }))
 }
 
 /// Loads the policy and builds the router, the start-up part of `/info`, and the state the
@@ -240,7 +341,9 @@ pub fn prepare(args: &Args) -> Result<(axum::Router, Value, api::AppState)> {
     };
     let max_episodes = usize::try_from(args.max_episodes).unwrap_or(usize::MAX);
     let max_queue = usize::try_from(args.max_queue).unwrap_or(usize::MAX);
-    let engine = Engine::new(policy, defaults, max_episodes)
+    exposure_warning(args)?;
+    let key = api_key(args)?;
+    let engine = Engine::new(policy, defaults)
         .map_err(|e| anyhow::anyhow!("the default decoder settings do not work: {e}"))?;
 
     let defaults = engine.defaults();
@@ -264,14 +367,27 @@ pub fn prepare(args: &Args) -> Result<(axum::Router, Value, api::AppState)> {
             "max_episodes": max_episodes,
             "episode_eviction": "least recently used",
             "max_episode_id_bytes": wire::MAX_EPISODE_ID_BYTES,
-            "max_encoded_image_side": numpy::MAX_ENCODED_IMAGE_SIDE,
+            "max_image_bytes": spec_vla::limits::MAX_IMAGE_BYTES,
+            "max_instruction_bytes": spec_vla::limits::MAX_INSTRUCTION_BYTES,
             "max_queue": max_queue,
+            "max_connections": args.max_connections,
+            "header_timeout_ms": args.header_timeout_ms,
+            "body_timeout_ms": args.body_timeout_ms,
+            "api_key": key.is_some(),
             "concurrency": "one action at a time; requests queue in arrival order, at most \
                             max_queue at once (503 overloaded beyond)",
         },
     });
-    let state = api::AppState::new(engine, api::Admission::new(max_queue), info.clone());
-    Ok((api::router(state.clone(), args.max_body_bytes), info, state))
+    let state = api::AppState::new(
+        engine,
+        max_episodes,
+        api::Admission::new(max_queue),
+        Duration::from_millis(args.body_timeout_ms),
+        info.clone(),
+    );
+    let guard = guard::Guard::new(key.as_deref(), args.max_body_bytes);
+    let router = api::router(state.clone(), guard, args.max_body_bytes);
+    Ok((router, info, state))
 }
 
 /// The listener on `--host`:`--port`.
@@ -312,5 +428,5 @@ async fn shutdown_signal() {
         () = ctrl_c => {}
         () = terminate => {}
     }
-    eprintln!("shutting down: answering the requests in flight");
+    eprintln!("shutting down: no new connections; answering the requests in flight");
 }

@@ -8,12 +8,10 @@
 //! `object_hook`): a uint8 image of shape (2, 2, 3) is sent as
 //! `{"__numpy__": "AAAAAAAAAAAAAAAA", "dtype": "|u1", "shape": [2, 2, 3]}`.
 
-use std::io::Cursor;
-
 use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig};
 use base64::engine::DecodePaddingMode;
 use base64::Engine as _;
-use image::{DynamicImage, GrayImage, ImageReader, Limits, RgbImage, RgbaImage};
+use image::{DynamicImage, GrayImage, RgbImage, RgbaImage};
 use serde::Serialize;
 use serde_json::Value;
 
@@ -25,11 +23,6 @@ const BASE64: GeneralPurpose = GeneralPurpose::new(
     &base64::alphabet::STANDARD,
     GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent),
 );
-
-/// Largest side of a PNG or JPEG the server decodes. A compressed image can expand far beyond
-/// the body limit; camera frames are a few hundred pixels a side, and the policy resizes to its
-/// input size (224 for OpenVLA) anyway.
-pub const MAX_ENCODED_IMAGE_SIDE: u32 = 4096;
 
 /// numpy's spellings of uint8 (`np.dtype(d) == np.uint8` for each); json-numpy sends `"|u1"`.
 const UINT8_DESCRS: [&str; 6] = ["|u1", "u1", "<u1", ">u1", "=u1", "uint8"];
@@ -90,6 +83,8 @@ fn decode_numpy_image(map: &serde_json::Map<String, Value>) -> Result<DynamicIma
     if height == 0 || width == 0 {
         return Err(ApiError::image(format!("empty image {:?}", fields.shape)));
     }
+    spec_vla::limits::check_image_size(width as u64, height as u64, channels as u64)
+        .map_err(ApiError::from)?;
     let data = BASE64
         .decode(fields.data.as_bytes())
         .map_err(|e| ApiError::image(format!("`__numpy__` is not valid base64: {e}")))?;
@@ -131,25 +126,8 @@ fn decode_encoded_image(text: &str) -> Result<DynamicImage, ApiError> {
     let bytes = BASE64
         .decode(payload.trim().as_bytes())
         .map_err(|e| ApiError::image(format!("a string that is not valid base64: {e}")))?;
-    let reader = ImageReader::new(Cursor::new(bytes))
-        .with_guessed_format()
-        .map_err(|e| ApiError::image(format!("cannot read the encoded image: {e}")))?;
-    match reader.format() {
-        Some(image::ImageFormat::Png | image::ImageFormat::Jpeg) => {}
-        _ => {
-            return Err(ApiError::image(
-                "the base64 string is not a PNG or JPEG file",
-            ))
-        }
-    }
-    let mut limits = Limits::default();
-    limits.max_image_width = Some(MAX_ENCODED_IMAGE_SIDE);
-    limits.max_image_height = Some(MAX_ENCODED_IMAGE_SIDE);
-    let mut reader = reader;
-    reader.limits(limits);
-    reader
-        .decode()
-        .map_err(|e| ApiError::image(format!("cannot decode the PNG/JPEG: {e}")))
+    // The library checks the decoded size from the header before decoding any pixel.
+    spec_vla::processor::decode_image(&bytes).map_err(ApiError::from)
 }
 
 /// json-numpy's encoding of a float64 vector, fields in json-numpy's order.
@@ -309,7 +287,7 @@ mod tests {
             image::Rgb([x as u8, y as u8, 200])
         }));
         let mut png = Vec::new();
-        image.write_to(&mut Cursor::new(&mut png), image::ImageFormat::Png)?;
+        image.write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)?;
         let sent = json!(BASE64.encode(&png));
         assert_eq!(decode_image(&sent)?.to_rgb8(), image.to_rgb8());
         let url = json!(format!("data:image/png;base64,{}", BASE64.encode(&png)));

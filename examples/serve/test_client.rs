@@ -38,18 +38,44 @@ impl Answer {
 
 /// Sends `method path` with `body` (as JSON when given) and reads the whole answer.
 pub fn request(addr: SocketAddr, method: &str, path: &str, body: Option<&[u8]>) -> Result<Answer> {
+    request_with(
+        addr,
+        method,
+        path,
+        &[("Content-Type", "application/json")],
+        body,
+    )
+}
+
+/// Sends `method path` with `headers` (and `Content-Length`) and `body`, and reads the whole
+/// answer.
+pub fn request_with(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Option<&[u8]>,
+) -> Result<Answer> {
     let mut stream = TcpStream::connect(addr).with_context(|| format!("connect {addr}"))?;
     stream.set_read_timeout(Some(Duration::from_secs(60)))?;
     let body = body.unwrap_or_default();
-    let head = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\n\
-         Content-Length: {}\r\nConnection: close\r\n\r\n",
+    let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\n");
+    for (name, value) in headers {
+        head.push_str(&format!("{name}: {value}\r\n"));
+    }
+    head.push_str(&format!(
+        "Content-Length: {}\r\nConnection: close\r\n\r\n",
         body.len()
-    );
+    ));
     stream.write_all(head.as_bytes())?;
     // A server that refuses the body early may close before it is all sent; its answer is
     // still there to read.
     let _ = stream.write_all(body);
+    read_answer(&mut stream)
+}
+
+/// Reads an answer to the end of the connection.
+pub fn read_answer(stream: &mut TcpStream) -> Result<Answer> {
     let mut raw = Vec::new();
     if let Err(e) = stream.read_to_end(&mut raw) {
         if raw.is_empty() {

@@ -14,7 +14,7 @@ use spec_vla::device::Precision;
 use spec_vla::{embedded, VlaPolicy};
 
 use crate::test_client::{post_json, Answer};
-use crate::{api, bind, prepare, support, Args};
+use crate::{api, bind, net, net_limits, prepare, support, Args};
 
 const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
 
@@ -41,15 +41,18 @@ impl TestServer {
                 .worker_threads(2)
                 .enable_all()
                 .build()?;
-            runtime.block_on(async move {
+            let served = runtime.block_on(async move {
                 let listener = bind(&args).await?;
                 addr_tx.send(listener.local_addr()?)?;
-                api::serve(listener, router, async {
+                net::serve(listener, router, net_limits(&args), async {
                     let _ = stopped.await;
                 })
                 .await?;
                 Ok(())
-            })
+            });
+            // As the binary does: an action still running past the deadline is not waited for.
+            runtime.shutdown_timeout(Duration::from_millis(100));
+            served
         });
         let addr = match addr_rx.recv_timeout(Duration::from_secs(60)) {
             Ok(addr) => addr,

@@ -331,7 +331,8 @@ fn shutdown_answers_requests_in_flight_then_stops_listening() -> Result<()> {
     let body = serde_json::to_vec(&sample_request()?)?;
     let mut stream = std::net::TcpStream::connect(addr)?;
     let head = format!(
-        "POST /act HTTP/1.1\r\nHost: {addr}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        "POST /act HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n",
         body.len()
     );
     stream.write_all(head.as_bytes())?;

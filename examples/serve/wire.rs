@@ -103,18 +103,15 @@ pub fn parse_act(body: &[u8]) -> Result<ActRequest, ApiError> {
             .get("image")
             .ok_or_else(|| ApiError::missing("image"))?,
     )?;
+
     let instruction: String = required(&fields, "instruction")?;
+    // Refused here, before the queue, rather than by the policy under the model's lock.
+    spec_vla::limits::Limit::InstructionBytes
+        .check(instruction.len())
+        .map_err(ApiError::from)?;
     let episode_id: Option<String> = optional(&fields, "episode_id")?;
     if let Some(id) = &episode_id {
-        if id.is_empty() || id.len() > MAX_EPISODE_ID_BYTES {
-            return Err(ApiError::field(
-                "episode_id",
-                format!(
-                    "expected 1 to {MAX_EPISODE_ID_BYTES} bytes, found {}",
-                    id.len()
-                ),
-            ));
-        }
+        check_episode_id(id)?;
     }
     let decoder = fields
         .get("decoder")
@@ -160,11 +157,27 @@ pub fn parse_reset(body: &[u8]) -> Result<String, ApiError> {
             format!("unknown field `{other}`: /reset takes only `episode_id`"),
         ));
     }
-    required(&fields, "episode_id")
+    let id: String = required(&fields, "episode_id")?;
+    check_episode_id(&id)?;
+    Ok(id)
+}
+
+/// An `episode_id` of 1 to [`MAX_EPISODE_ID_BYTES`] bytes (`/act` and `/reset` alike).
+fn check_episode_id(id: &str) -> Result<(), ApiError> {
+    if id.is_empty() || id.len() > MAX_EPISODE_ID_BYTES {
+        return Err(ApiError::field(
+            "episode_id",
+            format!(
+                "expected 1 to {MAX_EPISODE_ID_BYTES} bytes, found {}",
+                id.len()
+            ),
+        ));
+    }
+    Ok(())
 }
 
 fn parse_object(body: &[u8]) -> Result<Map<String, Value>, ApiError> {
-    match serde_json::from_slice::<Value>(body) {
+    match crate::strict_json::from_slice(body) {
         Ok(Value::Object(fields)) => Ok(fields),
         Ok(other) => Err(ApiError::new(
             ErrorKind::BadRequest,
@@ -514,5 +527,13 @@ mod tests {
             Some(ErrorKind::UnknownField)
         );
         assert_eq!(kind(b"nope"), Some(ErrorKind::BadJson));
+        assert_eq!(kind(br#"{"episode_id": ""}"#), Some(ErrorKind::BadField));
+        let long = format!(
+            r#"{{"episode_id": "{}"}}"#,
+            "x".repeat(MAX_EPISODE_ID_BYTES + 1)
+        );
+        assert_eq!(kind(long.as_bytes()), Some(ErrorKind::BadField));
+        let twice = br#"{"episode_id": "a", "episode_id": "b"}"#;
+        assert_eq!(kind(twice), Some(ErrorKind::BadJson));
     }
 }

@@ -104,8 +104,18 @@ impl RelaxedBinDistance {
         Self::new(RadiusSpec::Uniform(r), Vec::new(), ids)
     }
 
-    /// Re-checks the constructor's conditions.
+    /// Re-checks the constructor's conditions, and that the per-dimension radii and the exempt
+    /// dimensions stay within [`MAX_ACTION_DIMS`](crate::limits::MAX_ACTION_DIMS)
+    /// ([`Error::LimitExceeded`]).
     pub fn validate(&self) -> Result<()> {
+        use crate::limits::Limit;
+        if let RadiusSpec::PerDimension(radii) = &self.radius {
+            Limit::ActionDims.check(radii.len())?;
+        }
+        Limit::ActionDims.check(self.exempt_dims.len())?;
+        if let Some(&last) = self.exempt_dims.last() {
+            Limit::ActionDims.check(last)?;
+        }
         let max = self.radius.max();
         if max >= self.ids.count() {
             return Err(Error::setting(
@@ -275,9 +285,21 @@ mod tests {
             assert!(matches!(e, Err(Error::InvalidSetting { .. })), "{e:?}");
         }
         // Exempt dimensions past the action are refused against the action's dimensions.
-        for exempt in [vec![7], vec![0, usize::MAX]] {
+        for exempt in [vec![7], vec![0, 64]] {
             let p = RelaxedBinDistance::new(RadiusSpec::Uniform(1), exempt, small).unwrap();
             assert!(matches!(p.check_dims(7), Err(Error::InvalidSetting { .. })));
+        }
+        // Beyond `MAX_ACTION_DIMS`, refused when built.
+        for (radius, exempt) in [
+            (RadiusSpec::Uniform(1), vec![0, usize::MAX]),
+            (RadiusSpec::Uniform(1), (0..65).collect()),
+            (RadiusSpec::PerDimension(vec![1; 65]), vec![]),
+        ] {
+            let built = RelaxedBinDistance::new(radius, exempt, small);
+            assert!(
+                matches!(built, Err(Error::LimitExceeded { .. })),
+                "{built:?}"
+            );
         }
         // A single-bin range only admits radius 0.
         let one = ActionIds::new(10, 1).unwrap();

@@ -58,8 +58,28 @@ impl Speculation {
         self
     }
 
+    /// Checks every bound of [`limits`](crate::limits) before anything is built or allocated:
+    /// the drafter's ([`DrafterConfig::validate`]), and the per-dimension radii and exempt
+    /// dimensions (at most [`MAX_ACTION_DIMS`](crate::limits::MAX_ACTION_DIMS) entries, none
+    /// naming a dimension beyond it). Errors: [`Error::LimitExceeded`](crate::Error) naming the
+    /// bound, or [`Error::InvalidSetting`](crate::Error::InvalidSetting). A speculation that validates is
+    /// one a server can afford to build and run (each bound's cost is in its doc comment).
+    pub fn validate(&self) -> Result<()> {
+        use crate::limits::Limit;
+        self.drafter.validate()?;
+        if let Some(RadiusSpec::PerDimension(radii)) = &self.radius {
+            Limit::ActionDims.check(radii.len())?;
+        }
+        Limit::ActionDims.check(self.exempt_dims.len())?;
+        if let Some(&dim) = self.exempt_dims.iter().max() {
+            Limit::ActionDims.check(dim)?;
+        }
+        Ok(())
+    }
+
     /// The acceptance policy over `ids` (validated).
     pub fn acceptance(&self, ids: ActionIds) -> Result<Acceptance> {
+        self.validate()?;
         Ok(match &self.radius {
             None | Some(RadiusSpec::Uniform(0)) => Acceptance::Strict,
             Some(radius) => Acceptance::RelaxedBinDistance(RelaxedBinDistance::new(

@@ -25,9 +25,11 @@ pub struct SpecDecoder {
 impl SpecDecoder {
     /// Validates the acceptance policy and checks that a relaxed policy's action ids are the ids
     /// the drafter scores (when it scores only action ids). Errors:
-    /// [`Error::InvalidSetting`].
+    /// [`Error::InvalidSetting`], and [`Error::LimitExceeded`] for a drafter that reads
+    /// more than [`MAX_DRAFTER_HISTORY`](crate::limits::MAX_DRAFTER_HISTORY) earlier actions.
     pub fn new(drafter: Box<dyn Drafter>, acceptance: Acceptance) -> Result<Self> {
         acceptance.validate()?;
+        crate::limits::Limit::DrafterHistory.check(drafter.needs().history)?;
         if let (Some(drafter_ids), Some(policy_ids)) =
             (drafter.needs().action_ids, acceptance.action_ids())
         {

@@ -20,12 +20,10 @@ use candle_core::Device;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
+use crate::limits::Limit;
 use crate::tree::{DraftTree, NodeId, TreeNode};
 
-/// Largest accepted `top_k` (larger values are a configuration mistake).
-pub const MAX_TOP_K: usize = 1024;
-/// Largest accepted `total_tokens` (one verifier pass over more nodes is a mistake).
-pub const MAX_TOTAL_TOKENS: usize = 4096;
+pub use crate::limits::{MAX_TOP_K, MAX_TOTAL_TOKENS, MAX_TREE_DEPTH};
 
 /// Shape of the draft tree.
 ///
@@ -78,31 +76,20 @@ impl TreeSettings {
     }
 
     /// Rejects settings that cannot build a useful tree: `top_k` or `depth` 0, `total_tokens`
-    /// below `depth + 1` (the root plus one node per level), or absurdly large values
-    /// (`top_k >` [`MAX_TOP_K`], `total_tokens >` [`MAX_TOTAL_TOKENS`]).
+    /// below `depth + 1` (the root plus one node per level), and, as
+    /// [`Error::LimitExceeded`], sizes beyond what one pass can afford (`top_k >`
+    /// [`MAX_TOP_K`], `depth >` [`MAX_TREE_DEPTH`], `total_tokens >` [`MAX_TOTAL_TOKENS`]).
     pub fn validate(&self) -> Result<()> {
         let bad = |setting, msg: String| Err(Error::setting(setting, msg));
         if self.top_k == 0 {
             return bad("tree.top_k", "tree top_k must be at least 1".into());
         }
-        if self.top_k > MAX_TOP_K {
-            return bad(
-                "tree.top_k",
-                format!("tree top_k {} exceeds {MAX_TOP_K}", self.top_k),
-            );
-        }
+        Limit::TreeTopK.check(self.top_k)?;
         if self.depth == 0 {
             return bad("tree.depth", "tree depth must be at least 1".into());
         }
-        if self.total_tokens > MAX_TOTAL_TOKENS {
-            return bad(
-                "tree.total_tokens",
-                format!(
-                    "tree total_tokens {} exceeds {MAX_TOTAL_TOKENS}",
-                    self.total_tokens
-                ),
-            );
-        }
+        Limit::TreeDepth.check(self.depth)?;
+        Limit::TreeNodes.check(self.total_tokens)?;
         // `depth + 1` overflows for `depth == usize::MAX`; such a depth exceeds any budget.
         if self.depth >= self.total_tokens {
             return bad(

@@ -185,11 +185,23 @@ fn settings_validation() {
         settings(2, 0, 10),
         settings(2, 3, 3),
         settings(2, 3, 0),
-        settings(MAX_TOP_K + 1, 3, 10),
-        settings(2, 3, MAX_TOTAL_TOKENS + 1),
     ] {
         let err = bad.validate().unwrap_err();
         assert!(matches!(err, Error::InvalidSetting { .. }), "{bad:?}");
+        assert!(TreeBuilder::new(0, bad, 7).is_err(), "{bad:?}");
+    }
+    for (bad, limit) in [
+        (settings(MAX_TOP_K + 1, 3, 10), Limit::TreeTopK),
+        (settings(2, MAX_TREE_DEPTH + 1, 100), Limit::TreeDepth),
+        (settings(2, 3, MAX_TOTAL_TOKENS + 1), Limit::TreeNodes),
+        (settings(1024, 6, 4096), Limit::TreeTopK),
+        (settings(2, usize::MAX, 10), Limit::TreeDepth),
+    ] {
+        let err = bad.validate().unwrap_err();
+        assert!(
+            matches!(err, Error::LimitExceeded { limit: l, .. } if l == limit),
+            "{bad:?}: {err}"
+        );
         assert!(TreeBuilder::new(0, bad, 7).is_err(), "{bad:?}");
     }
 }
@@ -203,10 +215,7 @@ fn huge_settings_are_refused_without_overflow() {
         settings(1, 1, usize::MAX),
     ] {
         let err = bad.validate().unwrap_err();
-        assert!(
-            matches!(err, Error::InvalidSetting { .. }),
-            "{bad:?}: {err}"
-        );
+        assert!(matches!(err, Error::LimitExceeded { .. }), "{bad:?}: {err}");
         assert!(TreeBuilder::new(1, bad, usize::MAX).is_err(), "{bad:?}");
     }
     let json = format!(

@@ -8,6 +8,7 @@ use super::{
     ConstantVelocity, Drafter, EagleDrafter, Merged, PreviousAction, Staged, TreeSettings,
 };
 use crate::error::{Error, Result};
+use crate::limits::Limit;
 use crate::verifier::OpenVla;
 
 /// Which drafter a speculative decoder runs. Unset tree settings and cut-offs take the values
@@ -109,10 +110,67 @@ impl DrafterConfig {
         }
     }
 
-    /// Builds the drafter for `model`. `head` is the EAGLE draft head; without one an `eagle`
-    /// drafter is refused ([`Error::InvalidSetting`]), and a merged drafter drops its EAGLE
-    /// branches (refused if nothing is left).
+    /// Checks every bound of [`limits`](crate::limits) before anything is built: a drafter's
+    /// history, the number of drafters and how deeply merged and staged drafters nest, tree
+    /// sizes and merged node budgets ([`Error::LimitExceeded`]), and an EAGLE cut-off outside
+    /// `[0, 1]` ([`Error::InvalidSetting`]). Walks at most
+    /// [`MAX_DRAFTERS`](crate::limits::MAX_DRAFTERS) entries, however
+    /// large the configuration.
+    pub fn validate(&self) -> Result<()> {
+        let mut count = 0;
+        self.validate_within(1, &mut count)
+    }
+
+    fn validate_within(&self, level: usize, count: &mut usize) -> Result<()> {
+        Limit::DrafterNesting.check(level)?;
+        *count += 1;
+        Limit::Drafters.check(*count)?;
+        match self {
+            Self::Eagle {
+                tree,
+                min_confidence,
+            } => {
+                if let Some(tree) = tree {
+                    tree.validate()?;
+                }
+                if let Some(c) = min_confidence {
+                    if !(0.0..=1.0).contains(c) {
+                        return Err(Error::setting(
+                            "min_confidence",
+                            format!("draft min_confidence {c} is not in [0, 1]"),
+                        ));
+                    }
+                }
+                Ok(())
+            }
+            Self::PreviousAction => Ok(()),
+            Self::ConstantVelocity { history } => Limit::DrafterHistory.check(*history),
+            Self::Merged {
+                drafters,
+                node_budget,
+            } => {
+                Limit::Drafters.check(count.saturating_add(drafters.len()))?;
+                Limit::TreeNodes.check(*node_budget)?;
+                drafters
+                    .iter()
+                    .try_for_each(|d| d.validate_within(level + 1, count))
+            }
+            Self::Staged { first, then } => {
+                first.validate_within(level + 1, count)?;
+                then.validate_within(level + 1, count)
+            }
+        }
+    }
+
+    /// Builds the drafter for `model`, after [`validate`](Self::validate). `head` is the EAGLE
+    /// draft head; without one an `eagle` drafter is refused ([`Error::InvalidSetting`]),
+    /// and a merged drafter drops its EAGLE branches (refused if nothing is left).
     pub fn build(&self, model: &OpenVla, head: Option<&EagleHead>) -> Result<Box<dyn Drafter>> {
+        self.validate()?;
+        self.build_checked(model, head)
+    }
+
+    fn build_checked(&self, model: &OpenVla, head: Option<&EagleHead>) -> Result<Box<dyn Drafter>> {
         let max_depth = model.config().action_dims();
         Ok(match self {
             Self::Eagle {
@@ -146,13 +204,13 @@ impl DrafterConfig {
                 let parts = drafters
                     .iter()
                     .filter(|d| head.is_some() || !d.uses_eagle())
-                    .map(|d| d.build(model, head))
+                    .map(|d| d.build_checked(model, head))
                     .collect::<Result<Vec<_>>>()?;
                 Box::new(Merged::new(parts, *node_budget)?)
             }
             Self::Staged { first, then } => Box::new(Staged::new(
-                first.build(model, head)?,
-                then.build(model, head)?,
+                first.build_checked(model, head)?,
+                then.build_checked(model, head)?,
             )),
         })
     }

@@ -3,6 +3,7 @@
 use super::{DraftRequest, Drafter, DrafterNeeds};
 use crate::action::ActionIds;
 use crate::error::{Error, Result};
+use crate::limits::Limit;
 use crate::tree::DraftTree;
 
 /// Proposes, as a chain, each remaining dimension's next bin on the least-squares line through
@@ -17,8 +18,11 @@ pub struct ConstantVelocity {
 }
 
 impl ConstantVelocity {
-    /// Extrapolates from the last `history` actions (at least 2), chains of at most `max_depth`.
+    /// Extrapolates from the last `history` actions (at least 2, at most
+    /// [`MAX_DRAFTER_HISTORY`](crate::limits::MAX_DRAFTER_HISTORY)), chains of at most
+    /// `max_depth`.
     pub fn new(history: usize, max_depth: usize) -> Result<Self> {
+        Limit::DrafterHistory.check(history)?;
         if history < 2 {
             return Err(Error::setting(
                 "history",
@@ -117,6 +121,13 @@ mod tests {
         );
         assert_eq!(next(&[]), None);
         assert!(ConstantVelocity::new(1, 6).is_err());
+        assert!(matches!(
+            ConstantVelocity::new(10_000_000_000, 6),
+            Err(Error::LimitExceeded {
+                limit: Limit::DrafterHistory,
+                ..
+            })
+        ));
         Ok(())
     }
 }

@@ -22,11 +22,13 @@ pub struct ActionHistory {
 }
 
 impl ActionHistory {
-    /// A history that keeps the last `capacity` actions (0 keeps none).
+    /// A history that keeps the last `capacity` actions (0 keeps none). Room is reserved for
+    /// at most [`MAX_DRAFTER_HISTORY`](crate::limits::MAX_DRAFTER_HISTORY) of them up front; a
+    /// larger capacity grows as actions come.
     pub fn new(capacity: usize) -> Self {
         Self {
             key: None,
-            actions: VecDeque::with_capacity(capacity),
+            actions: VecDeque::with_capacity(capacity.min(crate::limits::MAX_DRAFTER_HISTORY)),
             capacity,
         }
     }

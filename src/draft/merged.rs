@@ -2,6 +2,7 @@
 
 use super::{ActionStart, Committed, DraftRequest, Drafter, DrafterNeeds};
 use crate::error::{Error, Result};
+use crate::limits::Limit;
 use crate::llama::Llama;
 use crate::tree::{merge_trees, DraftTree};
 use crate::verifier::OpenVla;
@@ -18,8 +19,12 @@ pub struct Merged {
 
 impl Merged {
     /// Errors with [`Error::InvalidSetting`] for no drafters or a budget under 2 (a root
-    /// and one drafted node).
+    /// and one drafted node), and with [`Error::LimitExceeded`] for more than
+    /// [`MAX_DRAFTERS`](crate::limits::MAX_DRAFTERS) drafters or a budget over
+    /// [`MAX_TOTAL_TOKENS`](crate::limits::MAX_TOTAL_TOKENS).
     pub fn new(drafters: Vec<Box<dyn Drafter>>, node_budget: usize) -> Result<Self> {
+        Limit::Drafters.check(drafters.len())?;
+        Limit::TreeNodes.check(node_budget)?;
         if drafters.is_empty() {
             return Err(Error::setting(
                 "drafters",

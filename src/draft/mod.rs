@@ -33,7 +33,7 @@ use std::fmt;
 
 use candle_core::Tensor;
 
-pub use builder::{TreeBuilder, TreeSettings, MAX_TOP_K, MAX_TOTAL_TOKENS};
+pub use builder::{TreeBuilder, TreeSettings, MAX_TOP_K, MAX_TOTAL_TOKENS, MAX_TREE_DEPTH};
 pub use config::{default_min_confidence, DrafterConfig};
 pub use constant_velocity::ConstantVelocity;
 pub use eagle_drafter::EagleDrafter;

@@ -64,7 +64,11 @@ class Runner:
         for attr in ("enabled", "active"):
             e.modify_observable("agentview_image", attr, on)
 
-    def rollout(self, init_id, max_steps):
+    def rollout(self, init_id, max_steps, perturb=None):
+        """Run the expert from an init state. Returns (success, states, actions, supported): the state before
+        each control step and the expert's action at it. perturb(step, action) -> executed action, when given,
+        drives the env with a perturbed action instead (the expert re-plans from wherever that leaves the arm);
+        the actions returned stay the expert's clean ones and the executed ones are left in self.executed."""
         from expert import Expert
         np = self.np
         env = self.env
@@ -79,6 +83,7 @@ class Runner:
         ex = Expert()
         ex.reset(env)
         states, actions = [], []
+        self.executed = []
         success = False
         idle = 0
         for _ in range(max_steps):
@@ -90,6 +95,9 @@ class Runner:
             a = np.clip(a, -1.0, 1.0)
             states.append(env.get_sim_state().copy())
             actions.append(a.astype(np.float32))
+            if perturb is not None:
+                a = np.clip(np.asarray(perturb(len(actions) - 1, a), dtype=np.float64), -1.0, 1.0)
+            self.executed.append(a.astype(np.float32))
             obs, _, done, _ = env.step(a)
             if done:
                 success = True

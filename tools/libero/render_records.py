@@ -27,7 +27,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 import check_env  # noqa: E402  (reads MUJOCO_GL before robosuite can set it)
 import records  # noqa: E402
-from generate import TRAIN_DIR, Runner, append_manifest, load_manifest, log, save_episode  # noqa: E402
+from generate import TRAIN_DIR, Runner, append_manifest, log, save_episode  # noqa: E402
+from jsonl_log import read_keyed  # noqa: E402
 
 
 def find_records(paths):
@@ -70,6 +71,8 @@ def main():
     ap.add_argument("--compare", default="", help="compare with frame episodes in this folder")
     ap.add_argument("--limit", type=int, default=0, help="at most this many records")
     ap.add_argument("--force", action="store_true", help="re-render episodes already in --out")
+    ap.add_argument("--noisy", action="store_true", help="the paths hold noise-injected records (format version 3, "
+                    "generate_noisy.py); clean ones are then refused, and vice versa without this flag")
     ap.add_argument("--every", type=int, default=1, help="render every N-th kept step only (its action with it): "
                     "consecutive frames are near-duplicates, so N=2 halves the rendering for little lost data")
     args = ap.parse_args()
@@ -84,7 +87,8 @@ def main():
             if os.path.exists(cand):
                 manifest = cand
                 break
-    rows = load_manifest(manifest) if manifest else {}
+    key_fields = ("suite", "task_id", "init_id") + (("noise_seed",) if args.noisy else ())
+    rows = read_keyed(manifest, key_fields) if manifest else {}
     files = find_records(args.paths)
     if args.limit:
         files = files[:args.limit]
@@ -96,22 +100,25 @@ def main():
     bad, todo = [], []
     for f in files:
         try:
-            suite, task_id, init_id = records.parse_path(f)
-            row = rows.get((suite, task_id, init_id))
+            ident = records.parse_path(f, args.noisy)
+            suite, task_id, init_id = ident[:3]
+            row = rows.get(ident)
             if manifest and (row is None or not row["success"]):
                 raise records.RecordError(f"{f}: no successful attempt for it in {manifest}")
-            rec = records.load_record(f, row)
+            rec = records.load_record(f, row, noisy=args.noisy)
         except records.RecordError as exc:
             bad.append(str(exc))
             log(f"BAD {exc}")
             continue
-        rel = records.rel_path(suite, task_id, init_id)
+        rel = records.noisy_rel_path(*ident) if args.noisy else records.rel_path(suite, task_id, init_id)
         if args.out and not args.compare and not args.force and os.path.exists(os.path.join(args.out, rel)):
             continue
         todo.append((suite, task_id, rel, rec))
     log(f"{len(files)} records, {len(bad)} bad, {len(todo)} to render (manifest: {manifest or 'none'})")
     todo.sort(key=lambda x: (x[0], x[1], x[2]))
-    out_rows = load_manifest(os.path.join(args.out, "manifest.jsonl")) if args.out else {}
+    out_rows = {}
+    if args.out:  # clean and noisy episodes may share one output folder: key them by file
+        out_rows = read_keyed(os.path.join(args.out, "manifest.jsonl"), ("file",))
     if args.out:
         os.makedirs(args.out, exist_ok=True)
     runner, key, n_frames, t_render, worst = None, None, 0, 0.0, 0
@@ -147,13 +154,15 @@ def main():
         if args.out:
             save_episode(os.path.join(args.out, rel), frames, rec["actions"][::args.every], rec["instruction"], suite, task_id,
                          rec["init_id"], True)
-            if (suite, task_id, rec["init_id"]) not in out_rows:
+            if (rel,) not in out_rows:
                 row = {"suite": suite, "task_id": task_id, "init_id": rec["init_id"],
                        "instruction": rec["instruction"], "steps": int(len(rec["all_actions"])),
                        "frames": int(len(frames)), "frame_every": args.every, "success": True, "file": rel, "split": "train",
                        "expert_version": rec["expert_version"]}
+                if args.noisy:
+                    row.update(noise_seed=rec["noise_seed"], noisy=True)
                 append_manifest(os.path.join(args.out, "manifest.jsonl"), row)
-                out_rows[(suite, task_id, rec["init_id"])] = row
+                out_rows[(rel,)] = row
         log(msg + f" | {n_frames / max(t_render, 1e-9):.2f} frames/s")
     if runner:
         runner.close()

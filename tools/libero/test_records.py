@@ -1,6 +1,6 @@
 """Checks of records.py without the simulator: a record round-trips, and bad input gets a clear RecordError and
 loses nothing (torn/truncated file, another suite's file, wrong format version, manifest mismatch, evaluation
-init ids).
+init ids, noise-injected records in a clean folder and clean ones in a noisy folder).
 
   tools/.venv-libero/bin/python tools/libero/test_records.py      # prints "ok" and exits 0
 """
@@ -81,8 +81,35 @@ def main():
                                                         "frames": T + 1}), "manifest row")
         # not a record path
         expect_error(lambda: records.parse_path(os.path.join(tmp, "x.npz")), "not a record path")
+        # noise-injected records (format version 3): round trip, and never mixed with clean ones
+        executed = np.clip(all_actions + 0.5, -1, 1)
+        noisy = os.path.join(tmp, "noisy", records.noisy_rel_path("libero_goal", 3, 17, 2))
+        records.save_noisy_record(noisy, executed_actions=executed, noise_seed=2, noise_scale=0.6, **kw)
+        n = records.load_record(noisy, {"suite": "libero_goal", "task_id": 3, "init_id": 17, "noise_seed": 2,
+                                        "frames": T}, noisy=True)
+        assert np.array_equal(n["actions"], all_actions[step]) and np.array_equal(n["executed_actions"], executed)
+        assert n["noise_seed"] == 2 and n["noise_scale"] == 0.6
+        expect_error(lambda: records.save_noisy_record(os.path.join(tmp, "noisy", records.rel_path("libero_goal", 3,
+                     17)), executed_actions=executed, noise_seed=2, noise_scale=0.6, **kw), "must be saved as")
+        # ... a noisy record read as a clean one (by name, and by content under a clean name)
+        expect_error(lambda: records.load_record(noisy), "format version 3", "noise-injected record")
+        expect_error(lambda: records.parse_path(noisy), "noise-injected record in a clean-record folder")
+        disguised = os.path.join(tmp, "disguised", records.rel_path("libero_goal", 3, 17))
+        os.makedirs(os.path.dirname(disguised), exist_ok=True)
+        shutil.copy(noisy, disguised)
+        expect_error(lambda: records.load_record(disguised), "format version 3", "noise-injected")
+        # ... a clean record where noisy ones are expected
+        expect_error(lambda: records.load_record(good, noisy=True), "clean record where noise-injected")
+        renamed = os.path.join(tmp, "renamed", records.noisy_rel_path("libero_goal", 3, 17, 0))
+        os.makedirs(os.path.dirname(renamed), exist_ok=True)
+        shutil.copy(good, renamed)
+        expect_error(lambda: records.load_record(renamed, noisy=True), "format version 2", "clean record")
+        # ... a noisy record whose manifest row names another noise seed
+        expect_error(lambda: records.load_record(noisy, {"suite": "libero_goal", "task_id": 3, "init_id": 17,
+                                                         "noise_seed": 1}, noisy=True), "manifest row")
         # nothing was deleted
         assert os.path.exists(good) and os.path.exists(torn) and os.path.exists(other)
+        assert os.path.exists(noisy) and os.path.exists(disguised) and os.path.exists(renamed)
         print("ok")
     finally:
         shutil.rmtree(tmp)

@@ -97,6 +97,21 @@ class ModelCfg:
         return ModelCfg(**d)
 
 
+def preset_cfg(name: str, base_vocab: int) -> ModelCfg:
+    """Model sizes by name. `base` is the first embedded model (224 px, patch 28, towers 128x4, Llama 256x8,
+    ~4.7 GFLOP per sample forward and backward). `goal96` is sized for training on a 2-core CPU: 96 px frames at
+    patch 16 (36 patches per tower), towers 96 wide x 4 deep with 3 heads of 32, a Llama 192 wide x 4 layers with
+    6 heads of 32 (the crate's fast attention path wants head sizes that are multiples of 32)."""
+    if name == "base":
+        return ModelCfg(base_vocab=base_vocab)
+    if name == "goal96":
+        def tower(**kw):
+            return TowerCfg(96, 4, 3, 384, patch_size=16, image_size=96, **kw)
+        return ModelCfg(dino=tower(), siglip=tower(class_token=False, num_register_tokens=0, layer_scale=False),
+                        hidden=192, layers=4, heads=6, kv_heads=6, intermediate=512, base_vocab=base_vocab)
+    raise ValueError(f"unknown model preset {name!r} (base, goal96)")
+
+
 # --------------------------------------------------------------------------------------------
 # model
 
@@ -242,8 +257,20 @@ def load_export_state_dict(model: MicroVLA, sd: dict, strict=True):
 # images
 
 
+def resize_frames(frames_u8: np.ndarray, size: int) -> np.ndarray:
+    """[T,H,W,3] uint8 -> [T,size,size,3] with PIL's BICUBIC (antialiased), as OpenVLA's processor resizes; the
+    crate's Catmull-Rom resize of the same frame differs by at most one 8-bit level. Unchanged at its size."""
+    if frames_u8.shape[1:3] == (size, size):
+        return frames_u8
+    from PIL import Image
+    out = np.empty((len(frames_u8), size, size, 3), dtype=np.uint8)
+    for i, f in enumerate(frames_u8):
+        out[i] = np.asarray(Image.fromarray(f).resize((size, size), Image.BICUBIC))
+    return out
+
+
 def pixel_values_from_uint8(frames_u8: torch.Tensor) -> torch.Tensor:
-    """[B,224,224,3] uint8 RGB -> [B,6,224,224] float32 (DINO channels 0-2, SigLIP 3-5)."""
+    """[B,S,S,3] uint8 RGB -> [B,6,S,S] float32 (DINO channels 0-2, SigLIP 3-5)."""
     x = frames_u8.permute(0, 3, 1, 2).float().div_(255.0)
     dm = torch.tensor(DINO_MEAN).view(1, 3, 1, 1)
     ds = torch.tensor(DINO_STD).view(1, 3, 1, 1)

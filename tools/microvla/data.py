@@ -7,7 +7,7 @@ import sys
 import numpy as np
 
 sys.path.append(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # tools/ (jsonl_log)
-from common import SUITES, compute_stats, libero_to_openvla, noop_mask, unnorm_key  # noqa: E402
+from common import SUITES, compute_stats, libero_to_openvla, noop_mask, resize_frames, unnorm_key  # noqa: E402
 from jsonl_log import read_rows  # noqa: E402
 
 
@@ -51,8 +51,11 @@ class EpisodeStore:
     """Train-split episodes kept in memory: every non-no-op transition's action (for statistics),
     frames subsampled with `stride` (for training)."""
 
-    def __init__(self, data_dir, split="train", stride=2, only_success=True):
+    def __init__(self, data_dir, split="train", stride=2, only_success=True, image_size=224, tasks=None):
+        """tasks: None (every episode) or a set of (suite, task_id) to keep; frames are resized to image_size."""
         self.data_dir = data_dir
+        self.image_size = image_size
+        self.tasks = tasks
         self.split = split
         self.stride = stride
         self.only_success = only_success
@@ -60,7 +63,7 @@ class EpisodeStore:
         self.suite = []  # per episode
         self.task = []
         self.instruction = []
-        self.frames = []  # per episode uint8 [n,224,224,3] (subsampled, no-ops removed)
+        self.frames = []  # per episode uint8 [n,S,S,3] (subsampled, no-ops removed, resized to image_size)
         self.actions = []  # per episode float32 [n,7] LIBERO convention, aligned with frames
         self.all_actions = []  # per episode float32 [m,7] all non-no-op actions (stats)
         self.skipped = 0
@@ -75,6 +78,8 @@ class EpisodeStore:
             if row.get("split", "train") != self.split or row["file"] in have:
                 continue
             if self.only_success and not row.get("success", True):
+                continue
+            if self.tasks is not None and (row.get("suite"), int(row.get("task_id", -1))) not in self.tasks:
                 continue
             p = episode_path(self.data_dir, row)
             try:
@@ -94,7 +99,7 @@ class EpisodeStore:
             self.suite.append(row["suite"])
             self.task.append(int(row["task_id"]))
             self.instruction.append(instr)
-            self.frames.append(np.ascontiguousarray(frames[sub]))
+            self.frames.append(np.ascontiguousarray(resize_frames(frames[sub], self.image_size)))
             self.actions.append(acts[sub])
             self.all_actions.append(acts[idx])
             have.add(row["file"])
@@ -121,3 +126,34 @@ class EpisodeStore:
             d[s] = {"episodes": len(eps), "frames": int(sum(len(self.frames[i]) for i in eps)),
                     "transitions": int(sum(len(self.all_actions[i]) for i in eps))}
         return d
+
+    def load_heldout_set(self, folder):
+        """Fill the store from a held-out frame set (tools/libero/heldout_runs.py --assemble: manifest.json and
+        its PNGs), one pseudo-episode per held-out episode, frames resized to image_size; returns the number of
+        episodes. A PNG the manifest names but the folder lacks is an EpisodeError."""
+        import json
+        from PIL import Image
+        entries = json.load(open(os.path.join(folder, "manifest.json")))
+        by_ep = {}
+        for e in entries:
+            if self.tasks is not None and (e["suite"], int(e["task_id"])) not in self.tasks:
+                continue
+            by_ep.setdefault(e["episode"], []).append(e)
+        for ep, es in by_ep.items():
+            frames = []
+            for e in es:
+                path = os.path.join(folder, e["file"])
+                if not os.path.exists(path):
+                    raise EpisodeError(f"{path}: named in {folder}/manifest.json but missing")
+                frames.append(np.asarray(Image.open(path).convert("RGB")))
+            frames = resize_frames(np.stack(frames), self.image_size)
+            acts = np.array([e["expert_action"] for e in es], dtype=np.float32)
+            self.files.append(ep)
+            self.suite.append(es[0]["suite"])
+            self.task.append(int(es[0]["task_id"]))
+            self.instruction.append(es[0]["instruction"])
+            self.frames.append(frames)
+            self.actions.append(acts)
+            self.all_actions.append(acts)
+        return len(by_ep)
+

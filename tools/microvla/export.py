@@ -91,14 +91,15 @@ def make_config(cfg: ModelCfg, stats, dtype_name):
         "auto_map": {"AutoConfig": "configuration_prismatic.OpenVLAConfig",
                      "AutoModelForVision2Seq": "modeling_prismatic.OpenVLAForActionPrediction"},
         "model_type": "openvla",
-        "vision_backbone_id": "micro-dinosiglip-vit-p28-224px",
-        "llm_backbone_id": "micro-llama-256d-8l",
+        "vision_backbone_id": f"micro-dinosiglip-vit-p{cfg.dino.patch_size}-{cfg.dino.image_size}px",
+        "llm_backbone_id": f"micro-llama-{cfg.hidden}d-{cfg.layers}l",
         "hf_llm_id": None,
         "arch_specifier": "no-align+fused-gelu-mlp",
         "use_fused_vision_backbone": True,
         "image_resize_strategy": "resize-naive",
         "image_sizes": [cfg.dino.image_size, cfg.siglip.image_size],
-        "timm_model_ids": ["micro_vit_dinov2_reg4_p28_224", "micro_vit_siglip_p28_224"],
+        "timm_model_ids": [f"micro_vit_dinov2_reg4_p{cfg.dino.patch_size}_{cfg.dino.image_size}",
+                           f"micro_vit_siglip_p{cfg.siglip.patch_size}_{cfg.siglip.image_size}"],
         "timm_override_act_layers": [None, None],
         "vision_towers": [tower_json(cfg.dino), tower_json(cfg.siglip)],
         "llm_max_length": cfg.max_pos,
@@ -181,7 +182,8 @@ def self_check(folder, ckpt_path, dtype):
     assert info["V"] == c["text_config"]["vocab_size"] - c["pad_to_multiple_of"] == c["pad_token_id"]
     ids = prompt_ids(tok, "put the bowl on the plate", info["space_id"])
     g = torch.Generator().manual_seed(1)
-    img = torch.randint(0, 256, (2, 224, 224, 3), generator=g, dtype=torch.uint8)
+    S = cfg.dino.image_size
+    img = torch.randint(0, 256, (2, S, S, 3), generator=g, dtype=torch.uint8)
     pv = pixel_values_from_uint8(img)
     text = torch.tensor([ids[1:] + [info["V"] - 100, info["V"] - 7]] * 2)
     rounded = MicroVLA(cfg)

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import (  # noqa: E402
-    HERE, SUITES, ModelCfg, MicroVLA, action_tokens, build_or_import_tokenizer, libero_to_openvla,
+    HERE, SUITES, MicroVLA, ModelCfg, preset_cfg, action_tokens, build_or_import_tokenizer, libero_to_openvla,
     load_tokenizer, normalize_actions, pixel_values_from_uint8, prompt_for, prompt_ids, tokenizer_info,
     unnorm_key,
 )
@@ -63,12 +63,14 @@ class Batcher:
             a = normalize_actions(libero_to_openvla(st.actions[i]), stats[unnorm_key(st.suite[i])])
             self.ep_tokens.append(action_tokens(a, self.V))
         ep_of, fr_of, w = [], [], []
-        per_suite = {s: sum(len(st.frames[i]) for i in range(len(st.files)) if st.suite[i] == s) for s in SUITES}
+        # equal total weight per task (per suite and task id): a long task does not crowd out a short one
+        groups = [(st.suite[i], st.task[i]) for i in range(len(st.files))]
+        per_group = {g: sum(len(st.frames[i]) for i in range(len(st.files)) if groups[i] == g) for g in set(groups)}
         for i in range(len(st.files)):
             n = len(st.frames[i])
             ep_of.append(np.full(n, i))
             fr_of.append(np.arange(n))
-            w.append(np.full(n, 1.0 / per_suite[st.suite[i]]))
+            w.append(np.full(n, 1.0 / per_group[groups[i]]))
         self.ep_of = np.concatenate(ep_of)
         self.fr_of = np.concatenate(fr_of)
         self.w = np.concatenate(w)
@@ -87,10 +89,10 @@ class Batcher:
         for e, f in picks:
             img = torch.from_numpy(st.frames[e][f])
             if augment and self.shift_px > 0:
-                p = self.shift_px
+                p, S = self.shift_px, img.shape[0]
                 padded = F.pad(img.permute(2, 0, 1)[None].float(), (p, p, p, p), mode="replicate")[0]
                 dy, dx = self.rng.randint(0, 2 * p), self.rng.randint(0, 2 * p)
-                img = padded[:, dy:dy + 224, dx:dx + 224].permute(1, 2, 0).to(torch.uint8)
+                img = padded[:, dy:dy + S, dx:dx + S].permute(1, 2, 0).to(torch.uint8)
             imgs.append(img)
             ids = self.pids(st.instruction[e])
             acts = self.ep_tokens[e][f].tolist()
@@ -124,6 +126,19 @@ def action_loss(model, pv, text, starts, n_vis, with_eos=True):
     return loss, acc, l1, pred, tgt
 
 
+def parse_tasks(text):
+    """'libero_goal:1,2,4,9' (several suites joined by ';') -> {(suite, task)}; '' -> None (every task)."""
+    if not text:
+        return None
+    out = set()
+    for part in text.split(";"):
+        suite, ids = part.split(":")
+        if suite not in SUITES:
+            sys.exit(f"train.py: --tasks: unknown suite {suite!r}")
+        out |= {(suite, int(t)) for t in ids.split(",") if t}
+    return out
+
+
 def lr_at(frac, base, warm_frac, floor=0.1):
     if frac < warm_frac:
         return base * max(frac / warm_frac, 0.01)
@@ -140,7 +155,8 @@ def check_resume(resume, args, cfg):
         problems.append(f"data folder {old.get('data')!r} -> {args.data!r}")
     if resume.get("cfg") != cfg.to_dict():
         problems.append(f"model size {resume.get('cfg')} -> {cfg.to_dict()} (this code's ModelCfg)")
-    for key in ("budget_min", "batch", "lr", "wd", "warm_frac", "stride", "shift_px", "seed", "merges_vocab"):
+    for key in ("budget_min", "batch", "lr", "wd", "warm_frac", "stride", "shift_px", "seed", "merges_vocab",
+                "preset", "tasks"):
         if key in old and old[key] != getattr(args, key):
             problems.append(f"--{key.replace('_', '-')} {old[key]} -> {getattr(args, key)}")
     if problems:
@@ -168,6 +184,10 @@ def main():
     ap.add_argument("--min-episodes", type=int, default=8, help="wait for this many train episodes")
     ap.add_argument("--merges-vocab", type=int, default=400)
     ap.add_argument("--max-steps", type=int, default=0, help="stop after this many steps (smoke tests)")
+    ap.add_argument("--preset", default="base", help="model size (common.preset_cfg): base, goal96")
+    ap.add_argument("--tasks", default="", help="train on these tasks only, e.g. libero_goal:1,2,4,9 (default: all)")
+    ap.add_argument("--heldout-data", default="", help="held-out frame set (heldout_runs.py --assemble) for the "
+                    "held-out token accuracy (default: the 'heldout' split of --data)")
     args = ap.parse_args()
 
     torch.set_num_threads(args.threads)
@@ -187,7 +207,7 @@ def main():
     random.seed(args.seed)
     np.random.seed(args.seed)
     torch.manual_seed(args.seed)
-    cfg = ModelCfg(base_vocab=info["V"])
+    cfg = preset_cfg(args.preset, info["V"])
     if resume:
         check_resume(resume, args, cfg)
         cfg = ModelCfg.from_dict(resume["cfg"])
@@ -204,7 +224,9 @@ def main():
         step, used_s = resume["step"], resume["used_s"]
         print(f"resumed at step {step}, {used_s / 60:.1f} min used", flush=True)
 
-    store = EpisodeStore(args.data, "train", stride=args.stride)
+    tasks = parse_tasks(args.tasks)
+    size = cfg.dino.image_size
+    store = EpisodeStore(args.data, "train", stride=args.stride, image_size=size, tasks=tasks)
     store.refresh()
     while len(store.files) < args.min_episodes:
         print(f"waiting for train episodes ({len(store.files)}/{args.min_episodes}) ...", flush=True)
@@ -213,8 +235,11 @@ def main():
     rng = random.Random(args.seed + step)
     batcher = Batcher(store, tok, info, store.stats(), args.shift_px, rng)
     batcher.np_rng = np.random.default_rng(args.seed + step)
-    held = EpisodeStore(args.data, "heldout", stride=8)
-    held.refresh()
+    held = EpisodeStore(args.data, "heldout", stride=8, image_size=size, tasks=tasks)
+    if args.heldout_data:
+        held.load_heldout_set(args.heldout_data)
+    else:
+        held.refresh()
     print(f"data: {store.summary()}", flush=True)
 
     n_vis = model.n_patches
@@ -232,6 +257,8 @@ def main():
 
     def held_eval(n=96):
         if not held.files:
+            if args.heldout_data:
+                return None
             held.refresh()
             if not held.files:
                 return None
@@ -240,8 +267,13 @@ def main():
         model.eval()
         with torch.no_grad():
             accs = []
-            for _ in range(max(1, n // 32)):
-                pv, text, starts = hb.sample(32, augment=False)
+            if args.heldout_data:  # every frame of the held-out set, in order
+                picks = [(e, f) for e in range(len(held.files)) for f in range(len(held.frames[e]))]
+                batches = [picks[i:i + 32] for i in range(0, len(picks), 32)]
+            else:
+                batches = [None] * max(1, n // 32)
+            for b in batches:
+                pv, text, starts = hb.sample(32, augment=False) if b is None else hb.make(b, augment=False)
                 _, acc, l1, _, _ = action_loss(model, pv, text, starts, n_vis)
                 accs.append((acc.item(), l1.item()))
         model.train()
