@@ -13,6 +13,7 @@ use spec_vla::accept::{Acceptance, RelaxedBinDistance};
 use spec_vla::action::ActionIds;
 use spec_vla::decode::SpecDecoder;
 use spec_vla::draft::eagle::{DraftLmHead, DraftLmHeadKind, EagleHead};
+use spec_vla::limits::{Limit, MAX_INSTRUCTION_BYTES};
 use spec_vla::{embedded, Error, NonActionTokens, TokenOrigin, VlaPolicy};
 
 /// A folder beside the embedded model's files: its weights and tokenizer linked, its
@@ -273,24 +274,39 @@ fn a_prompt_too_long_to_decode_is_refused_before_any_compute() -> Result<()> {
     let (frame, _, key) = heldout_frame()?;
     let limit = policy.config().text.max_position_embeddings;
     let patches = policy.config().num_patches();
-    // Grow the instruction until the prompt fits the prefill but not the six decoded tokens.
-    let mut instruction = String::from("pick up the bowl");
-    loop {
-        let len = policy.processor().prompt_ids(&instruction)?.len();
-        if patches + len > limit - 3 {
-            anyhow::ensure!(patches + len <= limit, "overshot the prefill limit");
-            break;
-        }
-        instruction.push_str(" and the bowl");
-    }
+    // The embedded model's positions hold any instruction within `MAX_INSTRUCTION_BYTES` (at
+    // most one token per byte), so the check `predict_action` makes first is asked directly: a
+    // prompt that fits the prefill but not the six decoded tokens.
+    let prompt_len = limit - patches - 2;
+    let n_tokens = policy.config().action_dims();
     let err = policy
-        .predict_action(&frame, &instruction, Some(&key))
+        .model()
+        .check_request(prompt_len, n_tokens)
         .unwrap_err();
     assert!(
         matches!(err, Error::RequestTooLong { limit: l, .. } if l == limit),
         "{err}"
     );
     assert!(err.to_string().contains("max_position_embeddings"), "{err}");
+    assert!(policy
+        .model()
+        .check_request(prompt_len - 5, n_tokens)
+        .is_ok());
+    // A longer instruction is refused before it is tokenized.
+    let instruction = "7".repeat(MAX_INSTRUCTION_BYTES + 1);
+    let err = policy
+        .predict_action(&frame, &instruction, Some(&key))
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::LimitExceeded {
+                limit: Limit::InstructionBytes,
+                ..
+            }
+        ),
+        "{err}"
+    );
     Ok(())
 }
 

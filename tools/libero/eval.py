@@ -95,6 +95,9 @@ def main():
     ap.add_argument("--suites", default=",".join(SUITES))
     ap.add_argument("--tasks", default="0-9", help="task ids, e.g. 0-9 or 0,3,5")
     ap.add_argument("--inits", default="0-9", help="held-out init ids (0-9), e.g. 0-9 or 0,1")
+    ap.add_argument("--placements", type=int, default=1, help="fixture placements per init (np.random seeds of "
+                    "env.reset(); placement 0 is the one runs without this option used): more paired episodes than "
+                    "tasks x held-out inits give")
     ap.add_argument("--episodes-per-task", type=int, default=0, help="run only the first N of --inits (0 = all)")
     ap.add_argument("--order", choices=["init", "task"], default="init",
                     help="init: rounds of --per-visit init ids over every task (a stopped run covers every task); "
@@ -154,7 +157,7 @@ def main():
     check_run_settings(done, args.results, args.max_steps_scale, args.seed)
     # GIFs of episodes that are not in the results file (a smoke test's, say) are replaced
     media = media_of(args.videos, done)
-    have_media = {(m["suite"], m["success"]) for m in media}
+    have_media = {(m["suite"], m["task_id"], m["success"]) for m in media}
 
     spawned, status = None, 0
 
@@ -180,12 +183,15 @@ def main():
         probe_decoders(client, decoders, fields, unnorm[suites[0]])
 
         visits = visit_order(suites, tasks, inits, args.order, args.per_visit, args.shard)
-        todo_total = sum(1 for s, t, ii in visits for i in ii for d in decoders if (s, t, i, d) not in done)
+        placements = tuple(range(args.placements))
+        todo_total = sum(1 for s, t, ii in visits for i in ii for p in placements for d in decoders
+                         if (s, t, i, p, d) not in done)
         log(f"resume: {len(done)} episodes in {args.results}; {todo_total} to run "
-            f"({len(suites)} suites x {len(tasks)} tasks x {len(inits)} inits x {len(decoders)} decoders)")
+            f"({len(suites)} suites x {len(tasks)} tasks x {len(inits)} inits x {len(placements)} placements x "
+            f"{len(decoders)} decoders)")
         prog = run_visits(visits, decoders, done, client, fields, unnorm, server, results=args.results,
                           videos=args.videos, media=media, have_media=have_media, seed=args.seed,
-                          scale=args.max_steps_scale)
+                          scale=args.max_steps_scale, placements=placements)
         log(f"finished: {prog.n_run} episodes run in {(time.time() - prog.t0) / 60:.1f} min "
             f"(scene builds {prog.build_s:.0f} s over {prog.n_builds})")
     except KeyboardInterrupt:

@@ -14,16 +14,20 @@ sys.path.insert(0, HERE)
 import numpy as np  # noqa: E402
 
 from closed_loop.compare import newcombe, versus_plain, wilson_exact  # noqa: E402
-from closed_loop.episode import pack_tokens  # noqa: E402
+from closed_loop.episode import episode_seed, pack_tokens  # noqa: E402
+from closed_loop.results import result_key  # noqa: E402
 
 
 def close(a, b, tol=5e-5):
     return abs(a - b) <= tol
 
 
-def row(decoder, init, success, tokens):
-    return {"suite": "libero_object", "task_id": 0, "init_id": init, "decoder": decoder, "success": success,
-            "tokens_z": pack_tokens(np.asarray(tokens, dtype=np.int64))}
+def row(decoder, init, success, tokens, placement=None):
+    r = {"suite": "libero_object", "task_id": 0, "init_id": init, "decoder": decoder, "success": success,
+         "tokens_z": pack_tokens(np.asarray(tokens, dtype=np.int64))}
+    if placement is not None:
+        r["placement"] = placement
+    return r
 
 
 def main():
@@ -41,10 +45,10 @@ def main():
     for init, (ps, rs, rt) in enumerate([(True, True, toks), (True, False, other), (False, True, other),
                                          (False, False, toks), (False, False, toks[:3])]):
         for r in (row("plain", init, ps, toks), row("relaxed9", init, rs, rt)):
-            rows[(r["suite"], r["task_id"], r["init_id"], r["decoder"])] = r
+            rows[result_key(r)] = r
     # an unpaired episode is left out
     extra = row("relaxed9", 9, True, toks)
-    rows[(extra["suite"], 0, 9, "relaxed9")] = extra
+    rows[result_key(extra)] = extra
     c = versus_plain(rows, "relaxed9")
     assert c["paired_episodes"] == 5, c
     assert (c["both_succeed"], c["plain_only"], c["decoder_only"], c["both_fail"]) == (1, 1, 1, 2), c
@@ -53,6 +57,18 @@ def main():
     # inits 1 and 2 differ at step 2; init 4 is a prefix of plain's (ends earlier): differs at step 3
     assert c["episodes_with_other_actions"] == 3 and c["median_first_differing_step"] == 2, c
     assert versus_plain(rows, "strict") is None
+
+    # placements: a row without the field is placement 0; episodes pair only within one (init, placement)
+    assert result_key(row("plain", 3, True, toks)) == result_key(row("plain", 3, True, toks, placement=0))
+    prow = {}
+    for r in (row("plain", 0, True, toks, 0), row("relaxed9", 0, True, toks, 0), row("plain", 0, True, toks, 1),
+              row("relaxed9", 0, False, other, 1), row("relaxed9", 0, True, toks, 2)):
+        prow[result_key(r)] = r
+    c = versus_plain(prow, "relaxed9")
+    assert c["paired_episodes"] == 2 and c["plain_only"] == 1 and c["both_succeed"] == 1, c
+    # placement 0 keeps the seed of runs made before placements existed; others differ
+    assert episode_seed(7, "libero_goal", 1, 0) == episode_seed(7, "libero_goal", 1, 0, 0)
+    assert len({episode_seed(7, "libero_goal", 1, 0, p) for p in range(3)}) == 3
 
     # 0/100 vs 0/100 does not show a 3-point margin (the Wilson upper end is 3.7 points); 0/200 vs 0/200 does.
     assert close(newcombe(0, 100, 0, 100)[0], -0.0370)

@@ -18,6 +18,7 @@ import json
 import math
 import os
 import random
+import shutil
 import sys
 import time
 
@@ -47,8 +48,10 @@ def all_instructions(data_dir):
 class Batcher:
     """Samples frames with equal total weight per suite; builds pixel values and token sequences."""
 
-    def __init__(self, store: EpisodeStore, tok, info, stats, shift_px, rng):
+    def __init__(self, store: EpisodeStore, tok, info, stats, shift_px, rng, transition_weight=1.0,
+                 transition_window=0):
         self.store, self.tok, self.info, self.rng = store, tok, info, rng
+        self.transition_weight, self.transition_window = transition_weight, transition_window
         self.shift_px = shift_px
         self.V = info["V"]
         self.pad = info["V"]
@@ -70,11 +73,22 @@ class Batcher:
             n = len(st.frames[i])
             ep_of.append(np.full(n, i))
             fr_of.append(np.arange(n))
-            w.append(np.full(n, 1.0 / per_group[groups[i]]))
+            w.append(np.full(n, 1.0 / per_group[groups[i]]) * self.transition_boost(st.actions[i]))
         self.ep_of = np.concatenate(ep_of)
         self.fr_of = np.concatenate(fr_of)
         self.w = np.concatenate(w)
         self.w /= self.w.sum()
+
+    def transition_boost(self, actions):
+        """Per-frame weight factor: `transition_weight` for frames within `transition_window` frames of a change
+        of the gripper label (grasp and release, where a single frame decides and errors compound), else 1."""
+        f = np.ones(len(actions))
+        if self.transition_window <= 0 or self.transition_weight == 1.0 or len(actions) < 2:
+            return f
+        change = np.nonzero(np.diff(np.sign(actions[:, 6])) != 0)[0]
+        for c in change:
+            f[max(0, c + 1 - self.transition_window):c + 1 + self.transition_window] = self.transition_weight
+        return f
 
     def pids(self, instr):
         if instr not in self.prompt_cache:
@@ -126,6 +140,19 @@ def action_loss(model, pv, text, starts, n_vis, with_eos=True):
     return loss, acc, l1, pred, tgt
 
 
+def load_init_weights(model, cfg, folder):
+    """Weights of an exported model folder into `model`; another model size is refused (the run would not be
+    the one asked for)."""
+    from export import model_from_export
+
+    src, src_cfg, _ = model_from_export(folder)
+    if src_cfg.to_dict() != cfg.to_dict():
+        sys.exit(f"train.py: --init-from {folder} is a model of another size ({src_cfg.to_dict()}) than --preset "
+                 f"({cfg.to_dict()})")
+    model.load_state_dict(src.state_dict())
+    print(f"weights from {folder}", flush=True)
+
+
 def parse_tasks(text):
     """'libero_goal:1,2,4,9' (several suites joined by ';') -> {(suite, task)}; '' -> None (every task)."""
     if not text:
@@ -156,7 +183,7 @@ def check_resume(resume, args, cfg):
     if resume.get("cfg") != cfg.to_dict():
         problems.append(f"model size {resume.get('cfg')} -> {cfg.to_dict()} (this code's ModelCfg)")
     for key in ("budget_min", "batch", "lr", "wd", "warm_frac", "stride", "shift_px", "seed", "merges_vocab",
-                "preset", "tasks"):
+                "preset", "tasks", "init_from", "transition_weight", "transition_window"):
         if key in old and old[key] != getattr(args, key):
             problems.append(f"--{key.replace('_', '-')} {old[key]} -> {getattr(args, key)}")
     if problems:
@@ -184,6 +211,12 @@ def main():
     ap.add_argument("--min-episodes", type=int, default=8, help="wait for this many train episodes")
     ap.add_argument("--merges-vocab", type=int, default=400)
     ap.add_argument("--max-steps", type=int, default=0, help="stop after this many steps (smoke tests)")
+    ap.add_argument("--init-from", default="", help="start from the weights of an exported model folder (export.py "
+                    "layout, e.g. a committed bf16 checkpoint) instead of random ones; fresh optimiser and schedule")
+    ap.add_argument("--transition-weight", type=float, default=1.0, help="sampling weight of frames near a gripper "
+                    "change (1 = uniform)")
+    ap.add_argument("--transition-window", type=int, default=0, help="frames on each side of a gripper change that "
+                    "--transition-weight applies to")
     ap.add_argument("--preset", default="base", help="model size (common.preset_cfg): base, goal96")
     ap.add_argument("--tasks", default="", help="train on these tasks only, e.g. libero_goal:1,2,4,9 (default: all)")
     ap.add_argument("--heldout-data", default="", help="held-out frame set (heldout_runs.py --assemble) for the "
@@ -197,7 +230,10 @@ def main():
     tok_path = os.path.join(args.out, "tokenizer.json")
 
     resume = torch.load(ckpt_path, weights_only=False) if os.path.exists(ckpt_path) else None
-    if resume is None:
+    if resume is None and args.init_from:
+        shutil.copy(os.path.join(args.init_from, "tokenizer.json"), tok_path)
+        print(f"tokenizer from {args.init_from}", flush=True)
+    elif resume is None:
         texts = [prompt_for(t) for t in all_instructions(args.data)]
         _, src = build_or_import_tokenizer(texts, tok_path, args.merges_vocab)
         print(f"tokenizer from {src}: {len(texts)} prompts", flush=True)
@@ -212,6 +248,8 @@ def main():
         check_resume(resume, args, cfg)
         cfg = ModelCfg.from_dict(resume["cfg"])
     model = MicroVLA(cfg)
+    if resume is None and args.init_from:
+        load_init_weights(model, cfg, args.init_from)
     decay, no_decay = [], []
     for n, p in model.named_parameters():
         (decay if p.ndim >= 2 and "token" not in n and "pos_embed" not in n else no_decay).append(p)
@@ -233,7 +271,8 @@ def main():
         time.sleep(30)
         store.refresh()
     rng = random.Random(args.seed + step)
-    batcher = Batcher(store, tok, info, store.stats(), args.shift_px, rng)
+    batcher = Batcher(store, tok, info, store.stats(), args.shift_px, rng, args.transition_weight,
+                      args.transition_window)
     batcher.np_rng = np.random.default_rng(args.seed + step)
     held = EpisodeStore(args.data, "heldout", stride=8, image_size=size, tasks=tasks)
     if args.heldout_data:

@@ -51,9 +51,9 @@ def versus_plain(rows, name):
     """The paired comparison of decoder `name` with plain (None when no initial state ran both)."""
     pairs = []
     for key, r in sorted(rows.items()):
-        if key[3] != name:
+        if key[-1] != name:
             continue
-        p = rows.get((key[0], key[1], key[2], "plain"))
+        p = rows.get(key[:-1] + ("plain",))
         if p is not None:
             pairs.append((p, r))
     if not pairs:

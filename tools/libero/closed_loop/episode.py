@@ -16,8 +16,11 @@ from .media import GIF_SIDE, GIF_STRIDE
 SEED = 7  # OpenVLA's run_libero_eval seed
 
 
-def episode_seed(seed, suite, task_id, init_id):
-    return zlib.crc32(f"{seed}/{suite}/{task_id}/{init_id}".encode()) & 0x7FFFFFFF
+def episode_seed(seed, suite, task_id, init_id, placement=0):
+    """np.random's seed before env.reset(), which places the fixtures: one placement per (init, placement index);
+    placement 0 is the seed every run before placements existed used."""
+    tag = f"{seed}/{suite}/{task_id}/{init_id}" + (f"/p{placement}" if placement else "")
+    return zlib.crc32(tag.encode()) & 0x7FFFFFFF
 
 
 def normalize_gripper_action(action, binarize=True):
@@ -104,13 +107,13 @@ def add_stats(acc, st, episode, first, rtt_ms, encode_ms):
 
 
 def run_episode(runner, client, suite, task_id, init_id, dec_name, dec_field, max_steps, unnorm_key, seed,
-                want_gif):
+                want_gif, placement=0):
     """One episode; returns the results line (without the bookkeeping fields) and the GIF frames."""
     import numpy as np
     from PIL import Image
     env = runner.env
     t_start = time.perf_counter()
-    env.seed(episode_seed(seed, suite, task_id, init_id))  # np.random: the fixture placement of env.reset()
+    env.seed(episode_seed(seed, suite, task_id, init_id, placement))  # np.random: env.reset()'s fixture placement
     env.reset()
     runner._camera_obs(False)
     for robot in env.env.robots:  # see reset_gripper_command
@@ -122,7 +125,8 @@ def run_episode(runner, client, suite, task_id, init_id, dec_name, dec_field, ma
     for _ in range(NUM_WAIT):
         env.step(NOOP)
     t_warm = time.perf_counter() - t_start
-    eid = f"eval/{suite}/task{task_id:02d}/init{init_id:02d}/{dec_name}/{uuid.uuid4().hex[:12]}"
+    eid = (f"eval/{suite}/task{task_id:02d}/init{init_id:02d}" + (f"p{placement}" if placement else "")
+           + f"/{dec_name}/{uuid.uuid4().hex[:12]}")
     acc = dict.fromkeys(STAT_KEYS, 0)
     for k in STAT_KEYS:
         if k.endswith("_ms") or k == "accept_length_sum":
@@ -173,7 +177,8 @@ def run_episode(runner, client, suite, task_id, init_id, dec_name, dec_field, ma
     A = np.stack(actions) if actions else np.zeros((0, 7))
     R = np.stack(raw_actions) if raw_actions else np.zeros((0, 7))
     rec = {
-        "suite": suite, "task_id": task_id, "init_id": init_id, "instruction": runner.instruction,
+        "suite": suite, "task_id": task_id, "init_id": init_id, "placement": placement,
+        "instruction": runner.instruction,
         "decoder": dec_name, "request_decoder": dec_field, "answer_decoder": answer_decoder,
         "success": bool(success), "steps": steps, "max_steps": max_steps, "error": error,
         "episode_id": eid, "unnorm_key": unnorm_key, "scene_sha1": scene, "init_sha1": sha1(np.asarray(init_state)),

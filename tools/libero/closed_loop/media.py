@@ -1,4 +1,4 @@
-"""The episode GIFs: one success and one failure per suite in the --videos folder, listed in its index.json."""
+"""The episode GIFs: one success and one failure per task in the --videos folder, listed in its index.json."""
 import json
 import math
 import os
@@ -43,13 +43,13 @@ def media_of(videos_dir, rows):
 
 
 def save_media(videos, media, rec, frames):
-    """The episode's GIF in its suite's success or failure slot, listed in videos/index.json."""
-    name = f"{rec['suite']}_{'success' if rec['success'] else 'failure'}.gif"
+    """The episode's GIF in its task's success or failure slot, listed in videos/index.json."""
+    name = f"{rec['suite']}_task{rec['task_id']:02d}_{'success' if rec['success'] else 'failure'}.gif"
     save_gif(os.path.join(videos, name), frames)
     media[:] = [m for m in media if m["file"] != name]
     media.append({k: rec[k] for k in ("suite", "success", "task_id", "init_id", "decoder", "steps", "instruction",
                                       "episode_id")} | {"file": name})
-    media.sort(key=lambda m: (SUITES.index(m["suite"]), not m["success"]))
+    media.sort(key=lambda m: (SUITES.index(m["suite"]), m["task_id"], not m["success"]))
     with open(os.path.join(videos, "index.json"), "w") as f:
         json.dump(media, f, indent=1)
     return name

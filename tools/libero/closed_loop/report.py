@@ -63,9 +63,9 @@ def compare_to_plain(rows, name):
     """Exact comparison of a strict decoder's episodes with plain's on the same (suite, task, init)."""
     pairs, diffs = 0, []
     for key, r in sorted(rows.items()):
-        if key[3] != name:
+        if key[-1] != name:
             continue
-        p = rows.get((key[0], key[1], key[2], "plain"))
+        p = rows.get(key[:-1] + ("plain",))
         if p is None:
             continue
         pairs += 1
@@ -76,7 +76,7 @@ def compare_to_plain(rows, name):
         tp, tr = unpack_tokens(p["tokens_z"]), unpack_tokens(r["tokens_z"])
         n = min(len(tp), len(tr))
         first = first_token_difference(tp, tr)
-        d = {"suite": key[0], "task_id": key[1], "init_id": key[2], "first_differing_step": first,
+        d = {"suite": key[0], "task_id": key[1], "init_id": key[2], "placement": key[3], "first_differing_step": first,
              "plain": {"success": p["success"], "steps": p["steps"]},
              name: {"success": r["success"], "steps": r["steps"]},
              "same_scene": p["scene_sha1"] == r["scene_sha1"] and p["init_sha1"] == r["init_sha1"]}
@@ -113,7 +113,7 @@ def build_report(rows, media, protocol_extra=None):
     for suite in SUITES:
         for task_id in range(10):
             for name in names:
-                rs = [r for (s, t, _, d), r in rows.items() if s == suite and t == task_id and d == name]
+                rs = [r for (s, t, _, _, d), r in rows.items() if s == suite and t == task_id and d == name]
                 if not rs:
                     continue
                 k = sum(r["success"] for r in rs)
@@ -121,11 +121,12 @@ def build_report(rows, media, protocol_extra=None):
                                  "decoder": name, "episodes": len(rs), "successes": k,
                                  "success_rate": _per(k, len(rs), 4),
                                  "mean_steps": _per(sum(r["steps"] for r in rs), len(rs), 1),
-                                 "inits": sorted(r["init_id"] for r in rs)})
+                                 "inits": sorted({r["init_id"] for r in rs}),
+                                 "placements": sorted({r.get("placement", 0) for r in rs})})
     per_suite = []
     for suite in SUITES:
         for name in names:
-            rs = [r for (s, _, _, d), r in rows.items() if s == suite and d == name]
+            rs = [r for (s, _, _, _, d), r in rows.items() if s == suite and d == name]
             if rs:
                 k = sum(r["success"] for r in rs)
                 per_suite.append({"suite": suite, "decoder": name, "episodes": len(rs), "successes": k,
@@ -289,7 +290,7 @@ def write_markdown(rep, path, media_rel):
         L.append("## Episodes (GIFs)")
         L.append("")
         L.append(f"The frames the policy saw, {GIF_SIDE}x{GIF_SIDE}, every {GIF_STRIDE}th step (fewer for long "
-                 f"episodes), the final state last: the first success and the first failure of each suite, "
+                 f"episodes), the final state last: the first success and the first failure of each task, "
                  f"whichever decoder ran it.")
         L.append("")
         for item in rep["media"]:

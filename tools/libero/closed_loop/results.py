@@ -1,17 +1,31 @@
-"""The resumable results file (JSONL, one line per finished episode, keyed by (suite, task, init, decoder)):
-loading, appending, and the checks that a resumed run is the same run."""
+"""The resumable results file (JSONL, one line per finished episode, keyed by (suite, task, init, placement,
+decoder)): loading, appending, and the checks that a resumed run is the same run."""
 import sys
 
 from generate import append_manifest
-from jsonl_log import read_keyed
+from jsonl_log import JsonlError, read_rows
 
 from .episode import SEED
 
 
+KEY_FIELDS = ("suite", "task_id", "init_id", "decoder")
+
+
+def result_key(r):
+    """(suite, task_id, init_id, placement, decoder); rows written before placements existed are placement 0."""
+    return r["suite"], r["task_id"], r["init_id"], r.get("placement", 0), r["decoder"]
+
+
 def load_results(path):
-    """Finished episodes keyed by (suite, task_id, init_id, decoder); a torn last line (a killed run) is
-    skipped, damage before it is an error (jsonl_log)."""
-    return read_keyed(path, ("suite", "task_id", "init_id", "decoder"))
+    """Finished episodes keyed by result_key; a torn last line (a killed run) is skipped, damage before it is an
+    error (jsonl_log), and a later row of the same key replaces an earlier one (a rerun's)."""
+    out = {}
+    for n, row in enumerate(read_rows(path)):
+        missing = [k for k in KEY_FIELDS if k not in row]
+        if missing:
+            raise JsonlError(f"{path}: row {n + 1} has no {', '.join(missing)}: not a closed-loop results row")
+        out[result_key(row)] = row
+    return out
 
 
 def append_result(path, rec):

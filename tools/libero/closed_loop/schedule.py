@@ -28,8 +28,9 @@ class Progress:
     """Counts for the progress lines; ETA = seconds per step of step limit so far (failures run to the limit)
     times the step limits of the episodes left, plus the scene builds left."""
 
-    def __init__(self, visits, decoders, done, scale):
+    def __init__(self, visits, decoders, done, scale, placements=(0,)):
         self.visits, self.decoders, self.done, self.scale = visits, decoders, done, scale
+        self.placements = placements
         self.todo = self._left()
         self.n_run, self.steps, self.budget, self.n_builds = 0, 0, 0, 0
         self.t0, self.wall, self.build_s = time.time(), 0.0, 0.0
@@ -38,8 +39,8 @@ class Progress:
         return max(1, int(round(MAX_STEPS[suite] * self.scale)))
 
     def _left(self):
-        return {(s, t, i, d) for s, t, ii in self.visits for i in ii for d in self.decoders
-                if (s, t, i, d) not in self.done}
+        return {(s, t, i, p, d) for s, t, ii in self.visits for i in ii for p in self.placements
+                for d in self.decoders if (s, t, i, p, d) not in self.done}
 
     def built(self, seconds):
         self.build_s += seconds
@@ -52,12 +53,14 @@ class Progress:
         self.budget += rec["max_steps"]
         left = self._left()
         builds_left = len({(s, t, tuple(ii)) for s, t, ii in self.visits
-                           if any((s, t, i, d) in left for i in ii for d in self.decoders)})
-        eta = (sum(self._limit(s) for s, _, _, _ in left) * self.wall / max(self.budget, 1)
+                           if any((s, t, i, p, d) in left for i in ii for p in self.placements
+                                  for d in self.decoders)})
+        eta = (sum(self._limit(k[0]) for k in left) * self.wall / max(self.budget, 1)
                + builds_left * self.build_s / max(self.n_builds, 1))
         rs = [r for r in self.done.values() if r["decoder"] == rec["decoder"]]
         st, tm = rec["stats"], rec["times"]
-        return (f"[{self.n_run}/{len(self.todo)}] {rec['suite']} task{rec['task_id']:02d} init{rec['init_id']:02d} "
+        pl = f"p{rec['placement']}" if rec.get("placement") else ""
+        return (f"[{self.n_run}/{len(self.todo)}] {rec['suite']} task{rec['task_id']:02d} init{rec['init_id']:02d}{pl} "
                 f"{rec['decoder']}: success={rec['success']} steps={rec['steps']}/{rec['max_steps']} "
                 f"{tm['wall_s']:.0f}s (render {tm['render_s']:.0f}s, server {tm['client_s']:.0f}s, physics "
                 f"{tm['env_s']:.0f}s) accept={_per(st['spec_cycle_tokens'], st['spec_cycles'], 2)} | "
@@ -67,12 +70,14 @@ class Progress:
 
 
 def run_visits(visits, decoders, done, client, fields, unnorm, server, *, results, videos, media, have_media, seed,
-               scale):
-    """Every episode of `visits` x `decoders` not in `done`, each appended to `results` (and `done`) when it
-    ends; the first success and failure of each suite saved as GIFs when `videos`. Returns the Progress."""
-    prog = Progress(visits, decoders, done, scale)
+               scale, placements=(0,)):
+    """Every episode of `visits` x `placements` x `decoders` not in `done`, each appended to `results` (and
+    `done`) when it ends; the first success and failure of each task saved as GIFs when `videos`. Returns the
+    Progress."""
+    prog = Progress(visits, decoders, done, scale, placements)
     for suite, task_id, vinits in visits:
-        todo = [(i, d) for i in vinits for d in decoders if (suite, task_id, i, d) not in done]
+        todo = [(i, p, d) for i in vinits for p in placements for d in decoders
+                if (suite, task_id, i, p, d) not in done]
         if not todo:
             continue
         tb = time.time()
@@ -84,21 +89,22 @@ def run_visits(visits, decoders, done, client, fields, unnorm, server, *, result
         prog.built(time.time() - tb)
         max_steps = max(1, int(round(MAX_STEPS[suite] * scale)))
         try:
-            for init_id, dec in todo:
+            for init_id, placement, dec in todo:
                 if init_id >= len(runner.init_states):
                     log(f"{suite} task{task_id} has {len(runner.init_states)} init states: init {init_id} "
                         f"skipped")
                     continue
-                want = bool(videos) and not ({(suite, True), (suite, False)} <= have_media)
+                slot = (suite, task_id)
+                want = bool(videos) and not ({slot + (True,), slot + (False,)} <= have_media)
                 rec, frames = run_episode(runner, client, suite, task_id, init_id, dec, fields[dec], max_steps,
-                                          unnorm[suite], seed, want)
+                                          unnorm[suite], seed, want, placement)
                 rec.update(seed=seed, max_steps_scale=scale, server=server,
                            finished=time.strftime("%Y-%m-%dT%H:%M:%S"), video=None)
-                if want and (suite, rec["success"]) not in have_media:
+                if want and slot + (rec["success"],) not in have_media:
                     rec["video"] = save_media(videos, media, rec, frames)
-                    have_media.add((suite, rec["success"]))
+                    have_media.add(slot + (rec["success"],))
                 append_result(results, rec)
-                done[(suite, task_id, init_id, dec)] = rec
+                done[(suite, task_id, init_id, placement, dec)] = rec
                 log(prog.line(rec))
         finally:
             runner.close()
