@@ -23,8 +23,8 @@ use crate::config::{read_text, OpenVlaConfig};
 use crate::error::{Error, Result};
 
 pub mod int8_rows;
-pub mod usage;
-pub use usage::WeightUsage;
+pub(crate) mod usage;
+pub(crate) use usage::WeightUsage;
 
 /// Model configuration file name.
 pub const CONFIG_FILE: &str = "config.json";
@@ -128,7 +128,7 @@ impl CheckpointFiles {
     /// Like [`var_builder`](Self::var_builder), but records which tensors are read, so that
     /// after building a model [`WeightUsage::ensure_all_used`] can refuse weights the
     /// configuration left unused (config and weights that disagree).
-    pub fn tracked_var_builder(
+    pub(crate) fn tracked_var_builder(
         &self,
         dtype: DType,
         device: &Device,

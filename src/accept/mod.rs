@@ -1,7 +1,7 @@
 //! Acceptance: which drafted tokens the verifier keeps.
 //!
-//! A policy is a small trait ([`AcceptancePolicy`]), one file per implementation ([`strict`],
-//! [`relaxed`]), and a serde-tagged enum ([`Acceptance`]) for configuration files:
+//! A policy is a small trait ([`AcceptancePolicy`]), one file per implementation (`strict`,
+//! `relaxed`), and a serde-tagged enum ([`Acceptance`]) for configuration files:
 //!
 //! ```json
 //! {"policy": "strict"}
@@ -11,9 +11,9 @@
 //!
 //! [`best_path`] chooses the accepted path through a [`DraftTree`](crate::tree::DraftTree).
 
-pub mod path;
-pub mod relaxed;
-pub mod strict;
+mod path;
+mod relaxed;
+mod strict;
 
 use serde::{Deserialize, Serialize};
 
@@ -22,7 +22,7 @@ use crate::error::Result;
 
 pub use path::{best_path, AcceptedPath};
 pub use relaxed::{RadiusSpec, RelaxedBinDistance};
-pub use strict::Strict;
+use strict::Strict;
 
 /// Decides whether a drafted token is kept, given the verifier's greedy token for the same
 /// prefix.

@@ -4,7 +4,7 @@ use super::AcceptancePolicy;
 
 /// Exact greedy match. With it, speculative output equals plain greedy decoding.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct Strict;
+pub(crate) struct Strict;
 
 impl AcceptancePolicy for Strict {
     fn accepts(&self, drafted: u32, verifier_greedy: u32, _action_dim: usize) -> bool {

@@ -6,7 +6,8 @@ mod layer;
 mod rope;
 
 pub(crate) use layer::{DecoderLayer, KvSource};
-pub use rope::{Positions, RotaryTable};
+pub use rope::Positions;
+pub(crate) use rope::RotaryTable;
 
 use std::sync::Arc;
 
@@ -148,11 +149,6 @@ impl Llama {
     /// a draft head over some rows copies only those).
     pub(crate) fn lm_head(&self) -> &Arc<Dense> {
         &self.lm_head
-    }
-
-    /// The rotary embedding tables.
-    pub fn rotary(&self) -> &RotaryTable {
-        &self.rope
     }
 
     /// An empty cache for `capacity` positions.

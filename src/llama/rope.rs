@@ -6,7 +6,7 @@ use crate::error::{Error, Result};
 
 /// cos/sin tables `[max_positions, head_dim / 2]` in the model dtype.
 #[derive(Debug, Clone)]
-pub struct RotaryTable {
+pub(crate) struct RotaryTable {
     cos: Tensor,
     sin: Tensor,
     max_positions: usize,
