@@ -157,8 +157,10 @@ def assemble(args):
     progress = os.path.join(args.work, "episodes.jsonl")
     done = load_manifest(progress)
     eps, table = [], {}
-    for suite in SUITES:
-        for task_id in range(10):
+    want_tasks = {int(t) for t in args.tasks.split(",")} if args.tasks else set(range(10))
+    want_suites = [s for s in args.suites.split(",") if s]
+    for suite in want_suites:
+        for task_id in sorted(want_tasks):
             rows = sorted([r for (s, t, _), r in done.items() if s == suite and t == task_id],
                           key=lambda r: r["init_id"])
             if not rows:
@@ -189,7 +191,10 @@ def assemble(args):
         for i in range(L):
             step = start + i
             name = f"{n:04d}.png"
-            Image.fromarray(frames[i]).save(os.path.join(args.out, name), optimize=True)
+            img = Image.fromarray(frames[i])
+            if args.size and args.size != img.width:  # the model's input size: neither PyTorch nor Rust resamples
+                img = img.resize((args.size, args.size), Image.BICUBIC)
+            img.save(os.path.join(args.out, name), optimize=True)
             prev = [float(x) for x in acts[step - 1]] if step > 0 else None
             entries.append({
                 "file": name, "suite": r["suite"], "unnorm_key": f"{r['suite']}_no_noops",
@@ -223,6 +228,8 @@ def main():
     ap.add_argument("--assemble", action="store_true", help="write --out from the finished episodes")
     ap.add_argument("--out", default=os.path.join(HERE, "..", "..", "data", "libero_heldout"))
     ap.add_argument("--frames", type=int, default=630, help="frames in the assembled set")
+    ap.add_argument("--size", type=int, default=0, help="write the PNGs at SIZE x SIZE (PIL bicubic, as the trainer "
+                    "resizes): the model's input size, so the Rust and PyTorch models see the same pixels")
     args = ap.parse_args()
     if args.assemble:
         return assemble(args)

@@ -132,6 +132,9 @@ def rescore(args):
         if not os.path.isfile(png):
             sys.exit(f"{png}: manifest entry without its frame")
         frame = np.asarray(Image.open(png).convert("RGB"))
+        if frame.shape[:2] != (cfg.dino.image_size, cfg.dino.image_size):
+            sys.exit(f"{png}: a {frame.shape[1]}x{frame.shape[0]} frame, the model takes {cfg.dino.image_size} px: "
+                     f"assemble the set with heldout_runs.py --size {cfg.dino.image_size}")
         pv = pixel_values_from_uint8(torch.from_numpy(np.ascontiguousarray(frame[None])))
         toks, margins = greedy(model, pv, prompt_ids(tok, e["instruction"], info["space_id"]))
         new = [int(x) for x in toks[0]]
