@@ -2,10 +2,10 @@
 //! Llama's gated SiLU and a row softmax, with tensor-level wrappers that fall back to candle's
 //! ops elsewhere; and a LayerNorm in portable code, for every CPU.
 //!
-//! candle 0.11 computes GELU and softmax one element at a time through libm (`erff`, `expf`):
-//! for one DINOv2 block's MLP activation ([261, 4096]) that is 5.2 ms and for its attention
-//! probabilities ([16, 261, 261]) 3.7 ms, measured on a 2-core Sapphire Rapids machine. These
-//! kernels do the same arithmetic 16 lanes at a time, split over rayon's threads.
+//! candle 0.11 computes GELU and softmax one element at a time through libm (`erff`, `expf`),
+//! which costs milliseconds per vision block (figures in `docs/performance.md`, "Measurements
+//! behind the code"). These kernels do the same arithmetic 16 lanes at a time, split over
+//! rayon's threads.
 
 use candle_core::{Device, Tensor};
 use rayon::prelude::*;

@@ -349,9 +349,8 @@ impl<'a> DraftTrainer<'a> {
     ///
     /// `DType::BF16` rounds the trained weights: half the file, and on a CPU with AVX-512 the
     /// head then runs on bf16 weight panels (see `cpu::dense`) and streams half the bytes
-    /// per draft step. Measured with the embedded model's earlier whole-prompt head (228 held-out
-    /// frames): the same acceptance (relaxed r=9 3.557 against 3.561 in f32) and a decode phase
-    /// 1.16-1.18x faster than plain decoding against 1.03x with the f32 export.
+    /// per draft step, with about the same acceptance (figures in `docs/performance.md`,
+    /// "Measurements behind the code").
     pub fn export(&self, dir: &Path, dtype: DType) -> Result<()> {
         std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
         let text = serde_json::to_string_pretty(&self.config)

@@ -53,8 +53,8 @@ impl VisionBackbone {
     ///
     /// On the CPU the towers run concurrently on rayon's pool: each tower is a chain of matmuls
     /// whose two halves wait for each other, and a thread that finishes its half early picks up
-    /// work from the other tower instead of idling. Measured on a 2-core machine with the
-    /// full-size towers: 1.77 s per frame against 2.2-2.5 s one tower after the other.
+    /// work from the other tower instead of idling (figures in `docs/performance.md`,
+    /// "Measurements behind the code").
     pub fn tower_features(&self, pixel_values: &Tensor) -> Result<Vec<Tensor>> {
         let run = |(i, tower): (usize, &VisionTransformer)| {
             tower.forward(&pixel_values.narrow(0, 3 * i, 3)?)

@@ -4,13 +4,14 @@
 //! - [`Dense::new`], for layers that see a few rows per call (the language model while decoding
 //!   or verifying a tree, the draft head): where the CPU has AVX-512, or AVX2 and FMA, and the
 //!   model runs in f32, the weight is packed once at load for our own micro-kernel (`packed`,
-//!   `packed_avx2`). Measured side by side on a 2-core Sapphire Rapids machine: 1 x 256 x 256
-//!   in 4 us against candle's 37 us, 7 x 256 x 768 in 22 us against 58 us, 1 x 4096 x 4096 in
-//!   3.4 ms against 6.3 ms. Without AVX-512, candle's gemm repacks the weight on every call.
+//!   `packed_avx2`), which has none of a general gemm's per-call set-up (without AVX-512,
+//!   candle's gemm repacks the weight on every call).
 //! - [`Dense::for_many_rows`], for layers that always see hundreds of rows (the vision towers,
 //!   the projector): the weight is transposed in memory to `[in, out]`, on which candle's gemm
-//!   (with its AVX-512 kernels enabled) reaches 170-230 GFLOP/s on 261 x 1024 x 3072, where
-//!   the packed kernel reaches 125-190.
+//!   (with its AVX-512 kernels enabled) runs faster than the packed kernel at those shapes.
+//!
+//! The figures behind both choices are in `docs/performance.md`, "Measurements behind the
+//! code".
 //!
 //! Everywhere else (GPUs, other dtypes, CPUs without AVX2, weights being trained) candle's
 //! matmul runs on the checkpoint's layout.
@@ -25,8 +26,8 @@ use candle_core::{DType, Device, Storage, Tensor, D};
 use crate::error::{Error, Result};
 
 /// On the CPU without the packed path, weights up to this many elements are kept transposed in
-/// memory: at width 256 candle's gemm runs few-row matmuls 1.3-2x faster on a row-major
-/// `[in, out]` matrix than on a transposed view, while at 7B width the view is 2-3x faster.
+/// memory: at small widths candle's gemm runs few-row matmuls faster on a row-major `[in, out]`
+/// matrix than on a transposed view, while at 7B width the view is faster.
 const TRANSPOSE_MAX_ELEMENTS: usize = 1 << 22;
 
 /// Threads for the packed kernel: candle's count (`RAYON_NUM_THREADS` or the available cores),
