@@ -6,8 +6,8 @@
 
 Runs are drawn one after the other on a common axis of training samples (steps x batch; --batch, default 16):
 a run started with --init-from continues where the previous one ended. Per run: training loss and token accuracy
-(EMA over steps), held-out token accuracy where logged. --success "K:s/n" marks closed-loop success s of n
-episodes measured on a model that had seen K thousand samples.
+(EMA over steps), held-out token accuracy where logged (or given with --heldout-acc "K:acc"). --success "K:s/n"
+marks closed-loop success s of n episodes measured on a model that had seen K thousand samples.
 """
 import argparse
 import json
@@ -30,6 +30,8 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--run", action="append", required=True, help="LABEL:path/to/train_log.jsonl, in order")
     ap.add_argument("--success", action="append", default=[], help="K:s/n closed-loop success at K thousand samples")
+    ap.add_argument("--heldout-acc", action="append", default=[], help="K:acc held-out token accuracy measured "
+                    "afterwards on a model that had seen K thousand samples")
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--title", default="")
     ap.add_argument("--out", required=True)
@@ -51,6 +53,9 @@ def main():
         if held:
             ax_acc.plot(*zip(*held), "o-", ms=3, label=f"{label}: held-out")
         offset += rows[-1]["step"] * args.batch
+    if args.heldout_acc:
+        pts = [tuple(float(v) for v in spec.split(":")) for spec in args.heldout_acc]
+        ax_acc.plot(*zip(*pts), "s--", ms=4, color="tab:green", label="held-out frames")
     if args.success:
         ax_sr = ax_acc.twinx()
         pts = []
