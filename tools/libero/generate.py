@@ -41,6 +41,19 @@ def is_noop(a, prev_a, thresh=1e-4):
     return float(np.linalg.norm(a[:6])) < thresh and a[6] == prev_a[6]
 
 
+def kept_steps(actions):
+    """Indices of the steps OpenVLA's *_no_noops data keeps (is_noop against the previous action, the warm-up's
+    no-op before the first)."""
+    import numpy as np
+    prev_a = np.array(NOOP, dtype=np.float32)
+    keep = []
+    for k, a in enumerate(actions):
+        if not is_noop(a, prev_a):
+            keep.append(k)
+        prev_a = a
+    return keep
+
+
 class Runner:
     def __init__(self, suite_name, task_id):
         import numpy as np
@@ -296,12 +309,7 @@ def main():
             sim_s_total += t_sim
             rel, kept, t_render, size = None, 0, 0.0, 0
             if success:
-                prev_a = np.array(NOOP, dtype=np.float32)
-                keep = []
-                for k, a in enumerate(actions):
-                    if not is_noop(a, prev_a):
-                        keep.append(k)
-                    prev_a = a
+                keep = kept_steps(actions)
                 S = np.stack([states[k] for k in keep])
                 rel = records.rel_path(suite, task_id, init_id)
                 path = os.path.join(args.out, rel)

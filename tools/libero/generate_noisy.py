@@ -27,7 +27,7 @@ sys.path.insert(0, HERE)
 sys.path.append(os.path.dirname(HERE))  # tools/ (jsonl_log), after site-packages
 import check_env  # noqa: E402  (reads MUJOCO_GL before robosuite can set it)
 import records  # noqa: E402
-from generate import MAX_STEPS, NOOP, Runner, is_noop, log  # noqa: E402
+from generate import MAX_STEPS, Runner, kept_steps, log  # noqa: E402
 from jsonl_log import append_row, read_keyed  # noqa: E402
 
 NOISY_DIR = os.path.normpath(os.path.join(HERE, "..", "..", "data", "libero_noisy"))
@@ -123,12 +123,7 @@ def main():
             sim_s += t_sim
             rel, kept, size = None, 0, 0
             if success:
-                prev_a = np.array(NOOP, dtype=np.float32)
-                keep = []
-                for k, a in enumerate(labels):
-                    if not is_noop(a, prev_a):
-                        keep.append(k)
-                    prev_a = a
+                keep = kept_steps(labels)
                 S = np.stack([states[k] for k in keep])
                 rel = records.noisy_rel_path(suite, task_id, init_id, seed)
                 path = os.path.join(args.out, rel)

@@ -96,18 +96,10 @@ def parse_path(path, noisy=False):
 def save_record(path, *, suite, task_id, init_id, instruction, actions, step, qpos, state0, all_actions,
                 expert_version, body_pos, body_quat):
     """Atomic write (temp file + rename): a killed writer leaves no torn record under the final name."""
-    import numpy as np
     check_train_init(init_id)
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = path + f".tmp{os.getpid()}"
-    arrays = _record_arrays(suite=suite, task_id=task_id, init_id=init_id, instruction=instruction, actions=actions,
-                            step=step, qpos=qpos, state0=state0, all_actions=all_actions,
-                            expert_version=expert_version, body_pos=body_pos, body_quat=body_quat)
-    with open(tmp, "wb") as f:
-        np.savez_compressed(f, **arrays)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    _write_atomic(path, _record_arrays(suite=suite, task_id=task_id, init_id=init_id, instruction=instruction,
+                                       actions=actions, step=step, qpos=qpos, state0=state0, all_actions=all_actions,
+                                       expert_version=expert_version, body_pos=body_pos, body_quat=body_quat))
 
 
 def save_noisy_record(path, *, executed_actions, noise_seed, noise_scale, **clean):
@@ -118,12 +110,18 @@ def save_noisy_record(path, *, executed_actions, noise_seed, noise_scale, **clea
     want = noisy_rel_path(clean["suite"], clean["task_id"], clean["init_id"], noise_seed)
     if not path.endswith(want):
         raise RecordError(f"{path}: a noise-injected record must be saved as <folder>/{want}")
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = path + f".tmp{os.getpid()}"
     arrays = _record_arrays(**clean)
     arrays.update(format_version=np.array(NOISY_RECORD_FORMAT, dtype=np.int64),
                   executed_actions=np.asarray(executed_actions, dtype=np.float32),
                   noise_seed=np.array(noise_seed, dtype=np.int64), noise_scale=np.array(noise_scale, dtype=np.float64))
+    _write_atomic(path, arrays)
+
+
+def _write_atomic(path, arrays):
+    """np.savez_compressed to a temp file, fsynced, then renamed: a killed writer leaves no torn record."""
+    import numpy as np
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = path + f".tmp{os.getpid()}"
     with open(tmp, "wb") as f:
         np.savez_compressed(f, **arrays)
         f.flush()

@@ -10,17 +10,15 @@ a run started with --init-from continues where the previous one ended. Per run: 
 marks closed-loop success s of n episodes measured on a model that had seen K thousand samples.
 """
 import argparse
-import json
 import os
+import sys
+
+sys.path.append(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # tools/ (jsonl_log)
+from jsonl_log import read_rows  # noqa: E402
 
 
 def read_log(path):
-    rows = []
-    with open(path) as f:
-        for line in f:
-            line = line.strip()
-            if line:
-                rows.append(json.loads(line))
+    rows = read_rows(path)
     if not rows:
         raise SystemExit(f"plot_curve.py: {path} holds no logged step")
     return rows
