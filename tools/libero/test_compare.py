@@ -13,7 +13,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 import numpy as np  # noqa: E402
 
-from closed_loop.compare import newcombe, versus_plain, wilson_exact  # noqa: E402
+from closed_loop.compare import newcombe, newcombe_paired, versus_plain, wilson_exact  # noqa: E402
 from closed_loop.episode import episode_seed, pack_tokens  # noqa: E402
 from closed_loop.results import result_key  # noqa: E402
 
@@ -38,6 +38,24 @@ def main():
     wl, wh = wilson_exact(0, 100)
     assert close(wl, 0.0, 1e-12) and close(wh, 0.0370), (wl, wh)
     assert newcombe(0, 0, 1, 2) == (None, None)
+
+    # Paired: uncorrelated pairs (cross-product within the continuity correction) give the unpaired interval;
+    # correlated pairs a narrower one; the interval holds its 95% coverage on simulated correlated pairs.
+    for a, b, c_, d in [(2, 4, 4, 10), (0, 0, 4, 6), (1, 3, 3, 1)]:
+        n = a + b + c_ + d
+        if (a * d - b * c_) <= n / 2 and (a * d - b * c_) >= 0 or (a + b) in (0, n) or (a + c_) in (0, n):
+            assert all(close(x, y, 1e-12) for x, y in zip(newcombe_paired(a, b, c_, d), newcombe(a + c_, n, a + b, n)))
+    lo_p, hi_p = newcombe_paired(55, 2, 5, 58)
+    lo_u, hi_u = newcombe(60, 120, 57, 120)
+    assert lo_u < lo_p < -0.025 < hi_p < hi_u, (lo_p, hi_p, lo_u, hi_u)
+    assert newcombe_paired(0, 0, 0, 0) == (None, None)
+    rng = np.random.default_rng(0)
+    probs, true_diff, n, trials = [0.45, 0.03, 0.05, 0.47], 0.03 - 0.05, 120, 3000
+    covered = 0
+    for counts in rng.multinomial(n, probs, size=trials):
+        lo, hi = newcombe_paired(*[int(x) for x in counts])
+        covered += lo <= true_diff <= hi
+    assert 0.93 <= covered / trials <= 0.985, covered / trials
 
     toks = [[300] * 7] * 5
     other = [[300] * 7] * 2 + [[301] + [300] * 6] * 3

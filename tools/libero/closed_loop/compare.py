@@ -1,6 +1,7 @@
 """The decision a user needs from a closed-loop run: does a decoder keep plain decoding's success rate? For each
 decoder other than plain, on the (suite, task, init) both ran: the success-rate difference with a 95% interval
-(Newcombe's hybrid score interval, built from the two Wilson intervals), the paired outcome counts (the same
+(Newcombe's square-and-add interval for paired proportions, built from the two Wilson intervals and the correlation
+of the pairs), the paired outcome counts (the same
 initial state and fixture placement, so a discordant pair is an episode one decoder won and the other lost),
 whether the run shows non-inferiority at a 3-point margin, and how soon the decoder's actions leave plain's."""
 import math
@@ -33,6 +34,30 @@ def newcombe(k_ref, n_ref, k_new, n_new, z=Z95):
     return d - math.sqrt((p2 - l2) ** 2 + (u1 - p1) ** 2), d + math.sqrt((u2 - p2) ** 2 + (p1 - l1) ** 2)
 
 
+def newcombe_paired(both, new_only, ref_only, neither, z=Z95):
+    """95% interval for p_new - p_ref from paired outcomes (Newcombe 1998, Statistics in Medicine 17:2635, method
+    10): the unpaired square-and-add interval, less the covariance of the pairs. The correlation of the two outcomes
+    enters with a continuity correction (no correction below n/2 of positive association); with no correlation
+    the interval equals `newcombe` on the marginal counts. (None, None) for no pairs."""
+    n = both + new_only + ref_only + neither
+    if n == 0:
+        return None, None
+    k_new, k_ref = both + new_only, both + ref_only
+    p_new, p_ref = k_new / n, k_ref / n
+    l_new, u_new = wilson_exact(k_new, n, z)
+    l_ref, u_ref = wilson_exact(k_ref, n, z)
+    margins = k_new * (n - k_new) * k_ref * (n - k_ref)
+    phi = 0.0
+    if margins > 0:
+        cross = both * neither - new_only * ref_only
+        corrected = cross - n / 2 if cross > n / 2 else (0.0 if cross >= 0 else cross)
+        phi = corrected / math.sqrt(margins)
+    d = p_new - p_ref
+    below = (p_new - l_new) ** 2 + (u_ref - p_ref) ** 2 - 2 * phi * (p_new - l_new) * (u_ref - p_ref)
+    above = (u_new - p_new) ** 2 + (p_ref - l_ref) ** 2 - 2 * phi * (u_new - p_new) * (p_ref - l_ref)
+    return d - math.sqrt(max(below, 0.0)), d + math.sqrt(max(above, 0.0))
+
+
 def first_token_difference(ta, tb):
     """The first step whose action tokens differ over the two episodes' common length (None if none)."""
     return next((i for i in range(min(len(ta), len(tb))) if (ta[i] != tb[i]).any()), None)
@@ -63,7 +88,7 @@ def versus_plain(rows, name):
     plain_only = sum(p["success"] and not r["success"] for p, r in pairs)
     new_only = sum(r["success"] and not p["success"] for p, r in pairs)
     k_plain, k_new = both + plain_only, both + new_only
-    lo, hi = newcombe(k_plain, n, k_new, n)
+    lo, hi = newcombe_paired(both, new_only, plain_only, n - both - plain_only - new_only)
     firsts = [_first_differing_step(p, r) for p, r in pairs]
     diverged = sorted(f for f in firsts if f is not None)
     return {
@@ -89,8 +114,8 @@ def write_markdown_section(L, comparisons):
         L.append("")
         return
     L.append(f"On the initial states both ran. Difference: this decoder's success rate minus plain's, with "
-             f"Newcombe's 95% hybrid score interval; 'within {MARGIN * 100:.0f} points shown' means the interval's "
-             f"lower end is above -{MARGIN * 100:.0f} points (non-inferiority at that margin). The pairs share "
+             f"Newcombe's 95% interval for paired proportions (square-and-add, narrowed by the pairs' "
+             f"correlation); 'within {MARGIN * 100:.0f} points shown' means the interval's lower end is above -{MARGIN * 100:.0f} points (non-inferiority at that margin). The pairs share "
              f"the initial state and fixture placement, so the discordant counts say which episodes decoding "
              f"changed. Other actions: episodes whose action tokens differ from plain's anywhere.")
     L.append("")
