@@ -54,15 +54,18 @@ def main() -> None:
             steps = sorted({t for s0 in starts for t in range(s0, min(s0 + args.run_len, len(frames)))})
         else:
             steps = range(0, len(frames), args.stride)
+        # a noise-injected episode shares its suite, task and init with the clean one: its seed keeps
+        # the two apart (else the second would take the first's frames under its own actions)
+        noisy = f"_n{ep['noise_seed']:02d}" if ep.get("noisy") else ""
         for t in steps:
-            name = f"{ep['suite']}_t{ep['task_id']:02d}_i{ep['init_id']:02d}_s{t:03d}.png"
+            name = f"{ep['suite']}_t{ep['task_id']:02d}_i{ep['init_id']:02d}{noisy}_s{t:03d}.png"
             if not (args.out / name).exists():
                 Image.fromarray(frames[t]).save(args.out / name)
             entries.append({
                 "file": name, "instruction": ep["instruction"], "suite": ep["suite"],
                 "unnorm_key": f"{ep['suite']}_no_noops", "task_id": ep["task_id"], "init_id": ep["init_id"],
                 "step": t * ep.get("frame_every", 1), "expert_action": [float(x) for x in actions[t]],
-                "episode": f"{ep['suite']}/task{ep['task_id']:02d}_init{ep['init_id']:02d}",
+                "episode": f"{ep['suite']}/task{ep['task_id']:02d}_init{ep['init_id']:02d}{noisy}",
             })
     (args.out / "manifest.json").write_text(json.dumps(entries, indent=1))
     print(f"{len(entries)} frames from {args.split} episodes -> {args.out}")
