@@ -13,6 +13,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 import numpy as np  # noqa: E402
 
+from closed_loop.decoders import parse_decoder  # noqa: E402
 from closed_loop.compare import newcombe, newcombe_paired, versus_plain, wilson_exact  # noqa: E402
 from closed_loop.episode import episode_seed, pack_tokens  # noqa: E402
 from closed_loop.results import result_key  # noqa: E402
@@ -91,6 +92,20 @@ def main():
     # 0/100 vs 0/100 does not show a 3-point margin (the Wilson upper end is 3.7 points); 0/200 vs 0/200 does.
     assert close(newcombe(0, 100, 0, 100)[0], -0.0370)
     assert newcombe(0, 200, 0, 200)[0] > -0.03
+    # decoder names: the EAGLE-only settings name their drafter; the others take the server's
+    staged = {"drafter": "staged"}
+    assert parse_decoder("relaxed9", staged)[0] == {"relaxed": 9}
+    assert parse_decoder("relaxed9g", staged)[0]["speculation"]["drafter"] == staged
+    field, cfg = parse_decoder("relaxed9eg", staged)
+    assert field["speculation"] == {"radius": {"uniform": 9}, "exempt_dims": [6], "drafter": {"drafter": "eagle"}}
+    assert cfg["drafter"] == "eagle" and cfg["exempt_dims"] == [6], cfg
+    assert parse_decoder("relaxed9e", staged)[0]["speculation"]["exempt_dims"] == []
+    for bad in ("relaxed9ge", "relaxed", "eagle9"):
+        try:
+            parse_decoder(bad)
+        except ValueError:
+            continue
+        raise AssertionError(f"{bad} parsed")
     print("ok")
 
 
