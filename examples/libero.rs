@@ -11,11 +11,12 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::Result;
+use anyhow::{bail, Result};
 use clap::Parser;
 
 #[path = "support/mod.rs"]
 mod support;
+use spec_vla::accept::RelaxedEmit;
 use spec_vla::decode::{Decoder, GreedyDecoder, Speculation};
 use spec_vla::draft::eagle::EagleHead;
 use spec_vla::draft::TreeSettings;
@@ -52,6 +53,10 @@ struct Args {
     /// Node budget of merged drafters (default: the default drafter's).
     #[arg(long)]
     node_budget: Option<usize>,
+    /// What a relaxed acceptance puts in the action: drafted (Spec-VLA), verifier (the
+    /// verifier's own token), or both, comma-separated (each runs with every radius).
+    #[arg(long, value_delimiter = ',', default_values_t = ["drafted"].map(String::from).to_vec())]
+    emit: Vec<String>,
     /// Exempt the gripper (dimension 6) from relaxation.
     #[arg(long)]
     exempt_gripper: bool,
@@ -143,11 +148,18 @@ fn main() -> Result<()> {
     }
     if want("relaxed") {
         let exempt: &[usize] = if args.exempt_gripper { &[6] } else { &[] };
-        for &r in &args.r {
-            policies.push((
-                format!("policy=relaxed r={r}"),
-                Speculation::relaxed(r).exempting(exempt),
-            ));
+        for emit in &args.emit {
+            let (emit, suffix) = match emit.as_str() {
+                "drafted" => (RelaxedEmit::Drafted, ""),
+                "verifier" => (RelaxedEmit::Verifier, " emit=verifier"),
+                other => bail!("--emit {other}: expected drafted or verifier"),
+            };
+            for &r in &args.r {
+                policies.push((
+                    format!("policy=relaxed r={r}{suffix}"),
+                    Speculation::relaxed(r).exempting(exempt).emitting(emit),
+                ));
+            }
         }
     }
     let min_confidence = if args.min_confidence.is_empty() {

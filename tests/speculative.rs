@@ -7,6 +7,9 @@
 //! - Relaxed acceptance is bounded: every emitted action token is within `r` bins of the
 //!   verifier's greedy token for the same prefix (recomputed step by step), and a non-action
 //!   token is only ever emitted when it is the verifier's own choice.
+//! - Emitting the verifier's choice instead of a relaxed draft changes no acceptance: the same
+//!   passes and tokens per pass, and every action token is the verifier's greedy token after the
+//!   prefix the verifier saw (recomputed step by step).
 //! - A draft head with a context window drafts from the last prompt rows only.
 
 mod common;
@@ -15,7 +18,7 @@ use anyhow::Result;
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use common::*;
-use spec_vla::accept::{Acceptance, RadiusSpec, RelaxedBinDistance};
+use spec_vla::accept::{Acceptance, RadiusSpec, RelaxedBinDistance, RelaxedEmit};
 use spec_vla::action::ActionIds;
 use spec_vla::decode::{
     ActionRequest, ActionTokens, Decoder, GreedyDecoder, SpecDecoder, TokenOrigin,
@@ -328,6 +331,11 @@ fn relaxed_tokens_stay_within_r_bins() -> Result<()> {
                         );
                     }
                     TokenOrigin::Verifier | TokenOrigin::AcceptedExact => {}
+                    TokenOrigin::VerifierOverDraft { .. } => {
+                        panic!(
+                            "seed {seed}: a drafted-emitting policy emitted the verifier's token"
+                        )
+                    }
                 }
                 if t == verifier {
                     continue;
@@ -354,6 +362,83 @@ fn relaxed_tokens_stay_within_r_bins() -> Result<()> {
     assert!(
         relaxed_reported >= 20 && accepted_relaxed >= 20,
         "only {relaxed_reported} relaxed tokens reported, {accepted_relaxed} differing from greedy: the bound was barely exercised"
+    );
+    Ok(())
+}
+
+#[test]
+fn emitting_the_verifiers_choice_keeps_acceptance() -> Result<()> {
+    let mut cases = 0;
+    let mut replaced = 0;
+    for seed in 100..130u64 {
+        let case = random_case(seed)?;
+        let ids = ActionIds::new(case.action_first_id, 256)?;
+        let settings = random_tree_settings(&mut SeededRng::new(seed));
+        for &r in &[2u32, 16, 64] {
+            let decode = |emit: RelaxedEmit| -> Result<ActionTokens> {
+                let policy = RelaxedBinDistance::new(RadiusSpec::Uniform(r), vec![], ids)?;
+                let mut spec = SpecDecoder::new(
+                    Box::new(EagleDrafter::new(
+                        case.draft.clone(),
+                        case.lm_head(DraftLmHeadKind::ActionIds)?,
+                        settings,
+                    )?),
+                    Acceptance::RelaxedBinDistance(policy.emitting(emit)),
+                )?;
+                run(&case.model, &mut spec, &case.image_embeds, &case.ids)
+            };
+            let drafted = decode(RelaxedEmit::Drafted)?;
+            let chosen = decode(RelaxedEmit::Verifier)?;
+            cases += 1;
+            assert_eq!(
+                drafted.stats.tokens_per_pass, chosen.stats.tokens_per_pass,
+                "seed {seed} r {r}: the acceptance changed"
+            );
+            assert_eq!(chosen.tokens.len(), 7);
+            for i in 0..7 {
+                match (drafted.origins[i], chosen.origins[i]) {
+                    (
+                        TokenOrigin::AcceptedRelaxed {
+                            verifier_token,
+                            bin_distance,
+                        },
+                        TokenOrigin::VerifierOverDraft {
+                            drafted_token,
+                            bin_distance: d,
+                        },
+                    ) => {
+                        replaced += 1;
+                        assert_eq!(
+                            (chosen.tokens[i], drafted_token, d),
+                            (verifier_token, drafted.tokens[i], bin_distance),
+                            "seed {seed} r {r} token {i}"
+                        );
+                    }
+                    (a, b) => assert_eq!(
+                        (a, drafted.tokens[i]),
+                        (b, chosen.tokens[i]),
+                        "seed {seed} r {r} token {i}"
+                    ),
+                }
+                // The prefix the verifier saw is the cache's: the drafted run's tokens.
+                let (verifier, margin) = greedy_after(
+                    &case.model,
+                    &case.image_embeds,
+                    &case.ids,
+                    &drafted.tokens[..i],
+                )?;
+                assert!(
+                    chosen.tokens[i] == verifier || margin < NEAR_TIE,
+                    "seed {seed} r {r} token {i}: emitted {}, the verifier's choice is {verifier}",
+                    chosen.tokens[i]
+                );
+            }
+        }
+    }
+    eprintln!("{cases} cases, {replaced} relaxed drafts replaced by the verifier's choice");
+    assert!(
+        cases >= 90 && replaced >= 20,
+        "{cases} cases, {replaced} replaced: barely exercised"
     );
     Ok(())
 }

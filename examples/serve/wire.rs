@@ -329,6 +329,12 @@ pub fn origin_json(origin: &TokenOrigin) -> Value {
         } => serde_json::json!({
             "relaxed": {"verifier_token": verifier_token, "bin_distance": bin_distance}
         }),
+        TokenOrigin::VerifierOverDraft {
+            drafted_token,
+            bin_distance,
+        } => serde_json::json!({
+            "verifier_over_draft": {"drafted_token": drafted_token, "bin_distance": bin_distance}
+        }),
     }
 }
 

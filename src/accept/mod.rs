@@ -7,6 +7,8 @@
 //! {"policy": "strict"}
 //! {"policy": "relaxed_bin_distance", "radius": {"uniform": 9}, "exempt_dims": [6],
 //!  "ids": {"first": 31744, "count": 256}}
+//! {"policy": "relaxed_bin_distance", "radius": {"uniform": 9},
+//!  "ids": {"first": 31744, "count": 256}, "emit": "verifier"}
 //! ```
 //!
 //! [`best_path`] chooses the accepted path through a [`DraftTree`](crate::tree::DraftTree).
@@ -21,7 +23,7 @@ use crate::action::ActionIds;
 use crate::error::Result;
 
 pub use path::{best_path, AcceptedPath};
-pub use relaxed::{RadiusSpec, RelaxedBinDistance};
+pub use relaxed::{RadiusSpec, RelaxedBinDistance, RelaxedEmit};
 use strict::Strict;
 
 /// Decides whether a drafted token is kept, given the verifier's greedy token for the same
@@ -69,6 +71,12 @@ impl Acceptance {
             Self::Strict => Ok(()),
             Self::RelaxedBinDistance(r) => r.check_dims(dims),
         }
+    }
+
+    /// Whether the action takes the verifier's own token where a drafted one was accepted in
+    /// its place ([`RelaxedEmit::Verifier`]); `false` for strict, which accepts none.
+    pub fn emits_verifier_choice(&self) -> bool {
+        matches!(self, Self::RelaxedBinDistance(r) if r.emit() == RelaxedEmit::Verifier)
     }
 
     /// Whether this policy can accept tokens other than the verifier's greedy ones (lossy).

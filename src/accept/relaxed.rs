@@ -42,6 +42,30 @@ impl RadiusSpec {
     }
 }
 
+/// Which token a relaxed acceptance puts in the action where it accepted a drafted token that
+/// is not the verifier's own choice.
+///
+/// Either way the accepted drafted token stays in the verifier's cache, so the same drafts are
+/// accepted and the acceptance length is the same; only the emitted action differs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RelaxedEmit {
+    /// The drafted token (Spec-VLA's rule). A drafter that proposes the previous action then
+    /// holds a dimension still until the verifier wants more than the radius from it.
+    #[default]
+    Drafted,
+    /// The verifier's own greedy token for the same prefix: each action dimension is the
+    /// verifier's choice, conditioned on earlier dimensions that are within the radius of its
+    /// choices (exactly greedy decoding's action when every accepted draft was exact).
+    Verifier,
+}
+
+impl RelaxedEmit {
+    fn is_drafted(&self) -> bool {
+        *self == Self::Drafted
+    }
+}
+
 /// Relaxed acceptance by action-bin distance (Spec-VLA's rule, made type-aware).
 ///
 /// Built through [`RelaxedBinDistance::new`] or serde, both of which validate.
@@ -51,9 +75,11 @@ pub struct RelaxedBinDistance {
     radius: RadiusSpec,
     exempt_dims: Vec<usize>,
     ids: ActionIds,
+    emit: RelaxedEmit,
 }
 
-/// The JSON shape: `{"radius": {...}, "exempt_dims": [...], "ids": {...}}`.
+/// The JSON shape: `{"radius": {...}, "exempt_dims": [...], "ids": {...}, "emit": "verifier"}`
+/// (`emit` omitted for the default, `drafted`).
 #[derive(Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RelaxedRepr {
@@ -61,12 +87,14 @@ struct RelaxedRepr {
     #[serde(default)]
     exempt_dims: Vec<usize>,
     ids: ActionIds,
+    #[serde(default, skip_serializing_if = "RelaxedEmit::is_drafted")]
+    emit: RelaxedEmit,
 }
 
 impl TryFrom<RelaxedRepr> for RelaxedBinDistance {
     type Error = Error;
     fn try_from(r: RelaxedRepr) -> Result<Self> {
-        Self::new(r.radius, r.exempt_dims, r.ids)
+        Ok(Self::new(r.radius, r.exempt_dims, r.ids)?.emitting(r.emit))
     }
 }
 
@@ -76,6 +104,7 @@ impl From<RelaxedBinDistance> for RelaxedRepr {
             radius: r.radius,
             exempt_dims: r.exempt_dims,
             ids: r.ids,
+            emit: r.emit,
         }
     }
 }
@@ -94,9 +123,22 @@ impl RelaxedBinDistance {
             radius,
             exempt_dims,
             ids,
+            emit: RelaxedEmit::Drafted,
         };
         policy.validate()?;
         Ok(policy)
+    }
+
+    /// The same policy, putting `emit`'s token in the action where it relaxes.
+    pub fn emitting(mut self, emit: RelaxedEmit) -> Self {
+        self.emit = emit;
+        self
+    }
+
+    /// Which token goes into the action where a drafted token was accepted in place of the
+    /// verifier's.
+    pub fn emit(&self) -> RelaxedEmit {
+        self.emit
     }
 
     /// The same radius `r` for every dimension, nothing exempt.

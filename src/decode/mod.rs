@@ -34,12 +34,25 @@ pub enum TokenOrigin {
         /// How many bins the accepted token is from it (1..=r).
         bin_distance: u32,
     },
+    /// The verifier's own greedy token, emitted in place of the drafted `drafted_token` that a
+    /// relaxed policy accepted `bin_distance` bins from it
+    /// ([`RelaxedEmit::Verifier`](crate::accept::RelaxedEmit::Verifier)): the tokens after it
+    /// were verified on a prefix holding `drafted_token`.
+    VerifierOverDraft {
+        /// The accepted drafted token, which the verifier's cache holds at this position.
+        drafted_token: u32,
+        /// How many bins it is from the emitted token (1..=r).
+        bin_distance: u32,
+    },
 }
 
 /// The tokens of one action, where each came from, and what they cost.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ActionTokens {
     /// The action's tokens, in order (the first is the verifier's greedy token at the prefill).
+    /// Under [`RelaxedEmit::Verifier`](crate::accept::RelaxedEmit::Verifier) these are what the
+    /// action holds, not always what the verifier's cache holds (see
+    /// [`TokenOrigin::VerifierOverDraft`]).
     pub tokens: Vec<u32>,
     /// One entry per token, in order.
     pub origins: Vec<TokenOrigin>,

@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::accept::{Acceptance, RadiusSpec, RelaxedBinDistance};
+use crate::accept::{Acceptance, RadiusSpec, RelaxedBinDistance, RelaxedEmit};
 use crate::action::ActionIds;
 use crate::draft::DrafterConfig;
 use crate::error::Result;
@@ -26,6 +26,14 @@ pub struct Speculation {
     /// Dimensions that are never relaxed (e.g. 6, the gripper).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub exempt_dims: Vec<usize>,
+    /// Where a drafted token is accepted in place of the verifier's: which of the two the action
+    /// gets ([`RelaxedEmit`]; the drafted one by default, as Spec-VLA). Only with a radius.
+    #[serde(default, skip_serializing_if = "is_drafted")]
+    pub emit: RelaxedEmit,
+}
+
+fn is_drafted(emit: &RelaxedEmit) -> bool {
+    *emit == RelaxedEmit::Drafted
 }
 
 impl Speculation {
@@ -35,6 +43,7 @@ impl Speculation {
             drafter: DrafterConfig::default(),
             radius: None,
             exempt_dims: Vec::new(),
+            emit: RelaxedEmit::Drafted,
         }
     }
 
@@ -49,6 +58,13 @@ impl Speculation {
     /// The same with another drafter.
     pub fn with_drafter(mut self, drafter: DrafterConfig) -> Self {
         self.drafter = drafter;
+        self
+    }
+
+    /// The same, putting `emit`'s token in the action where a draft is accepted in place of the
+    /// verifier's choice.
+    pub fn emitting(mut self, emit: RelaxedEmit) -> Self {
+        self.emit = emit;
         self
     }
 
@@ -74,6 +90,13 @@ impl Speculation {
         if let Some(&dim) = self.exempt_dims.iter().max() {
             Limit::ActionDims.check(dim)?;
         }
+        let strict = matches!(self.radius, None | Some(RadiusSpec::Uniform(0)));
+        if strict && self.emit != RelaxedEmit::Drafted {
+            return Err(crate::Error::setting(
+                "emit",
+                "`emit` chooses between a relaxed draft and the verifier's token; strict acceptance (no radius, or 0) keeps only the verifier's",
+            ));
+        }
         Ok(())
     }
 
@@ -82,11 +105,10 @@ impl Speculation {
         self.validate()?;
         Ok(match &self.radius {
             None | Some(RadiusSpec::Uniform(0)) => Acceptance::Strict,
-            Some(radius) => Acceptance::RelaxedBinDistance(RelaxedBinDistance::new(
-                radius.clone(),
-                self.exempt_dims.clone(),
-                ids,
-            )?),
+            Some(radius) => Acceptance::RelaxedBinDistance(
+                RelaxedBinDistance::new(radius.clone(), self.exempt_dims.clone(), ids)?
+                    .emitting(self.emit),
+            ),
         })
     }
 }
@@ -121,6 +143,27 @@ mod tests {
             Speculation::relaxed(9).with_drafter(DrafterConfig::PreviousAction)
         );
         assert!(serde_json::from_str::<Speculation>(r#"{"r":9}"#).is_err());
+
+        // `emit`: carried into the acceptance, round-trips, omitted when default, refused
+        // without a radius.
+        let json = r#"{"drafter":{"drafter":"eagle"},"radius":{"uniform":9},"emit":"verifier"}"#;
+        let spec: Speculation =
+            serde_json::from_str(json).map_err(|e| crate::Error::setting("speculation", e))?;
+        assert_eq!(spec.emit, RelaxedEmit::Verifier);
+        assert!(spec.acceptance(ids)?.emits_verifier_choice());
+        assert!(!Speculation::relaxed(9)
+            .acceptance(ids)?
+            .emits_verifier_choice());
+        assert_eq!(serde_json::to_string(&spec).ok().as_deref(), Some(json));
+        let plain = serde_json::to_string(&Speculation::relaxed(9)).unwrap_or_default();
+        assert!(!plain.contains("emit"), "{plain}");
+        for strict in [Speculation::strict(), Speculation::relaxed(0)] {
+            let err = strict.emitting(RelaxedEmit::Verifier).acceptance(ids);
+            assert!(
+                matches!(err, Err(crate::Error::InvalidSetting { .. })),
+                "{err:?}"
+            );
+        }
         Ok(())
     }
 }

@@ -117,28 +117,36 @@ impl SpecStep<'_> {
         let start = Instant::now();
         let needed = self.n_tokens.saturating_sub(self.out.tokens.len());
         let rows = path.rows();
+        // `emitted`: the tokens the cache keeps (what the drafter follows); `action`: what the
+        // action gets, the verifier's choices instead where the policy emits those.
         let mut emitted = path.emitted_tokens(tree);
         let choices = path.verifier_choices(verified.greedy());
         emitted.truncate(needed);
-        let origins = emitted
-            .iter()
-            .zip(&choices)
-            .enumerate()
-            .map(|(i, (&token, &choice))| {
-                if i + 1 == rows.len() {
-                    TokenOrigin::Verifier
-                } else if token == choice {
-                    TokenOrigin::AcceptedExact
-                } else {
-                    TokenOrigin::AcceptedRelaxed {
-                        verifier_token: choice,
-                        bin_distance: token.abs_diff(choice),
-                    }
-                }
-            });
-        self.out.origins.extend(origins);
+        let emit_choice = self.acceptance.emits_verifier_choice();
+        let mut action = Vec::with_capacity(emitted.len());
+        for (i, (&token, &choice)) in emitted.iter().zip(&choices).enumerate() {
+            let (token, origin) = if i + 1 == rows.len() {
+                (token, TokenOrigin::Verifier)
+            } else if token == choice {
+                (token, TokenOrigin::AcceptedExact)
+            } else if emit_choice {
+                let origin = TokenOrigin::VerifierOverDraft {
+                    drafted_token: token,
+                    bin_distance: token.abs_diff(choice),
+                };
+                (choice, origin)
+            } else {
+                let origin = TokenOrigin::AcceptedRelaxed {
+                    verifier_token: choice,
+                    bin_distance: token.abs_diff(choice),
+                };
+                (token, origin)
+            };
+            action.push(token);
+            self.out.origins.push(origin);
+        }
         self.cache.compact(verified.start, &rows)?;
-        self.out.tokens.extend_from_slice(&emitted);
+        self.out.tokens.extend_from_slice(&action);
         self.out.stats.tokens_per_pass.push(emitted.len());
         self.out.stats.times.commit += start.elapsed();
 

@@ -90,7 +90,8 @@ def main():
                     "'--device cuda --threads 2'")
     ap.add_argument("--server-log", default=os.path.join(HERE, "out", "closed_loop_server.log"))
     ap.add_argument("--decoders", default="plain,strict,relaxed9",
-                    help="comma-separated: plain, strict, relaxedR, relaxedRg (gripper exempt), "
+                    help="comma-separated: plain, strict, relaxedR, relaxedRg (gripper exempt), relaxedRe (EAGLE "
+                         "head alone), relaxedRv (the verifier's token emitted), combined as relaxedRevg, "
                          "relaxedR0-R1-R2-R3-R4-R5-R6 (per dimension)")
     ap.add_argument("--suites", default=",".join(SUITES))
     ap.add_argument("--tasks", default="0-9", help="task ids, e.g. 0-9 or 0,3,5")

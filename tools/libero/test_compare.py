@@ -100,7 +100,13 @@ def main():
     assert field["speculation"] == {"radius": {"uniform": 9}, "exempt_dims": [6], "drafter": {"drafter": "eagle"}}
     assert cfg["drafter"] == "eagle" and cfg["exempt_dims"] == [6], cfg
     assert parse_decoder("relaxed9e", staged)[0]["speculation"]["exempt_dims"] == []
-    for bad in ("relaxed9ge", "relaxed", "eagle9"):
+    field, cfg = parse_decoder("relaxed9v", staged)
+    assert field["speculation"] == {"radius": {"uniform": 9}, "exempt_dims": [], "drafter": staged,
+                                    "emit": "verifier"}, field
+    assert cfg["emit"] == "verifier" and "drafter" not in cfg, cfg
+    assert parse_decoder("relaxed9evg", staged)[0]["speculation"] == {
+        "radius": {"uniform": 9}, "exempt_dims": [6], "drafter": {"drafter": "eagle"}, "emit": "verifier"}
+    for bad in ("relaxed9ge", "relaxed9ve", "relaxed", "eagle9"):
         try:
             parse_decoder(bad)
         except ValueError:
