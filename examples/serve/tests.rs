@@ -11,6 +11,7 @@ use std::time::Duration;
 use anyhow::{anyhow, bail, Context, Result};
 use base64::Engine as _;
 use serde_json::{json, Value};
+use spec_vla::accept::RelaxedEmit;
 use spec_vla::decode::{Decoder, Speculation};
 use spec_vla::draft::DrafterConfig;
 use spec_vla::{embedded, VlaPolicy};
@@ -354,5 +355,49 @@ fn shutdown_answers_requests_in_flight_then_stops_listening() -> Result<()> {
         request(addr, "GET", "/health", None).is_err(),
         "still listening"
     );
+    Ok(())
+}
+
+#[test]
+fn verifier_emission_answers_the_librarys_tokens_and_reports_replaced_drafts() -> Result<()> {
+    let addr = shared()?;
+    let spec = Speculation::relaxed(9)
+        .with_drafter(DrafterConfig::eagle())
+        .emitting(RelaxedEmit::Verifier);
+    let frames = frames(24)?;
+    let mut policy = reference()?;
+    let mut replaced = 0;
+    for frame in frames {
+        let body = with(
+            frame_request(&frame),
+            json!({"decoder": {"speculation": spec.clone()}, "return_stats": true}),
+        );
+        let answer = act(addr, &body)?.json()?;
+        // EAGLE drafts read no history, so a fresh library decoder gives the same tokens.
+        let mut decoder = policy.spec_decoder(&spec)?;
+        let answer_tokens = tokens(&answer);
+        assert_eq!(
+            answer_tokens,
+            library_tokens(&mut policy, &mut decoder, &frame)?,
+            "{}",
+            frame.entry.file
+        );
+        let origins = answer["stats"]["origins"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        for (token, origin) in answer_tokens.iter().zip(&origins) {
+            let over = &origin["verifier_over_draft"];
+            if over.is_null() {
+                continue;
+            }
+            replaced += 1;
+            let drafted = over["drafted_token"].as_u64().unwrap_or(0);
+            let distance = over["bin_distance"].as_u64().unwrap_or(0);
+            assert_eq!(drafted.abs_diff(*token), distance, "{origin}");
+            assert!((1..=9).contains(&distance), "{origin}");
+        }
+    }
+    assert!(replaced > 0, "no relaxed draft was replaced in 24 frames");
     Ok(())
 }
