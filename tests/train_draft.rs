@@ -5,10 +5,14 @@ mod common;
 use anyhow::Result;
 use candle_core::{DType, Device, Tensor};
 use common::*;
+use spec_vla::accept::Acceptance;
 use spec_vla::draft::eagle::EagleHead;
+use spec_vla::draft::TreeSettings;
 use spec_vla::llama::{AttentionMask, Positions};
 use spec_vla::synthetic::SeededRng;
-use spec_vla::train::{batch_indices, DraftSample, DraftTrainer, TrainSettings};
+use spec_vla::train::{
+    acceptance_length, batch_indices, DraftSample, DraftTrainer, EvalExample, TrainSettings,
+};
 use spec_vla::Error;
 
 fn samples(case: &RandomCase, n: usize, seed: u64) -> Result<Vec<DraftSample>> {
@@ -63,6 +67,40 @@ fn samples_hold_the_verifier_features() -> Result<()> {
         logits.squeeze(0)?.argmax(0)?.to_scalar::<u32>()?,
         s.tokens[6]
     );
+    Ok(())
+}
+
+/// The trainer's evaluation (the example's `--eval-every`): the head with the current weights
+/// decodes through the frozen, packed LM head, and training goes on after it.
+#[test]
+fn evaluation_between_steps_decodes_and_training_continues() -> Result<()> {
+    let case = random_case(33)?;
+    let data = samples(&case, 6, 4)?;
+    let config = draft_config(&case.model.config().text);
+    let mut trainer = DraftTrainer::new(&case.model, config, settings(6))?;
+    run(&mut trainer, &data, 3)?;
+    let side = case.model.config().towers[0].image_size;
+    let examples: Vec<EvalExample> = (0..2)
+        .map(|k| {
+            let pixels = Tensor::full(0.1 * k as f32, (6, side, side), &Device::Cpu)?;
+            Ok(EvalExample {
+                pixel_values: pixels,
+                input_ids: case.ids.clone(),
+            })
+        })
+        .collect::<Result<_>>()?;
+    let length = acceptance_length(
+        &case.model,
+        trainer.draft()?,
+        trainer.lm_head().clone(),
+        TreeSettings::default(),
+        Acceptance::Strict,
+        &examples,
+        7,
+    )?;
+    assert!((1.0..=7.0).contains(&length), "acceptance length {length}");
+    run(&mut trainer, &data, 6)?;
+    assert_eq!(trainer.step(), 6);
     Ok(())
 }
 

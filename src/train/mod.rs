@@ -165,9 +165,24 @@ impl<'a> DraftTrainer<'a> {
         self.optim.step_count()
     }
 
-    /// The head with the current weights.
-    pub fn draft(&self) -> Result<EagleHead> {
+    /// The head on the variables themselves, so that the loss reaches them.
+    fn trainable_draft(&self) -> Result<EagleHead> {
         let vb = VarBuilder::from_varmap(&self.varmap, DType::F32, self.model.device());
+        EagleHead::load(&vb, &self.config, &self.model.config().text)
+    }
+
+    /// The head with the current weights, for inference: built from detached copies of the
+    /// variables, so that its outputs carry no gradient into the frozen (packed) LM head.
+    pub fn draft(&self) -> Result<EagleHead> {
+        let tensors: HashMap<String, Tensor> = self
+            .varmap
+            .data()
+            .lock()
+            .map_err(|_| Error::internal("the draft head's variables are poisoned"))?
+            .iter()
+            .map(|(name, var)| (name.clone(), var.as_tensor().detach()))
+            .collect();
+        let vb = VarBuilder::from_tensors(tensors, DType::F32, self.model.device());
         EagleHead::load(&vb, &self.config, &self.model.config().text)
     }
 
@@ -189,7 +204,7 @@ impl<'a> DraftTrainer<'a> {
         // Noise depends on (seed, step) only, so a resumed run continues the same stream.
         let step_salt = (self.optim.step_count() as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
         self.rng = SeededRng::new(self.settings.seed ^ 0x5EED ^ step_salt);
-        let draft = self.draft()?;
+        let draft = self.trainable_draft()?;
         let device = self.model.device().clone();
         let (mut feature_total, mut token_total) = (None::<Tensor>, None::<Tensor>);
         let (mut correct, mut counted) = (0usize, 0usize);
