@@ -90,14 +90,19 @@ impl Speculation {
         if let Some(&dim) = self.exempt_dims.iter().max() {
             Limit::ActionDims.check(dim)?;
         }
-        let strict = matches!(self.radius, None | Some(RadiusSpec::Uniform(0)));
-        if strict && self.emit != RelaxedEmit::Drafted {
+        if self.is_strict() && self.emit != RelaxedEmit::Drafted {
             return Err(crate::Error::setting(
                 "emit",
                 "`emit` chooses between a relaxed draft and the verifier's token; strict acceptance (no radius, or 0) keeps only the verifier's",
             ));
         }
         Ok(())
+    }
+
+    /// No radius, or a radius of 0: only the verifier's own tokens are kept (what
+    /// [`acceptance`](Self::acceptance) builds as [`Acceptance::Strict`]).
+    fn is_strict(&self) -> bool {
+        matches!(self.radius, None | Some(RadiusSpec::Uniform(0)))
     }
 
     /// The acceptance policy over `ids` (validated).
