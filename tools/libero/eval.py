@@ -93,6 +93,9 @@ def main():
                     help="comma-separated: plain, strict, relaxedR, relaxedRg (gripper exempt), relaxedRe (EAGLE "
                          "head alone), relaxedRv (the verifier's token emitted), combined as relaxedRevg, "
                          "relaxedR0-R1-R2-R3-R4-R5-R6 (per dimension)")
+    ap.add_argument("--lockstep", default="", help="decoders that must reproduce plain (strict), run on plain's "
+                    "frames inside its episodes and checked against its tokens and action at every step; one that "
+                    "differs runs its own episode (closed_loop/lockstep.py)")
     ap.add_argument("--suites", default=",".join(SUITES))
     ap.add_argument("--tasks", default="0-9", help="task ids, e.g. 0-9 or 0,3,5")
     ap.add_argument("--inits", default="0-9", help="held-out init ids (0-9), e.g. 0-9 or 0,1")
@@ -132,6 +135,15 @@ def main():
             sys.exit(f"eval.py: --decoders: {exc}")
     if len(set(decoders)) != len(decoders):
         sys.exit("eval.py: --decoders: a decoder is named twice")
+    lockstep = [d for d in args.lockstep.split(",") if d]
+    for d in lockstep:
+        if d not in decoders or d == "plain" or parse_decoder(d)[1]["policy"] != "strict":
+            sys.exit(f"eval.py: --lockstep: {d!r} is not a strict decoder among --decoders (only a decoder that "
+                     f"must reproduce plain can ride along plain's episodes)")
+    if lockstep:
+        if "plain" not in decoders:
+            sys.exit("eval.py: --lockstep needs plain among --decoders")
+        decoders = ["plain"] + [d for d in decoders if d != "plain"]  # plain first, so its riders join it
     suites = [s for s in args.suites.split(",") if s]
     for s in suites:
         if s not in MAX_STEPS:
@@ -192,7 +204,7 @@ def main():
             f"{len(decoders)} decoders)")
         prog = run_visits(visits, decoders, done, client, fields, unnorm, server, results=args.results,
                           videos=args.videos, media=media, have_media=have_media, seed=args.seed,
-                          scale=args.max_steps_scale, placements=placements)
+                          scale=args.max_steps_scale, placements=placements, lockstep=lockstep)
         log(f"finished: {prog.n_run} episodes run in {(time.time() - prog.t0) / 60:.1f} min "
             f"(scene builds {prog.build_s:.0f} s over {prog.n_builds})")
     except KeyboardInterrupt:

@@ -107,9 +107,11 @@ def add_stats(acc, st, episode, first, rtt_ms, encode_ms):
 
 
 def run_episode(runner, client, suite, task_id, init_id, dec_name, dec_field, max_steps, unnorm_key, seed,
-                want_gif, placement=0):
-    """One episode; returns the results line (without the bookkeeping fields) and the GIF frames."""
+                want_gif, placement=0, lockstep=()):
+    """One episode; returns the results line (without the bookkeeping fields), the GIF frames, and the rows of
+    the `lockstep` decoders ((name, field) pairs, closed_loop/lockstep.py) that matched it at every step."""
     import numpy as np
+    from .lockstep import LockstepCopy, run_copies
     from PIL import Image
     env = runner.env
     t_start = time.perf_counter()
@@ -127,6 +129,8 @@ def run_episode(runner, client, suite, task_id, init_id, dec_name, dec_field, ma
     t_warm = time.perf_counter() - t_start
     eid = (f"eval/{suite}/task{task_id:02d}/init{init_id:02d}" + (f"p{placement}" if placement else "")
            + f"/{dec_name}/{uuid.uuid4().hex[:12]}")
+    copies = [LockstepCopy(name, field, eid.replace(f"/{dec_name}/", f"/{name}/")) for name, field in lockstep]
+    lockstep_s = 0.0
     acc = dict.fromkeys(STAT_KEYS, 0)
     for k in STAT_KEYS:
         if k.endswith("_ms") or k == "accept_length_sum":
@@ -156,6 +160,7 @@ def run_episode(runner, client, suite, task_id, init_id, dec_name, dec_field, ma
         tokens.append(ans["tokens"])
         a = np.asarray(ans["action"], dtype=np.float64)
         raw_actions.append(a.copy())
+        lockstep_s += run_copies(copies, client, body, t, ans["tokens"], a)
         a = invert_gripper_action(normalize_gripper_action(a, binarize=True))
         actions.append(a)
         t4 = time.perf_counter()
@@ -173,7 +178,7 @@ def run_episode(runner, client, suite, task_id, init_id, dec_name, dec_field, ma
     if want_gif:
         frame = runner.render([env.get_sim_state()])[0]  # the final state
         frames.append(Image.fromarray(frame).resize((GIF_SIDE, GIF_SIDE), Image.LANCZOS))
-    wall = time.perf_counter() - t_start
+    wall = time.perf_counter() - t_start - lockstep_s
     A = np.stack(actions) if actions else np.zeros((0, 7))
     R = np.stack(raw_actions) if raw_actions else np.zeros((0, 7))
     rec = {
@@ -190,4 +195,5 @@ def run_episode(runner, client, suite, task_id, init_id, dec_name, dec_field, ma
                   "loadavg": round(os.getloadavg()[0], 2)},
         "http_retries": client.retries - retries0,
     }
-    return rec, frames
+    rows = [r for r in (c.record(rec, dec_name) for c in copies) if r is not None]
+    return rec, frames, rows

@@ -88,7 +88,9 @@ def compare_to_plain(rows, name):
         else:
             d["note"] = "equal tokens, different executed actions or outcome"
         diffs.append(d)
-    return {"decoder": name, "compared": pairs, "identical": pairs - len(diffs), "differences": diffs}
+    lockstep = sum(1 for key, r in rows.items() if key[-1] == name and r.get("lockstep_of") == "plain")
+    return {"decoder": name, "compared": pairs, "identical": pairs - len(diffs), "differences": diffs,
+            "lockstep": lockstep}
 
 
 def build_report(rows, media, protocol_extra=None):
@@ -135,7 +137,10 @@ def build_report(rows, media, protocol_extra=None):
     strict_checks = [compare_to_plain(rows, c["name"]) for c in configs
                      if c["policy"] == "strict" and plain is not None]
     any_row = next(iter(rows.values()), None)
-    all_rows = list(rows.values())
+    # lockstep rows (closed_loop/lockstep.py) share plain's frames and physics: the simulator's throughput counts
+    # the episodes that ran the simulator
+    lockstep_rows = [r for r in rows.values() if r.get("lockstep_of")]
+    all_rows = [r for r in rows.values() if not r.get("lockstep_of")]
     env_steps = sum(r["steps"] + NUM_WAIT for r in all_rows)
     wall = sum(r["times"]["wall_s"] for r in all_rows)
     maxs = sorted({r["max_steps"] for r in all_rows})
@@ -148,8 +153,10 @@ def build_report(rows, media, protocol_extra=None):
         "client_s_per_step": _per(sum(r["times"]["client_s"] for r in all_rows), sum(r["steps"] for r in all_rows)),
         "physics_s_per_step": _per(sum(r["times"]["env_s"] for r in all_rows), sum(r["steps"] for r in all_rows)),
         "mean_loadavg": _per(sum(r["times"].get("loadavg", 0) for r in all_rows), len(all_rows), 2),
+        "lockstep_episodes": len(lockstep_rows),
+        "lockstep_call_s_sum": round(sum(r["times"]["wall_s"] for r in lockstep_rows), 1),
     }
-    finished = sorted(r.get("finished", "") for r in all_rows)
+    finished = sorted(r.get("finished", "") for r in rows.values())
     protocol = {
         "source": "OpenVLA experiments/robot/libero/run_libero_eval.py, rendering as generate.Runner.render",
         "inits": "held-out init ids 0-9 only (training used 10-49)",
@@ -193,7 +200,7 @@ def write_markdown(rep, path, media_rel):
                  f"result.**")
         L.append("")
     m = rep["model"] or {}
-    L.append(f"Written by `tools/libero/eval.py` on {rep['date']} from {rep['throughput']['episodes']} episodes "
+    L.append(f"Written by `tools/libero/eval.py` on {rep['date']} from {sum(c['episodes'] for c in rep['configs'])} episodes "
              f"(finished {rep['episodes_finished'][0] if rep['episodes_finished'] else '-'} to "
              f"{rep['episodes_finished'][1] if rep['episodes_finished'] else '-'}). Server: model "
              f"`{m.get('model')}`, draft head `{m.get('draft_head')}`, drafter `{m.get('drafter')}`, device "
@@ -237,6 +244,12 @@ def write_markdown(rep, path, media_rel):
     if not rep["strict_equals_plain"]:
         L.append("Not checked: the run has no plain and strict episodes on the same initial states.")
     for chk in rep["strict_equals_plain"]:
+        if chk.get("lockstep"):
+            L.append(f"{chk['lockstep']} of `{chk['decoder']}`'s episodes ran in lockstep with plain's: the same "
+                     f"frame sent to both at every step, and the tokens and action compared there; a difference "
+                     f"would have stopped the copy and run `{chk['decoder']}`'s own episode instead "
+                     f"(`tools/libero/closed_loop/lockstep.py`). The others ran as episodes of their own.")
+            L.append("")
         if chk["compared"] == 0:
             L.append(f"`{chk['decoder']}`: no (suite, task, init) ran with both plain and {chk['decoder']}.")
         elif not chk["differences"]:
@@ -307,6 +320,9 @@ def write_markdown(rep, path, media_rel):
              f"steps/s, {t['s_per_episode']} s per episode, {t['s_per_policy_step']} s per policy step (rendering "
              f"{t['render_s_per_step']} s, the server request {t['client_s_per_step']} s, physics "
              f"{t['physics_s_per_step']} s).")
+    if t.get("lockstep_episodes"):
+        L.append(f"Not counted there: {t['lockstep_episodes']} lockstep episodes, whose own server calls took "
+                 f"{t['lockstep_call_s_sum']} s.")
     L.append("")
     L.append("Reproduce: `MUJOCO_GL=egl tools/.venv-libero/bin/python tools/libero/eval.py --spawn ...` (see "
              "tools/libero/README.md); `--report-only` rebuilds this file from the results JSONL.")

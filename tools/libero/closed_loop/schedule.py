@@ -70,10 +70,11 @@ class Progress:
 
 
 def run_visits(visits, decoders, done, client, fields, unnorm, server, *, results, videos, media, have_media, seed,
-               scale, placements=(0,)):
+               scale, placements=(0,), lockstep=()):
     """Every episode of `visits` x `placements` x `decoders` not in `done`, each appended to `results` (and
-    `done`) when it ends; the first success and failure of each task saved as GIFs when `videos`. Returns the
-    Progress."""
+    `done`) when it ends; the first success and failure of each task saved as GIFs when `videos`. The `lockstep`
+    decoders ride along plain's episodes (closed_loop/lockstep.py) and run on their own only where plain was
+    already done or they diverged from it. Returns the Progress."""
     prog = Progress(visits, decoders, done, scale, placements)
     for suite, task_id, vinits in visits:
         todo = [(i, p, d) for i in vinits for p in placements for d in decoders
@@ -90,14 +91,18 @@ def run_visits(visits, decoders, done, client, fields, unnorm, server, *, result
         max_steps = max(1, int(round(MAX_STEPS[suite] * scale)))
         try:
             for init_id, placement, dec in todo:
+                if (suite, task_id, init_id, placement, dec) in done:  # ran in lockstep with plain
+                    continue
                 if init_id >= len(runner.init_states):
                     log(f"{suite} task{task_id} has {len(runner.init_states)} init states: init {init_id} "
                         f"skipped")
                     continue
                 slot = (suite, task_id)
                 want = bool(videos) and not ({slot + (True,), slot + (False,)} <= have_media)
-                rec, frames = run_episode(runner, client, suite, task_id, init_id, dec, fields[dec], max_steps,
-                                          unnorm[suite], seed, want, placement)
+                riders = [(d, fields[d]) for d in lockstep
+                          if dec == "plain" and (suite, task_id, init_id, placement, d) not in done]
+                rec, frames, rider_rows = run_episode(runner, client, suite, task_id, init_id, dec, fields[dec],
+                                                      max_steps, unnorm[suite], seed, want, placement, riders)
                 rec.update(seed=seed, max_steps_scale=scale, server=server,
                            finished=time.strftime("%Y-%m-%dT%H:%M:%S"), video=None)
                 if want and slot + (rec["success"],) not in have_media:
@@ -106,6 +111,15 @@ def run_visits(visits, decoders, done, client, fields, unnorm, server, *, result
                 append_result(results, rec)
                 done[(suite, task_id, init_id, placement, dec)] = rec
                 log(prog.line(rec))
+                for row in rider_rows:
+                    row.update(seed=seed, max_steps_scale=scale, server=server,
+                               finished=time.strftime("%Y-%m-%dT%H:%M:%S"), video=None)
+                    append_result(results, row)
+                    done[(suite, task_id, init_id, placement, row["decoder"])] = row
+                    log(prog.line(row))
+                for d, _ in riders:
+                    if (suite, task_id, init_id, placement, d) not in done:
+                        log(f"{d} left plain's episode (tokens or action differed): it runs on its own")
         finally:
             runner.close()
     return prog
