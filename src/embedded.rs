@@ -1,16 +1,16 @@
 //! The bundled default model, compiled into the library: one call away, no download, no files.
 //!
-//! With the `embedded` feature (on by default) the model `microvla-libero` and its EAGLE draft
-//! head are part of the compiled library: their JSON files and weights are `include_bytes!`'d,
-//! so a binary that uses them runs on a machine with no copy of this crate's sources (the linker
-//! drops them from binaries that never call [`VlaPolicy::embedded`] or [`draft_head`]).
+//! With the `embedded` feature (on by default) the model `microvla-goal` and its EAGLE draft head
+//! are part of the compiled library: their JSON files and weights are `include_bytes!`'d, so a
+//! binary that uses them runs on a machine with no copy of this crate's sources (the linker drops
+//! them from binaries that never call [`VlaPolicy::embedded`] or [`draft_head`]).
 //!
-//! The weights are stored in the [`int8_rows`](crate::checkpoint::int8_rows) layout: each
-//! matrix row is int8 times a power of two, which decodes exactly to bf16. The repository keeps
-//! the same model as a published-layout checkpoint (`models/microvla-libero`, its
-//! `model.safetensors` bit for bit what the embedded bytes decode to, checked by a test), which
-//! OpenVLA's PyTorch code and [`VlaPolicy::from_dir`] load unchanged; the package ships only the
-//! compact form, which keeps it under the registry's size limit.
+//! The model is a 3.4M-parameter OpenVLA-shaped policy for four LIBERO-Goal tasks
+//! (`models/microvla-goal/README.md` is its model card, `docs/goal_policy.md` its training and
+//! evaluation). The compiled bytes are the repository's published-layout checkpoint files
+//! themselves (bf16 `model.safetensors`), the same files OpenVLA's PyTorch code and
+//! [`VlaPolicy::from_dir`] load; [`HELDOUT_FRAMES`] are the frames its PyTorch reference tokens
+//! were computed on.
 
 use candle_core::{DType, Device};
 
@@ -21,12 +21,16 @@ use crate::error::Result;
 use crate::policy::VlaPolicy;
 
 /// The embedded model's name.
-pub const NAME: &str = "microvla-libero";
+pub const NAME: &str = "microvla-goal";
 /// Where the repository keeps the embedded model as a published-layout checkpoint, relative to
 /// the repository root (not part of the package).
-pub const MODEL: &str = "models/microvla-libero";
+pub const MODEL: &str = "models/microvla-goal";
 /// Where the repository keeps the embedded draft head, relative to the repository root.
-pub const DRAFT: &str = "models/microvla-libero-draft";
+pub const DRAFT: &str = "models/microvla-goal-draft";
+/// Where the repository keeps the embedded model's held-out frames (initial states it never
+/// trained on, with a `manifest.json` holding the PyTorch model's greedy tokens), relative to the
+/// repository root (not part of the package).
+pub const HELDOUT_FRAMES: &str = "data/libero_goal_heldout";
 
 impl VlaPolicy {
     /// The embedded default model with its EAGLE draft head (see the [module](crate::embedded)
@@ -46,13 +50,13 @@ impl VlaPolicy {
 }
 
 /// The instruction that goes with [`sample_frame`].
-pub const SAMPLE_INSTRUCTION: &str =
-    "pick up the black bowl between the plate and the ramekin and place it on the plate";
+pub const SAMPLE_INSTRUCTION: &str = "put the bowl on the stove";
 /// The dataset statistics that go with [`sample_frame`].
-pub const SAMPLE_UNNORM_KEY: &str = "libero_spatial_no_noops";
+pub const SAMPLE_UNNORM_KEY: &str = "libero_goal_no_noops";
 
-/// A LIBERO camera frame (agent view, 224x224, a `libero_spatial` task) to try the embedded
-/// model on without a camera; see [`SAMPLE_INSTRUCTION`] and [`SAMPLE_UNNORM_KEY`].
+/// A LIBERO camera frame (agent view, 224x224, `libero_goal` task 1 from a held-out initial
+/// state: the first of [`HELDOUT_FRAMES`]) to try the embedded model on without a camera; see
+/// [`SAMPLE_INSTRUCTION`] and [`SAMPLE_UNNORM_KEY`].
 pub fn sample_frame() -> Result<image::DynamicImage> {
     bundled::sample_frame()
 }
@@ -72,7 +76,7 @@ mod bundled {
     use std::path::Path;
 
     use super::*;
-    use crate::checkpoint::{int8_rows, usage};
+    use crate::checkpoint::usage;
     use crate::config::OpenVlaConfig;
     use crate::draft::eagle::EagleHeadConfig;
     use crate::error::Error;
@@ -81,16 +85,16 @@ mod bundled {
     macro_rules! model_file {
         ($name:literal) => {
             (
-                concat!("embedded:models/microvla-libero/", $name),
-                include_bytes!(concat!("../models/microvla-libero/", $name)),
+                concat!("embedded:models/microvla-goal/", $name),
+                include_bytes!(concat!("../models/microvla-goal/", $name)),
             )
         };
     }
     macro_rules! draft_file {
         ($name:literal) => {
             (
-                concat!("embedded:models/microvla-libero-draft/", $name),
-                include_bytes!(concat!("../models/microvla-libero-draft/", $name)),
+                concat!("embedded:models/microvla-goal-draft/", $name),
+                include_bytes!(concat!("../models/microvla-goal-draft/", $name)),
             )
         };
     }
@@ -100,9 +104,9 @@ mod bundled {
     const STATISTICS: File = model_file!("dataset_statistics.json");
     const PREPROCESSOR: File = model_file!("preprocessor_config.json");
     const TOKENIZER: File = model_file!("tokenizer.json");
-    const WEIGHTS: File = model_file!("model.int8.safetensors");
+    const WEIGHTS: File = model_file!("model.safetensors");
     const DRAFT_CONFIG: File = draft_file!("config.json");
-    const DRAFT_WEIGHTS: File = draft_file!("model.int8.safetensors");
+    const DRAFT_WEIGHTS: File = draft_file!("model.safetensors");
     const SAMPLE_FRAME: File = (
         "embedded:data/sample_frame.png",
         include_bytes!("../data/sample_frame.png"),
@@ -123,7 +127,9 @@ mod bundled {
         dtype: DType,
         device: &Device,
     ) -> Result<(candle_nn::VarBuilder<'static>, usage::WeightUsage)> {
-        let tensors = int8_rows::to_candle(int8_rows::decode(bytes, Path::new(name))?)?;
+        // Read on the CPU in the stored dtype; the tracked builder converts to `dtype` on `device`.
+        let tensors = candle_core::safetensors::load_buffer(bytes, &Device::Cpu)
+            .map_err(|e| Error::corrupt_weights(Path::new(name), e.to_string()))?;
         let stored = tensors.keys().cloned().collect();
         Ok(usage::tracked(Box::new(tensors), stored, dtype, device))
     }

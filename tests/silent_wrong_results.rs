@@ -57,9 +57,9 @@ impl Drop for EditedCheckpoint {
     }
 }
 
-/// The first committed held-out frame and its instruction.
+/// The embedded model's first committed held-out frame, its instruction and statistics key.
 fn heldout_frame() -> Result<(image::DynamicImage, String, String)> {
-    let dir = common::repo(common::HELDOUT_FRAMES);
+    let dir = common::repo(embedded::HELDOUT_FRAMES);
     let manifest: Value =
         serde_json::from_str(&std::fs::read_to_string(dir.join("manifest.json"))?)?;
     let entry = manifest.get(0).context("the held-out manifest is empty")?;
@@ -82,13 +82,13 @@ fn every_statistics_entry(statistics: &mut Value, edit: impl Fn(&mut Value)) {
 #[test]
 fn fewer_layers_in_the_config_than_in_the_weights_is_refused() -> Result<()> {
     let edited = EditedCheckpoint::new("fewer_layers", |config, _| {
-        config["text_config"]["num_hidden_layers"] = 4.into();
+        config["text_config"]["num_hidden_layers"] = 2.into();
     })?;
     let err = edited.load().unwrap_err();
     match &err {
         Error::UnusedTensors { count, first } => {
-            // Layers 4..8 hold 9 tensors each.
-            assert_eq!(*count, 36, "{err}");
+            // Layers 2..4 hold 9 tensors each.
+            assert_eq!(*count, 18, "{err}");
             assert!(
                 first
                     .iter()
@@ -167,9 +167,9 @@ fn non_action_tokens_are_flagged_and_can_be_refused() -> Result<()> {
     let mut policy = VlaPolicy::embedded(DType::F32, &Device::Cpu)?;
     let (frame, instruction, key) = heldout_frame()?;
     let ids = policy.action_ids()?;
-    // An instruction in another script: the tiny tokenizer maps it to unknown tokens, and the
-    // model answers with some ids that are no action token.
-    let foreign = "把碗放在盘子上 🍜";
+    // An instruction of a LIBERO-Goal task the model never trained on: on this frame it answers
+    // with an id that is no action token (found by probing; most instructions give none).
+    let foreign = "open the top drawer and put the bowl inside";
     let out = policy.predict_action(&frame, foreign, Some(&key))?;
     let expected: Vec<usize> = (0..out.tokens.len())
         .filter(|&i| !ids.contains(out.tokens[i]))

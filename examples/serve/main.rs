@@ -61,6 +61,7 @@ mod decoders;
 mod engine;
 mod episodes;
 mod errors;
+mod fingerprint;
 mod guard;
 mod net;
 mod numpy;
@@ -313,19 +314,25 @@ pub fn prepare(args: &Args) -> Result<(axum::Router, Value, api::AppState)> {
                 format!("hub:{id}"),
             )
         }
+        // Named with the model, so a results file of another embedded model is told apart.
         (None, None) => (
             VlaPolicy::embedded(precision, &device)?,
-            "embedded".to_string(),
+            format!("embedded:{}", spec_vla::embedded::NAME),
         ),
     };
+    // The compiled-in model is named by its name and the crate's version; a folder by its files.
+    let model_fingerprint = args.model.as_deref().map(fingerprint::folder).transpose()?;
     let dtype = policy.model().dtype();
-    let mut draft = policy.draft_head().map(|_| "embedded".to_string());
+    let mut draft = policy
+        .draft_head()
+        .map(|_| format!("embedded:{}", spec_vla::embedded::NAME));
     if let Some(dir) = &args.draft {
         let head = EagleHead::from_dir(dir, &policy.config().text, dtype, &device)
             .with_context(|| format!("draft head {}", dir.display()))?;
         policy = policy.with_draft_head(head);
         draft = Some(dir.display().to_string());
     }
+    let draft_fingerprint = args.draft.as_deref().map(fingerprint::folder).transpose()?;
 
     let tree = args.tree.as_deref().map(support::parse_tree).transpose()?;
     let drafter =
@@ -353,7 +360,9 @@ pub fn prepare(args: &Args) -> Result<(axum::Router, Value, api::AppState)> {
         "protocol": "OpenVLA deploy.py: POST /act {image: json-numpy uint8 HxWx3, instruction, \
                      unnorm_key?} -> json-numpy float64 action",
         "model": model,
+        "model_fingerprint": model_fingerprint,
         "draft_head": draft,
+        "draft_head_fingerprint": draft_fingerprint,
         "unnorm_keys": engine.policy().unnorm_keys(),
         "action_dims": engine.policy().config().action_dims(),
         "default_decoder": defaults.decoder,

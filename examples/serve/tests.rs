@@ -266,8 +266,11 @@ fn health_and_info_describe_the_server() -> Result<()> {
         (200, json!({"status": "ok"}))
     );
     let info = get(addr, "/info")?.json()?;
-    assert_eq!(info["model"], "embedded");
-    assert_eq!(info["draft_head"], "embedded");
+    let name = format!("embedded:{}", embedded::NAME);
+    assert_eq!(info["model"], name.as_str());
+    assert_eq!(info["draft_head"], name.as_str());
+    // The compiled-in model is named, not checksummed.
+    assert_eq!(info["model_fingerprint"], Value::Null);
     let mut keys = reference()?.unnorm_keys();
     keys.sort();
     let mut served: Vec<String> = serde_json::from_value(info["unnorm_keys"].clone())?;

@@ -92,12 +92,6 @@ fn bad_requests_get_a_typed_4xx() -> Result<()> {
             with(good.clone(), json!({"unnorm_key": "bridge_orig"})),
             "unknown_unnorm_key",
         ),
-        // The embedded model has four sets of statistics.
-        (
-            "no unnorm_key",
-            with(good.clone(), json!({"unnorm_key": null})),
-            "ambiguous_unnorm_key",
-        ),
         (
             "unknown decoder",
             with(good.clone(), json!({"decoder": "turbo"})),
@@ -222,6 +216,33 @@ fn a_full_queue_refuses_with_503_and_frees_its_slots() -> Result<()> {
 }
 
 #[test]
+fn a_missing_unnorm_key_is_taken_from_one_set_and_refused_among_several() -> Result<()> {
+    // The embedded model has one set of statistics: a request without a key gets its action.
+    let body = with(sample_request()?, json!({"unnorm_key": null}));
+    let answer = post_json(shared()?, "/act", &body)?;
+    assert_eq!(
+        answer.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&answer.body)
+    );
+    let keyed = decode_numpy_f64(&act(shared()?, &sample_request()?)?.json()?)?;
+    assert_eq!(decode_numpy_f64(&answer.json()?)?, keyed);
+    // The four-suite model has four: which one is ambiguous.
+    let model = crate::support::crate_root().join("models/microvla-libero");
+    let model = model.display().to_string();
+    let server = TestServer::start(&["--model", &model, "--decoder", "plain"])?;
+    let answer = post_json(server.addr, "/act", &body)?;
+    expect(
+        &answer,
+        400,
+        "ambiguous_unnorm_key",
+        "no unnorm_key among four",
+    );
+    server.stop()
+}
+
+#[test]
 fn an_eagle_decoder_without_a_draft_head_is_a_bad_decoder() -> Result<()> {
     // The published-layout copy of the embedded model comes without a draft head.
     let model = crate::support::crate_root().join(embedded::MODEL);
@@ -239,6 +260,12 @@ fn an_eagle_decoder_without_a_draft_head_is_a_bad_decoder() -> Result<()> {
     assert_eq!(from_dir, embedded);
     let info = get(server.addr, "/info")?.json()?;
     assert_eq!(info["draft_head"], Value::Null);
+    assert_eq!(info["draft_head_fingerprint"], Value::Null);
+    let folder = crate::support::crate_root().join(embedded::MODEL);
+    assert_eq!(
+        info["model_fingerprint"],
+        crate::fingerprint::folder(&folder)?
+    );
     server.stop()
 }
 

@@ -64,8 +64,8 @@ pub struct Frame {
     pub unnorm_key: Option<String>,
 }
 
-/// The committed held-out LIBERO frames (in the repository, not in the package).
-pub const HELDOUT_FRAMES: &str = "data/libero_heldout";
+/// The embedded model's committed held-out LIBERO frames (in the repository, not in the package).
+pub const HELDOUT_FRAMES: &str = spec_vla::embedded::HELDOUT_FRAMES;
 
 pub fn crate_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -84,7 +84,7 @@ pub fn dtype(name: &str) -> Result<DType> {
     })
 }
 
-/// Frames of `dir` (default: the embedded frames), at most `limit` (0 = all). The statistics
+/// Frames of `dir` (default: the embedded model's held-out frames), at most `limit` (0 = all). The statistics
 /// key is the manifest's `unnorm_key`, else `{suite}_no_noops`, else the checkpoint's first key.
 pub fn load_frames(policy: &VlaPolicy, dir: Option<&Path>, limit: usize) -> Result<Vec<Frame>> {
     let dir = dir

@@ -8,8 +8,9 @@
 //! plain safetensors file: `I8` tensors under the weights' names, the exponents as `I8` tensors
 //! named `<name>.row_exponent`, tagged with [`FORMAT`] in its metadata.
 //!
-//! It halves a bf16 checkpoint and gzip shrinks it further (bf16 mantissas barely compress), which
-//! is what lets the embedded model ship inside the crate.
+//! It halves a bf16 checkpoint and gzip shrinks it further (bf16 mantissas barely compress): a
+//! compact form to ship a model in (`models/microvla-libero` keeps one beside its checkpoint;
+//! `examples/pack_int8_rows.rs` writes it).
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;

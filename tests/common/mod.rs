@@ -14,7 +14,8 @@ pub fn repo(relative: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(relative)
 }
 
-/// The committed held-out LIBERO frames with their `manifest.json`.
+/// The four-suite model's (`models/microvla-libero`) committed held-out LIBERO frames with their
+/// `manifest.json`; the embedded model's are `spec_vla::embedded::HELDOUT_FRAMES`.
 pub const HELDOUT_FRAMES: &str = "data/libero_heldout";
 
 pub fn fixtures() -> PathBuf {

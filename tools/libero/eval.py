@@ -188,7 +188,10 @@ def main():
         client.request("GET", "/health")
         info = client.request("GET", "/info")
         server = server_setup(info)
-        check_server(done, args.results, server)
+        unchecked = check_server(done, args.results, server)
+        if unchecked:
+            log(f"note: {unchecked} rows of {args.results} predate the server's checksums and were matched by "
+                f"model, draft head and drafter names only")
         unnorm = unnorm_keys(info, suites)
         fields = {d: parse_decoder(d, info.get("drafter_config"))[0] for d in decoders}
         log(f"server {url}: model {server['model']}, draft head {server['draft_head']}, drafter "

@@ -16,7 +16,7 @@ import numpy as np  # noqa: E402
 from closed_loop.decoders import parse_decoder  # noqa: E402
 from closed_loop.compare import newcombe, newcombe_paired, versus_plain, wilson_exact  # noqa: E402
 from closed_loop.episode import episode_seed, pack_tokens  # noqa: E402
-from closed_loop.results import result_key  # noqa: E402
+from closed_loop.results import check_server, result_key  # noqa: E402
 
 
 def close(a, b, tol=5e-5):
@@ -112,6 +112,18 @@ def main():
         except ValueError:
             continue
         raise AssertionError(f"{bad} parsed")
+    # a resumed run must be the same server setup: names, and the folders' checksums where rows have them
+    now = {"model": "m", "draft_head": "d", "drafter": "x", "model_fingerprint": "crc32:1",
+           "draft_head_fingerprint": "crc32:2"}
+    legacy = {"model": "m", "draft_head": "d", "drafter": "x"}
+    assert check_server({1: {"server": now}, 2: {"server": legacy}}, "f", now) == 1
+    for old in ({**now, "model_fingerprint": "crc32:9"}, {**now, "draft_head_fingerprint": None},
+                {**legacy, "model": "other"}):
+        try:
+            check_server({1: {"server": old}}, "f", now)
+        except SystemExit:
+            continue
+        raise AssertionError(f"{old} accepted")
     print("ok")
 
 

@@ -126,9 +126,10 @@ class SpawnedServer:
 
 
 def server_setup(info):
-    """The /info fields a results line records and a resumed run must match (model, draft head, drafter)."""
-    return {k: info.get(k) for k in ("model", "draft_head", "drafter", "device", "dtype", "version",
-                                     "default_decoder")}
+    """The /info fields a results line records and a resumed run must match (model and draft head with their
+    folders' checksums, drafter)."""
+    return {k: info.get(k) for k in ("model", "model_fingerprint", "draft_head", "draft_head_fingerprint", "drafter",
+                                     "device", "dtype", "version", "default_decoder")}
 
 
 def unnorm_keys(info, suites):

@@ -43,11 +43,24 @@ def check_run_settings(done, path, scale, seed):
                      f"for {scale} / {seed}: use another --results file")
 
 
+SETUP_KEYS = ("model", "draft_head", "drafter")
+FINGERPRINT_KEYS = ("model_fingerprint", "draft_head_fingerprint")
+
+
 def check_server(done, path, server):
-    """Refuse a results file of another server setup (model, draft head, drafter)."""
+    """Refuse a results file of another server setup: another model, draft head or drafter, or the same folders
+    with other files in them (the servers' checksums differ). Rows written before servers reported checksums are
+    matched by name alone; their count is returned so the caller can say so."""
+    unchecked = 0
     for key, r in done.items():
         old = r.get("server") or {}
-        if (old.get("model"), old.get("draft_head"), old.get("drafter")) != (
-                server["model"], server["draft_head"], server["drafter"]):
-            sys.exit(f"eval.py: {path} holds episodes of another server setup ({old}; now {server}): "
+        keys = SETUP_KEYS
+        if all(k in old for k in FINGERPRINT_KEYS):
+            keys = SETUP_KEYS + FINGERPRINT_KEYS
+        else:
+            unchecked += 1
+        if any(old.get(k) != server.get(k) for k in keys):
+            sys.exit(f"eval.py: {path} holds episodes of another server setup "
+                     f"({ {k: old.get(k) for k in keys} }; now { {k: server.get(k) for k in keys} }, e.g. {key}): "
                      f"use another --results file")
+    return unchecked

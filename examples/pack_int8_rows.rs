@@ -1,9 +1,9 @@
 //! Maintainer tool: rounds a bf16 checkpoint's matrices onto the int8-rows grid and writes both
-//! forms, so that the embedded bytes (`model.int8.safetensors`) decode exactly to the
-//! published-layout `model.safetensors` beside them.
+//! forms, so that the compact copy (`model.int8.safetensors`, `checkpoint::int8_rows`) decodes
+//! exactly to the published-layout `model.safetensors` beside it.
 //!
 //! ```sh
-//! cargo run --release --example pack_embedded -- models/microvla-libero models/microvla-libero-draft
+//! cargo run --release --example pack_int8_rows -- models/microvla-libero models/microvla-libero-draft
 //! ```
 //! Run it after retraining either model (it is idempotent: a second run changes nothing), then
 //! re-export the PyTorch reference tokens from the rounded `model.safetensors`.
