@@ -30,8 +30,8 @@ import requests  # noqa: E402
 from PIL import Image  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
-INSTRUCTION = "pick up the black bowl between the plate and the ramekin and place it on the plate"
-UNNORM_KEY = "libero_spatial_no_noops"
+INSTRUCTION = "put the bowl on the stove"  # the embedded model's sample (data/sample_frame.png)
+UNNORM_KEY = "libero_goal_no_noops"
 
 
 def start_server(binary, extra):
