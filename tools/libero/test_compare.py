@@ -106,7 +106,11 @@ def main():
     assert cfg["emit"] == "verifier" and "drafter" not in cfg, cfg
     assert parse_decoder("relaxed9evg", staged)[0]["speculation"] == {
         "radius": {"uniform": 9}, "exempt_dims": [6], "drafter": {"drafter": "eagle"}, "emit": "verifier"}
-    for bad in ("relaxed9ge", "relaxed9ve", "relaxed", "eagle9"):
+    field, cfg = parse_decoder("relaxed9pv", staged)
+    assert field["speculation"] == {"radius": {"uniform": 9}, "exempt_dims": [], "emit": "verifier",
+                                    "drafter": {"drafter": "previous_action"}}, field
+    assert cfg["drafter"] == "previous_action" and cfg["emit"] == "verifier", cfg
+    for bad in ("relaxed9ge", "relaxed9ve", "relaxed9ep", "relaxed9pe", "relaxed", "eagle9"):
         try:
             parse_decoder(bad)
         except ValueError:

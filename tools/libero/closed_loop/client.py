@@ -97,7 +97,8 @@ class SpawnedServer:
                 lines.put(line)
             lines.put(None)
 
-        threading.Thread(target=pump, daemon=True).start()
+        self.pump = threading.Thread(target=pump, daemon=True)
+        self.pump.start()
         deadline = time.time() + start_timeout
         self.url = None
         while self.url is None:
@@ -122,6 +123,8 @@ class SpawnedServer:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+        # the server's last lines (its shutdown report) are still being copied: let the copier finish first
+        self.pump.join(timeout=10)
         self.log.close()
 
 
