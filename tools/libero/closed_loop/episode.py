@@ -76,6 +76,16 @@ STAT_KEYS = ("calls", "action_tokens", "tokens", "verifier_passes", "drafted_tok
              "policy_ms", "queue_ms", "parse_ms", "server_ms", "round_trip_ms", "encode_ms", "restarts")
 
 
+def new_stats():
+    """An empty accumulator of STAT_KEYS: times and the accept-length sum as floats, counts as ints."""
+    return {k: 0.0 if (k.endswith("_ms") or k == "accept_length_sum") else 0 for k in STAT_KEYS}
+
+
+def rounded_stats(acc):
+    """The accumulator as a results line stores it."""
+    return {k: (round(v, 3) if isinstance(v, float) else v) for k, v in acc.items()}
+
+
 def add_stats(acc, st, episode, first, rtt_ms, encode_ms):
     acc["calls"] += 1
     acc["action_tokens"] += len(st.get("origins") or [])
@@ -131,10 +141,7 @@ def run_episode(runner, client, suite, task_id, init_id, dec_name, dec_field, ma
            + f"/{dec_name}/{uuid.uuid4().hex[:12]}")
     copies = [LockstepCopy(name, field, eid.replace(f"/{dec_name}/", f"/{name}/")) for name, field in lockstep]
     lockstep_s = 0.0
-    acc = dict.fromkeys(STAT_KEYS, 0)
-    for k in STAT_KEYS:
-        if k.endswith("_ms") or k == "accept_length_sum":
-            acc[k] = 0.0
+    acc = new_stats()
     tokens, raw_actions, actions, frames = [], [], [], []
     success, error, steps, answer_decoder = False, None, 0, None
     env_s = render_s = client_s = 0.0
@@ -189,7 +196,7 @@ def run_episode(runner, client, suite, task_id, init_id, dec_name, dec_field, ma
         "episode_id": eid, "unnorm_key": unnorm_key, "scene_sha1": scene, "init_sha1": sha1(np.asarray(init_state)),
         "tokens_sha1": sha1(np.asarray(tokens, dtype="<u2")), "actions_sha1": sha1(A.astype("<f8")),
         "raw_actions_sha1": sha1(R.astype("<f8")), "tokens_z": pack_tokens(tokens),
-        "stats": {k: (round(v, 3) if isinstance(v, float) else v) for k, v in acc.items()},
+        "stats": rounded_stats(acc),
         "times": {"wall_s": round(wall, 2), "warmup_s": round(t_warm, 2), "render_s": round(render_s, 2),
                   "client_s": round(client_s, 2), "env_s": round(env_s, 2),
                   "loadavg": round(os.getloadavg()[0], 2)},

@@ -12,7 +12,7 @@ own server calls (the frames and physics belong to the plain row)."""
 import copy
 import time
 
-from .episode import STAT_KEYS, add_stats, pack_tokens, sha1
+from .episode import add_stats, new_stats, pack_tokens, rounded_stats, sha1
 
 
 class LockstepCopy:
@@ -20,7 +20,7 @@ class LockstepCopy:
 
     def __init__(self, name, field, episode_id):
         self.name, self.field, self.episode_id = name, field, episode_id
-        self.acc = {k: 0.0 if (k.endswith("_ms") or k == "accept_length_sum") else 0 for k in STAT_KEYS}
+        self.acc = new_stats()
         self.tokens, self.raw_actions = [], []
         self.diverged_at = None
         self.answer_decoder = None
@@ -67,7 +67,7 @@ class LockstepCopy:
                    episode_id=self.episode_id, lockstep_of=primary_name,
                    tokens_sha1=sha1(np.asarray(self.tokens, dtype="<u2")), raw_actions_sha1=sha1(R.astype("<f8")),
                    tokens_z=pack_tokens(self.tokens),
-                   stats={k: (round(v, 3) if isinstance(v, float) else v) for k, v in self.acc.items()},
+                   stats=rounded_stats(self.acc),
                    times={"wall_s": round(self.client_s, 2), "warmup_s": 0.0, "render_s": 0.0,
                           "client_s": round(self.client_s, 2), "env_s": 0.0,
                           "loadavg": primary_rec["times"].get("loadavg", 0.0)},
