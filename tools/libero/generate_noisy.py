@@ -7,7 +7,10 @@ Each attempt is generate.py's episode protocol (reset, set_init_state, 10 no-op 
 env's `done` or the suite's step limit) from a training init (10-49 only), except that the action sent to the env
 is the expert's action plus, during short bursts, a constant random offset on the translation dims 0-2 (a burst
 starts with probability --burst-p at each step outside a burst and lasts --burst-len steps; the offset is drawn
-per burst from N(0, --sigma^2) per dim; the result is clipped to [-1, 1]). The expert re-plans from the state it
+per burst from N(0, --sigma^2) per dim; the result is clipped to [-1, 1]). Optional, off by default: the same
+bursts also offset the rotation dims 3-5 (N(0, --rot-sigma^2)), and early gripper closes (a burst of --grip-len
+steps of "close" starts with probability --grip-p at each step where the expert holds the gripper open), the
+early close being the failure the first policies showed. The expert re-plans from the state it
 finds at every step, so the label it gives after a burst is a recovery. The record stores the expert's clean
 action as the label (`actions`, `all_actions`) and what was sent (`executed_actions`); only successful episodes
 are kept (records.py, format version 3). The noise schedule is a pure function of (suite, task, init, seed), so a
@@ -47,24 +50,44 @@ def parse_range(text):
 
 
 class BurstNoise:
-    """Bursts of a constant offset on the translation dims; deterministic in (suite, task, init, seed)."""
+    """Bursts of a constant offset on the translation (and optionally rotation) dims, and optionally early
+    gripper closes while the expert holds the gripper open; deterministic in (suite, task, init, seed) and the
+    recipe. With rot_sigma = 0 and grip_p = 0 (the defaults) it draws exactly the random numbers of the first
+    recipe, so the seed-0 records stay reproducible."""
 
-    def __init__(self, suite, task_id, init_id, seed, sigma, burst_p, burst_len):
+    def __init__(self, suite, task_id, init_id, seed, sigma, burst_p, burst_len, rot_sigma=0.0, grip_p=0.0,
+                 grip_len=6):
         import numpy as np
         self.rng = np.random.default_rng([zlib.crc32(suite.encode()), task_id, init_id, seed])
         self.sigma, self.burst_p, self.burst_len = sigma, burst_p, burst_len
-        self.left, self.offset = 0, None
+        self.rot_sigma, self.grip_p, self.grip_len = rot_sigma, grip_p, grip_len
+        self.left, self.offset, self.rot_offset = 0, None, None
+        self.grip_left = 0
         self.noisy_steps = 0
 
     def __call__(self, step, action):
         a = action.copy()
+        noisy = False
         if self.left == 0 and self.rng.random() < self.burst_p:
             self.left = self.burst_len
             self.offset = self.rng.normal(0.0, self.sigma, 3)
+            if self.rot_sigma > 0:
+                self.rot_offset = self.rng.normal(0.0, self.rot_sigma, 3)
         if self.left > 0:
             a[:3] = a[:3] + self.offset
+            if self.rot_offset is not None:
+                a[3:6] = a[3:6] + self.rot_offset
             self.left -= 1
-            self.noisy_steps += 1
+            noisy = True
+        if self.grip_p > 0:
+            # the failure this teaches to recover from: the gripper shut before the grasp (label open)
+            if self.grip_left == 0 and action[6] < 0 and self.rng.random() < self.grip_p:
+                self.grip_left = self.grip_len
+            if self.grip_left > 0:
+                a[6] = 1.0
+                self.grip_left -= 1
+                noisy = True
+        self.noisy_steps += int(noisy)
         return a
 
 
@@ -78,6 +101,10 @@ def main():
     ap.add_argument("--sigma", type=float, default=0.6, help="std of the burst offset per translation dim")
     ap.add_argument("--burst-p", type=float, default=0.04, help="chance a burst starts at a step outside one")
     ap.add_argument("--burst-len", type=int, default=8, help="steps per burst")
+    ap.add_argument("--rot-sigma", type=float, default=0.0, help="std of a burst's offset per rotation dim (0: off)")
+    ap.add_argument("--grip-p", type=float, default=0.0, help="chance per step, while the expert holds the gripper "
+                    "open, that a burst of early closing starts (0: off)")
+    ap.add_argument("--grip-len", type=int, default=6, help="steps per early-closing burst")
     ap.add_argument("--shard", default="0/1", help="i/n: this worker runs every n-th (task, init)")
     args = ap.parse_args()
 
@@ -115,7 +142,8 @@ def main():
             runner, key = Runner(suite, task_id), (suite, task_id)
         nq = runner.env.env.sim.model.nq
         for seed in todo:
-            noise = BurstNoise(suite, task_id, init_id, seed, args.sigma, args.burst_p, args.burst_len)
+            noise = BurstNoise(suite, task_id, init_id, seed, args.sigma, args.burst_p, args.burst_len,
+                               args.rot_sigma, args.grip_p, args.grip_len)
             t1 = time.time()
             success, states, labels, supported = runner.rollout(init_id, MAX_STEPS[suite], perturb=noise)
             t_sim = time.time() - t1
@@ -142,6 +170,7 @@ def main():
                    "noisy_steps": noise.noisy_steps, "success": bool(success), "file": rel, "split": "train",
                    "expert_supported": bool(supported), "expert_version": EXPERT_VERSION,
                    "sigma": args.sigma, "burst_p": args.burst_p, "burst_len": args.burst_len,
+                   "rot_sigma": args.rot_sigma, "grip_p": args.grip_p, "grip_len": args.grip_len,
                    "sim_s": round(t_sim, 2), "bytes": size}
             append_row(manifest, row)
             done[(suite, task_id, init_id, seed)] = row
