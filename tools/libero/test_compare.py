@@ -128,6 +128,26 @@ def main():
         except SystemExit:
             continue
         raise AssertionError(f"{old} accepted")
+
+    # compare_models: two models' episodes pair only on the same scene, initial state and step limit
+    import compare_models
+    same = {"init_sha1": "i", "scene_sha1": "s", "max_steps": 300, "unnorm_key": "u"}
+    ref = {result_key(r): {**r, **same} for r in (row("plain", 0, True, [[1] * 7]), row("plain", 1, False, [[1] * 7]),
+                                                   row("plain", 2, True, [[1] * 7]))}
+    new = {result_key(r): {**r, **same} for r in (row("plain", 0, True, [[2] * 7]), row("plain", 1, True, [[2] * 7]),
+                                                   row("strict", 1, True, [[2] * 7]))}
+    pairs = compare_models.pairs_of(ref, new, "plain")
+    assert [k[2] for k, _, _ in pairs] == [0, 1], pairs  # init 2 is not in the new file; strict is not plain
+    s = compare_models.summary(pairs)
+    assert (s["ref_successes"], s["new_successes"], s["ref_only"], s["new_only"]) == (1, 2, 0, 1), s
+    for field, value in (("scene_sha1", "other"), ("init_sha1", "other"), ("max_steps", 220)):
+        moved = {k: ({**r, field: value} if k[2] == 1 else r) for k, r in new.items()}
+        try:
+            compare_models.pairs_of(ref, moved, "plain")
+        except compare_models.PairingError as exc:
+            assert field in str(exc), exc
+            continue
+        raise AssertionError(f"a pair with another {field} was accepted")
     print("ok")
 
 
