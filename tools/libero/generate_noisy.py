@@ -35,6 +35,8 @@ import check_env  # noqa: E402  (reads MUJOCO_GL before robosuite can set it)
 import records  # noqa: E402
 from generate import MAX_STEPS, Runner, kept_steps, log  # noqa: E402
 from jsonl_log import append_row, read_keyed  # noqa: E402
+from closed_loop.client import image_field  # noqa: E402
+from closed_loop.episode import invert_gripper_action, normalize_gripper_action  # noqa: E402
 
 NOISY_DIR = os.path.normpath(os.path.join(HERE, "..", "..", "data", "libero_noisy"))
 KEY = ("suite", "task_id", "init_id", "noise_seed")
@@ -111,8 +113,6 @@ class PolicyBursts:
 
     def __call__(self, step, action):
         import numpy as np
-        from closed_loop.client import image_field
-        from closed_loop.episode import invert_gripper_action, normalize_gripper_action
         if self.left == 0 and self.rng.random() < self.burst_p:
             self.left = self.burst_len
         if self.left == 0:
