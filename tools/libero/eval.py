@@ -58,7 +58,7 @@ from closed_loop.decoders import parse_decoder  # noqa: E402
 from closed_loop.episode import SEED  # noqa: E402
 from closed_loop.media import media_of  # noqa: E402
 from closed_loop.report import write_report  # noqa: E402
-from closed_loop.results import check_run_settings, check_server, load_results  # noqa: E402
+from closed_loop.results import check_run_settings, check_server, load_results, merge_baseline  # noqa: E402
 from closed_loop.schedule import run_visits, visit_order  # noqa: E402
 
 EVAL_INITS = range(0, 10)
@@ -118,13 +118,18 @@ def main():
     ap.add_argument("--videos", default=os.path.join(ROOT, "docs", "closed_loop_media"),
                     help="GIF folder ('' = none)")
     ap.add_argument("--report-only", action="store_true", help="rebuild --out from --results and stop")
+    ap.add_argument("--baseline", default="", help="the report also takes the plain episodes of this results file: "
+                    "a run of the same model (checked by checksum) on a server without the draft head this run "
+                    "added, which plain decoding never calls")
     args = ap.parse_args()
     args.out = os.path.abspath(args.out)
     if args.out.endswith(".json") or args.out.endswith(".md"):
         args.out = os.path.splitext(args.out)[0]
 
+    if args.baseline and not os.path.isfile(args.baseline):
+        sys.exit(f"eval.py: --baseline: no file {args.baseline}")
     if args.report_only:
-        write_report(args.out, args.videos, load_results(args.results))
+        write_report(args.out, args.videos, with_baseline(args))
         return
 
     decoders = [d for d in args.decoders.split(",") if d]
@@ -219,8 +224,16 @@ def main():
         if spawned is not None:
             spawned.stop()
             log("spawned server stopped")
-    write_report(args.out, args.videos, load_results(args.results))
+    write_report(args.out, args.videos, with_baseline(args))
     sys.exit(status)
+
+
+def with_baseline(args):
+    """The results rows, plus --baseline's plain rows when given."""
+    rows = load_results(args.results)
+    if args.baseline and rows:
+        rows = merge_baseline(rows, args.results, args.baseline)
+    return rows
 
 
 if __name__ == "__main__":

@@ -16,7 +16,8 @@ import numpy as np  # noqa: E402
 from closed_loop.decoders import parse_decoder  # noqa: E402
 from closed_loop.compare import newcombe, newcombe_paired, versus_plain, wilson_exact  # noqa: E402
 from closed_loop.episode import episode_seed, pack_tokens  # noqa: E402
-from closed_loop.results import check_server, result_key  # noqa: E402
+from closed_loop.results import check_server, merge_baseline, result_key  # noqa: E402
+from jsonl_log import append_row  # noqa: E402
 
 
 def close(a, b, tol=5e-5):
@@ -148,7 +149,51 @@ def main():
             assert field in str(exc), exc
             continue
         raise AssertionError(f"a pair with another {field} was accepted")
+    check_baseline()
     print("ok")
+
+
+def check_baseline():
+    """--baseline: plain episodes of the same model from another file join the rows; anything else is refused."""
+    import tempfile
+    srv = {"model": "m", "model_fingerprint": "crc32:1", "draft_head": "d", "draft_head_fingerprint": "crc32:2"}
+    old_srv = {**srv, "draft_head": None, "draft_head_fingerprint": None}
+    same = {"init_sha1": "i", "scene_sha1": "s", "max_steps": 300}
+
+    def rows_of(*rs):
+        return {result_key(r): r for r in rs}
+
+    mine = rows_of(*({**row("relaxed9", i, True, [[1] * 7]), **same, "server": srv} for i in (0, 1)))
+    base_rows = [{**row(d, i, i == 0, [[1] * 7]), **same, "server": old_srv} for i in (0, 1, 2)
+                 for d in ("plain", "strict")]
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "base.jsonl")
+        for r in base_rows:
+            append_row(path, r)
+        merged = merge_baseline(mine, "new.jsonl", path)
+        added = {k: r for k, r in merged.items() if k not in mine}
+        assert sorted(k[2] for k in added) == [0, 1, 2] and all(k[-1] == "plain" for k in added), added
+        assert all(r["baseline"] == path for r in added.values())
+        c = versus_plain(merged, "relaxed9")
+        assert c["paired_episodes"] == 2 and c["decoder_only"] == 1, c
+        refusals = {
+            "another model": ({}, {"model_fingerprint": "crc32:9"}),
+            "an episode in both": ({"decoder": "plain"}, {}),
+            "another scene": ({}, {"scene_sha1": "other"}),
+        }
+        for what, (mine_change, base_change) in refusals.items():
+            bad_path = os.path.join(tmp, what.replace(" ", "_") + ".jsonl")
+            for r in base_rows:
+                changed = {**r, **{k: v for k, v in base_change.items() if k != "model_fingerprint"}}
+                if "model_fingerprint" in base_change:
+                    changed["server"] = {**old_srv, **base_change}
+                append_row(bad_path, changed)
+            own = rows_of(*({**r, **mine_change} for r in mine.values()))
+            try:
+                merge_baseline(own, "new.jsonl", bad_path)
+            except SystemExit:
+                continue
+            raise AssertionError(f"a baseline with {what} was accepted")
 
 
 if __name__ == "__main__":

@@ -136,11 +136,14 @@ def build_report(rows, media, protocol_extra=None):
     vs_plain = [v for v in (versus_plain(rows, c["name"]) for c in configs if c["name"] != "plain") if v]
     strict_checks = [compare_to_plain(rows, c["name"]) for c in configs
                      if c["policy"] == "strict" and plain is not None]
-    any_row = next(iter(rows.values()), None)
+    # the server of this file's own episodes (a --baseline's plain rows come from another server)
+    any_row = next((r for r in rows.values() if not r.get("baseline")), None)
+    baselines = sorted({r["baseline"] for r in rows.values() if r.get("baseline")})
     # lockstep rows (closed_loop/lockstep.py) share plain's frames and physics: the simulator's throughput counts
     # the episodes that ran the simulator
-    lockstep_rows = [r for r in rows.values() if r.get("lockstep_of")]
-    all_rows = [r for r in rows.values() if not r.get("lockstep_of")]
+    # (a --baseline's episodes ran in another run: not counted here)
+    lockstep_rows = [r for r in rows.values() if r.get("lockstep_of") and not r.get("baseline")]
+    all_rows = [r for r in rows.values() if not r.get("lockstep_of") and not r.get("baseline")]
     env_steps = sum(r["steps"] + NUM_WAIT for r in all_rows)
     wall = sum(r["times"]["wall_s"] for r in all_rows)
     maxs = sorted({r["max_steps"] for r in all_rows})
@@ -181,6 +184,13 @@ def build_report(rows, media, protocol_extra=None):
         "model": (any_row or {}).get("server"),
         "protocol": protocol, "configs": configs, "vs_plain": vs_plain, "per_suite": per_suite, "per_task": per_task,
         "strict_equals_plain": strict_checks, "throughput": throughput, "media": media,
+        "baseline": [{"results": b, "decoders": sorted({r["decoder"] for r in rows.values() if r.get("baseline") == b}),
+                      "episodes": sum(1 for r in rows.values() if r.get("baseline") == b),
+                      "server": next(r["server"] for r in rows.values() if r.get("baseline") == b),
+                      "mean_loadavg": _per(sum(r["times"].get("loadavg", 0) for r in rows.values()
+                                               if r.get("baseline") == b),
+                                           sum(1 for r in rows.values() if r.get("baseline") == b), 2)}
+                     for b in baselines],
     }
 
 
@@ -232,6 +242,12 @@ def write_markdown(rep, path, media_rel):
              "decode); server ms: body received to answer built; round trip: the client's HTTP request to parsed "
              "answer. Times depend on the machine's load (mean load average over the episodes: "
              f"{rep['throughput']['mean_loadavg']}).")
+    for b in rep.get("baseline", []):
+        m = b["server"]
+        L.append(f"- {', '.join(b['decoders'])}: {b['episodes']} episodes from `{b['results']}`, a run of the same "
+                 f"model (checksum checked) on a server with draft head `{m.get('draft_head')}` and drafter "
+                 f"`{m.get('drafter')}`, which plain decoding never calls; its times are that run's (mean load "
+                 f"average {b['mean_loadavg']}), so the speed-ups compare two runs on this machine, not one.")
     errs = [c for c in rep["configs"] if c["episode_errors"] or c["history_restarts"] or c["non_action_tokens"]]
     for c in errs:
         L.append(f"- {c['name']}: {c['episode_errors']} episodes ended by an env exception, "

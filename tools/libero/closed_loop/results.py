@@ -64,3 +64,39 @@ def check_server(done, path, server):
                      f"({ {k: old.get(k) for k in keys} }; now { {k: server.get(k) for k in keys} }, e.g. {key}): "
                      f"use another --results file")
     return unchecked
+
+
+def merge_baseline(rows, path, baseline_path, decoders=("plain",)):
+    """rows plus the `decoders` episodes of another results file of the same model, for a run whose server added
+    a draft head: plain decoding never calls the draft head or drafter, so those episodes are what this server's
+    would be. Refused: a baseline of another model (name or checksum), another step-limit scale or seed, one
+    whose episodes the results file also holds, or one whose scene, initial state or step limit differs from this
+    file's episodes of the same (suite, task, init, placement). Merged rows carry `baseline: <baseline_path>`."""
+    base = load_results(baseline_path)
+    own = [r for r in rows.values() if not r.get("baseline")]
+    if not own:
+        sys.exit(f"eval.py: --baseline: {path} holds no episodes to pair with {baseline_path}'s")
+    model = {k: own[0].get("server", {}).get(k) for k in ("model", "model_fingerprint")}
+    if model["model_fingerprint"] is None:
+        sys.exit(f"eval.py: --baseline: {path}'s rows carry no model checksum; a baseline cannot be checked")
+    check_run_settings(base, baseline_path, own[0].get("max_steps_scale", 1.0), own[0].get("seed", SEED))
+    scenes = {}
+    for key, r in rows.items():
+        scenes.setdefault(key[:-1], r)
+    merged = dict(rows)
+    for key, r in base.items():
+        if key[-1] not in decoders:
+            continue
+        theirs = {k: (r.get("server") or {}).get(k) for k in model}
+        if theirs != model:
+            sys.exit(f"eval.py: --baseline: {baseline_path} holds episodes of another model ({theirs}; "
+                     f"{path} has {model}, e.g. {key})")
+        if key in rows:
+            sys.exit(f"eval.py: --baseline: {key} is in both {path} and {baseline_path}: one source per episode")
+        mine = scenes.get(key[:-1])
+        moved = [f for f in ("scene_sha1", "init_sha1", "max_steps") if mine is not None and mine.get(f) != r.get(f)]
+        if moved:
+            sys.exit(f"eval.py: --baseline: {key} of {baseline_path} has another {', '.join(moved)} than {path}'s "
+                     f"episodes of that initial state: they would not be pairs")
+        merged[key] = dict(r, baseline=baseline_path)
+    return merged
