@@ -96,6 +96,9 @@ def main():
     ap.add_argument("--lockstep", default="", help="decoders that must reproduce plain (strict), run on plain's "
                     "frames inside its episodes and checked against its tokens and action at every step; one that "
                     "differs runs its own episode (closed_loop/lockstep.py)")
+    ap.add_argument("--plain-shadow", action="store_true", help="every decoder but plain also sends each of its "
+                    "frames to plain decoding, recorded and never executed (closed_loop/shadow.py): plain's decode "
+                    "time on the same frames in the same run, and the decoder's distance from plain's action")
     ap.add_argument("--suites", default=",".join(SUITES))
     ap.add_argument("--tasks", default="0-9", help="task ids, e.g. 0-9 or 0,3,5")
     ap.add_argument("--inits", default="0-9", help="held-out init ids (0-9), e.g. 0-9 or 0,1")
@@ -212,7 +215,8 @@ def main():
             f"{len(decoders)} decoders)")
         prog = run_visits(visits, decoders, done, client, fields, unnorm, server, results=args.results,
                           videos=args.videos, media=media, have_media=have_media, seed=args.seed,
-                          scale=args.max_steps_scale, placements=placements, lockstep=lockstep)
+                          scale=args.max_steps_scale, placements=placements, lockstep=lockstep,
+                          plain_shadow=args.plain_shadow)
         log(f"finished: {prog.n_run} episodes run in {(time.time() - prog.t0) / 60:.1f} min "
             f"(scene builds {prog.build_s:.0f} s over {prog.n_builds})")
     except KeyboardInterrupt:

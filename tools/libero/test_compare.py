@@ -150,6 +150,7 @@ def main():
             continue
         raise AssertionError(f"a pair with another {field} was accepted")
     check_baseline()
+    check_plain_shadow()
     print("ok")
 
 
@@ -194,6 +195,51 @@ def check_baseline():
             except SystemExit:
                 continue
             raise AssertionError(f"a baseline with {what} was accepted")
+
+
+
+def check_plain_shadow():
+    """PlainShadow records plain's answers on the decoder's frames (never its own body changes), and the report's
+    shadow figures are the sums' ratios."""
+    from closed_loop.report import shadow_summary
+    from closed_loop.shadow import PlainShadow
+
+    class FakeClient:
+        def __init__(self, answers):
+            self.answers, self.bodies = list(answers), []
+
+        def request(self, method, path, body):
+            self.bodies.append(body)
+            return self.answers.pop(0)
+
+    def answer(tokens, action, decode_ms):
+        return {"tokens": tokens, "action": action, "stats": {"times_ms": {"decode": decode_ms}, "policy_ms": 5.0}}
+
+    primary = {"image": "frame", "decoder": {"relaxed": 9}, "episode_id": "e/relaxed9/1", "reset": True}
+    client = FakeClient([answer([1] * 7, [0.0] * 7, 2.0), answer([2] * 7, [0.5] * 7, 3.0)])
+    sh = PlainShadow("e/plain-shadow/1")
+    sh.run(client, primary, 0, [1] * 7, np.zeros(7))
+    sh.run(client, primary, 1, [1] * 7, np.zeros(7))
+    assert primary["decoder"] == {"relaxed": 9} and primary["episode_id"] == "e/relaxed9/1"
+    assert all(b["decoder"] == "plain" and b["episode_id"] == "e/plain-shadow/1" and b["image"] == "frame"
+               for b in client.bodies), client.bodies
+    out = sh.summary()
+    assert (out["steps"], out["same_tokens_steps"]) == (2, 1) and close(out["action_l1_sum"], 0.5), out
+    assert close(out["stats"]["decode_ms"], 5.0) and out["stats"]["calls"] == 2, out
+    try:
+        PlainShadow("x").run(FakeClient([answer([1] * 7, [0.0] * 6, 1.0)]), primary, 0, [1] * 7, np.zeros(7))
+    except ValueError:
+        pass
+    else:
+        raise AssertionError("a plain answer of another shape was accepted")
+
+    rows = [{"stats": {"decode_ms": 2.5, "policy_ms": 8.0, "calls": 2}, "plain_shadow": out},
+            {"stats": {"decode_ms": 9.0, "policy_ms": 9.0, "calls": 2}}]  # no shadow: left out
+    got = shadow_summary(rows)
+    assert got["shadow_episodes"] == 1 and got["shadow_steps"] == 2, got
+    assert close(got["shadow_decode_speedup"], 2.0) and close(got["shadow_policy_speedup"], 10.0 / 8.0), got
+    assert close(got["shadow_same_tokens_fraction"], 0.5) and close(got["shadow_action_l1"], 0.25), got
+    assert shadow_summary(rows[1:]) == {"shadow_episodes": 0}
 
 
 if __name__ == "__main__":

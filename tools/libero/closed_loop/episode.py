@@ -117,11 +117,14 @@ def add_stats(acc, st, episode, first, rtt_ms, encode_ms):
 
 
 def run_episode(runner, client, suite, task_id, init_id, dec_name, dec_field, max_steps, unnorm_key, seed,
-                want_gif, placement=0, lockstep=()):
+                want_gif, placement=0, lockstep=(), plain_shadow=False):
     """One episode; returns the results line (without the bookkeeping fields), the GIF frames, and the rows of
-    the `lockstep` decoders ((name, field) pairs, closed_loop/lockstep.py) that matched it at every step."""
+    the `lockstep` decoders ((name, field) pairs, closed_loop/lockstep.py) that matched it at every step. With
+    `plain_shadow` (a decoder other than plain), plain decoding also answers every frame (closed_loop/shadow.py)
+    and the line's `plain_shadow` field holds its statistics."""
     import numpy as np
     from .lockstep import LockstepCopy, run_copies
+    from .shadow import PLAIN, PlainShadow
     from PIL import Image
     env = runner.env
     t_start = time.perf_counter()
@@ -140,6 +143,8 @@ def run_episode(runner, client, suite, task_id, init_id, dec_name, dec_field, ma
     eid = (f"eval/{suite}/task{task_id:02d}/init{init_id:02d}" + (f"p{placement}" if placement else "")
            + f"/{dec_name}/{uuid.uuid4().hex[:12]}")
     copies = [LockstepCopy(name, field, eid.replace(f"/{dec_name}/", f"/{name}/")) for name, field in lockstep]
+    shadow = PlainShadow(eid.replace(f"/{dec_name}/", f"/{PLAIN}-shadow/")) \
+        if plain_shadow and dec_name != PLAIN else None
     lockstep_s = 0.0
     acc = new_stats()
     tokens, raw_actions, actions, frames = [], [], [], []
@@ -168,6 +173,8 @@ def run_episode(runner, client, suite, task_id, init_id, dec_name, dec_field, ma
         a = np.asarray(ans["action"], dtype=np.float64)
         raw_actions.append(a.copy())
         lockstep_s += run_copies(copies, client, body, t, ans["tokens"], a)
+        if shadow is not None:
+            lockstep_s += shadow.run(client, body, t, ans["tokens"], a)
         a = invert_gripper_action(normalize_gripper_action(a, binarize=True))
         actions.append(a)
         t4 = time.perf_counter()
@@ -202,5 +209,7 @@ def run_episode(runner, client, suite, task_id, init_id, dec_name, dec_field, ma
                   "loadavg": round(os.getloadavg()[0], 2)},
         "http_retries": client.retries - retries0,
     }
+    if shadow is not None:
+        rec["plain_shadow"] = shadow.summary()
     rows = [r for r in (c.record(rec, dec_name) for c in copies) if r is not None]
     return rec, frames, rows

@@ -56,6 +56,31 @@ def config_summary(name, rows, cfg):
         "episode_errors": sum(1 for r in rows if r.get("error")),
         "history_restarts": _sum(rows, "restarts"),
         "wall_s": round(wall, 1),
+        **shadow_summary(rows),
+    }
+
+
+def shadow_summary(rows):
+    """Plain's shadow (closed_loop/shadow.py) over the rows that have one: plain's decode and policy time on the
+    same frames over the decoder's on those rows, and how often plain's tokens and action agree with the
+    decoder's."""
+    rs = [r for r in rows if r.get("plain_shadow")]
+    if not rs:
+        return {"shadow_episodes": 0}
+    sh = [r["plain_shadow"] for r in rs]
+    steps = sum(x["steps"] for x in sh)
+
+    def shadow_sum(key):
+        return sum(x["stats"].get(key, 0) for x in sh)
+
+    return {
+        "shadow_episodes": len(rs), "shadow_steps": steps,
+        "shadow_decode_speedup": _per(shadow_sum("decode_ms"), _sum(rs, "decode_ms")),
+        "shadow_policy_speedup": _per(shadow_sum("policy_ms"), _sum(rs, "policy_ms")),
+        "shadow_plain_decode_ms_per_action": _per(shadow_sum("decode_ms"), shadow_sum("calls")),
+        "shadow_decode_ms_per_action": _per(_sum(rs, "decode_ms"), _sum(rs, "calls")),
+        "shadow_same_tokens_fraction": _per(sum(x["same_tokens_steps"] for x in sh), steps, 4),
+        "shadow_action_l1": _per(sum(x["action_l1_sum"] for x in sh), steps, 5),
     }
 
 
@@ -248,6 +273,25 @@ def write_markdown(rep, path, media_rel):
                  f"model (checksum checked) on a server with draft head `{m.get('draft_head')}` and drafter "
                  f"`{m.get('drafter')}`, which plain decoding never calls; its times are that run's (mean load "
                  f"average {b['mean_loadavg']}), so the speed-ups compare two runs on this machine, not one.")
+    shadowed = [c for c in rep["configs"] if c.get("shadow_episodes")]
+    if shadowed:
+        L.append("")
+        L.append("### Plain decoding on the same frames")
+        L.append("")
+        L.append("With `--plain-shadow`, every frame of these episodes also went to plain decoding (recorded, never "
+                 "executed; `closed_loop/shadow.py`), right after the decoder's own call: plain's time on the same "
+                 "frames at the same moment, and how far the decoder's action is from the one plain decoding would "
+                 "have taken in the state the decoder's actions led to.")
+        L.append("")
+        L.append("| decoder | episodes | steps | plain decode ms/action | decoder decode ms/action | decode speed-up | "
+                 "whole-action speed-up | steps with plain's tokens | mean action L1 to plain's |")
+        L.append("|---|---|---|---|---|---|---|---|---|")
+        for c in shadowed:
+            L.append(f"| {c['name']} | {c['shadow_episodes']} | {c['shadow_steps']} | "
+                     f"{_fmt(c['shadow_plain_decode_ms_per_action'], 2)} | {_fmt(c['shadow_decode_ms_per_action'], 2)} | "
+                     f"{_fmt(c['shadow_decode_speedup'], 2)}x | {_fmt(c['shadow_policy_speedup'], 2)}x | "
+                     f"{_fmt(c['shadow_same_tokens_fraction'], 1, True)} | {_fmt(c['shadow_action_l1'], 4)} |")
+        L.append("")
     errs = [c for c in rep["configs"] if c["episode_errors"] or c["history_restarts"] or c["non_action_tokens"]]
     for c in errs:
         L.append(f"- {c['name']}: {c['episode_errors']} episodes ended by an env exception, "

@@ -1,0 +1,47 @@
+"""Plain decoding's shadow: inside another decoder's episode, the same frame also goes to plain decoding at every
+step, under an episode id of its own, and plain's answer is recorded but never executed.
+
+It gives what a separate plain run cannot: plain's decode time on the same frames, at the same moment, on the same
+loaded machine (the decode speed-up measured in the same run), and how far the decoder's action is from the one
+plain decoding would have taken in the state the decoder's own actions led to. A shadow call costs one server
+request per step (a few ms against the ~0.2 s render); its time is kept out of the episode's wall time."""
+import time
+
+from .episode import add_stats, new_stats, rounded_stats
+
+PLAIN = "plain"
+
+
+class PlainShadow:
+    def __init__(self, episode_id):
+        self.episode_id = episode_id
+        self.acc = new_stats()
+        self.steps = 0
+        self.same_tokens = 0
+        self.action_l1 = 0.0
+        self.seconds = 0.0
+
+    def run(self, client, primary_body, step, primary_tokens, primary_raw_action):
+        """Plain decoding on the primary's frame; returns the seconds spent."""
+        import numpy as np
+        body = dict(primary_body)
+        body["decoder"], body["episode_id"] = PLAIN, self.episode_id
+        t0 = time.perf_counter()
+        ans = client.request("POST", "/act", body)
+        dt = time.perf_counter() - t0
+        self.seconds += dt
+        add_stats(self.acc, ans.get("stats") or {}, ans.get("episode"), step == 0, dt * 1e3, 0.0)
+        action = np.asarray(ans.get("action"), dtype=np.float64)
+        if action.shape != primary_raw_action.shape:
+            raise ValueError(f"plain shadow: an action of shape {action.shape}, the decoder's is "
+                             f"{primary_raw_action.shape}")
+        self.steps += 1
+        self.same_tokens += list(ans.get("tokens") or []) == list(primary_tokens)
+        self.action_l1 += float(np.abs(action - primary_raw_action).mean())
+        return dt
+
+    def summary(self):
+        """The results row's `plain_shadow` field."""
+        return {"episode_id": self.episode_id, "steps": self.steps, "same_tokens_steps": self.same_tokens,
+                "action_l1_sum": round(self.action_l1, 6), "call_s": round(self.seconds, 2),
+                "stats": rounded_stats(self.acc)}
