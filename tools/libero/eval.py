@@ -99,6 +99,8 @@ def main():
     ap.add_argument("--plain-shadow", action="store_true", help="every decoder but plain also sends each of its "
                     "frames to plain decoding, recorded and never executed (closed_loop/shadow.py): plain's decode "
                     "time on the same frames in the same run, and the decoder's distance from plain's action")
+    ap.add_argument("--shadow-exact", default="", help="with --plain-shadow: decoders that must reproduce plain "
+                    "(strict) also answer every frame and are compared with plain's answer there")
     ap.add_argument("--suites", default=",".join(SUITES))
     ap.add_argument("--tasks", default="0-9", help="task ids, e.g. 0-9 or 0,3,5")
     ap.add_argument("--inits", default="0-9", help="held-out init ids (0-9), e.g. 0-9 or 0,1")
@@ -152,6 +154,13 @@ def main():
         if "plain" not in decoders:
             sys.exit("eval.py: --lockstep needs plain among --decoders")
         decoders = ["plain"] + [d for d in decoders if d != "plain"]  # plain first, so its riders join it
+    shadow_exact = [d for d in args.shadow_exact.split(",") if d]
+    if shadow_exact and not args.plain_shadow:
+        sys.exit("eval.py: --shadow-exact needs --plain-shadow")
+    for d in shadow_exact:
+        if d == "plain" or parse_decoder(d)[1]["policy"] != "strict":
+            sys.exit(f"eval.py: --shadow-exact: {d!r} is not a strict decoder (only a decoder that must reproduce "
+                     f"plain can be checked against it)")
     suites = [s for s in args.suites.split(",") if s]
     for s in suites:
         if s not in MAX_STEPS:
@@ -216,7 +225,8 @@ def main():
         prog = run_visits(visits, decoders, done, client, fields, unnorm, server, results=args.results,
                           videos=args.videos, media=media, have_media=have_media, seed=args.seed,
                           scale=args.max_steps_scale, placements=placements, lockstep=lockstep,
-                          plain_shadow=args.plain_shadow)
+                          plain_shadow=args.plain_shadow,
+                          shadow_exact=[(d, parse_decoder(d, info.get("drafter_config"))[0]) for d in shadow_exact])
         log(f"finished: {prog.n_run} episodes run in {(time.time() - prog.t0) / 60:.1f} min "
             f"(scene builds {prog.build_s:.0f} s over {prog.n_builds})")
     except KeyboardInterrupt:

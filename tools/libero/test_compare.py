@@ -233,6 +233,21 @@ def check_plain_shadow():
     else:
         raise AssertionError("a plain answer of another shape was accepted")
 
+    # an exact rider (strict) answers after plain on the same frame and is compared with plain's answer
+    client = FakeClient([answer([1] * 7, [0.0] * 7, 2.0), answer([1] * 7, [0.0] * 7, 1.0),
+                         answer([2] * 7, [0.5] * 7, 3.0), answer([2] * 7, [0.25] * 7, 1.5)])
+    ex = PlainShadow("e/plain-shadow/2", exact=[("strict", "strict")])
+    for step in range(2):
+        ex.run(client, primary, step, [1] * 7, np.zeros(7))
+    assert [b["decoder"] for b in client.bodies] == ["plain", "strict"] * 2, client.bodies
+    assert client.bodies[1]["episode_id"] == "e/strict-shadow/2" and client.bodies[1]["image"] == "frame"
+    strict = ex.summary()["exact"]["strict"]
+    assert (strict["steps"], strict["differing_steps"], strict["first_differing_steps"]) == (2, 1, [1]), strict
+    from closed_loop.report import exact_summary
+    e = exact_summary([ex.summary()])["strict"]
+    assert (e["steps"], e["differing_steps"], e["episodes_with_differences"]) == (2, 1, 1), e
+    assert close(e["decode_speedup"], 5.0 / 2.5), e
+
     rows = [{"stats": {"decode_ms": 2.5, "policy_ms": 8.0, "calls": 2}, "plain_shadow": out},
             {"stats": {"decode_ms": 9.0, "policy_ms": 9.0, "calls": 2}}]  # no shadow: left out
     got = shadow_summary(rows)

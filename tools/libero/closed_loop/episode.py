@@ -117,11 +117,12 @@ def add_stats(acc, st, episode, first, rtt_ms, encode_ms):
 
 
 def run_episode(runner, client, suite, task_id, init_id, dec_name, dec_field, max_steps, unnorm_key, seed,
-                want_gif, placement=0, lockstep=(), plain_shadow=False):
+                want_gif, placement=0, lockstep=(), plain_shadow=False, shadow_exact=()):
     """One episode; returns the results line (without the bookkeeping fields), the GIF frames, and the rows of
     the `lockstep` decoders ((name, field) pairs, closed_loop/lockstep.py) that matched it at every step. With
     `plain_shadow` (a decoder other than plain), plain decoding also answers every frame (closed_loop/shadow.py)
-    and the line's `plain_shadow` field holds its statistics."""
+    and the line's `plain_shadow` field holds its statistics, with the `shadow_exact` decoders' ((name, field)
+    pairs) comparisons with plain on those frames."""
     import numpy as np
     from .lockstep import LockstepCopy, run_copies
     from .shadow import PLAIN, PlainShadow
@@ -143,7 +144,7 @@ def run_episode(runner, client, suite, task_id, init_id, dec_name, dec_field, ma
     eid = (f"eval/{suite}/task{task_id:02d}/init{init_id:02d}" + (f"p{placement}" if placement else "")
            + f"/{dec_name}/{uuid.uuid4().hex[:12]}")
     copies = [LockstepCopy(name, field, eid.replace(f"/{dec_name}/", f"/{name}/")) for name, field in lockstep]
-    shadow = PlainShadow(eid.replace(f"/{dec_name}/", f"/{PLAIN}-shadow/")) \
+    shadow = PlainShadow(eid.replace(f"/{dec_name}/", f"/{PLAIN}-shadow/"), shadow_exact) \
         if plain_shadow and dec_name != PLAIN else None
     lockstep_s = 0.0
     acc = new_stats()

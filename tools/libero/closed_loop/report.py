@@ -81,7 +81,25 @@ def shadow_summary(rows):
         "shadow_decode_ms_per_action": _per(_sum(rs, "decode_ms"), _sum(rs, "calls")),
         "shadow_same_tokens_fraction": _per(sum(x["same_tokens_steps"] for x in sh), steps, 4),
         "shadow_action_l1": _per(sum(x["action_l1_sum"] for x in sh), steps, 5),
+        "shadow_exact": exact_summary(sh),
     }
+
+
+def exact_summary(shadows):
+    """Per exact rider (strict): frames compared with plain's answer, those that differed, and its decode speed-up
+    over plain on them."""
+    out = {}
+    for name in sorted({n for x in shadows for n in x.get("exact", {})}):
+        pairs = [(x, x["exact"][name]) for x in shadows if name in x.get("exact", {})]
+        plain_ms = sum(x["stats"].get("decode_ms", 0) for x, _ in pairs)
+        own_ms = sum(e["stats"].get("decode_ms", 0) for _, e in pairs)
+        out[name] = {"episodes": len(pairs), "steps": sum(e["steps"] for _, e in pairs),
+                     "differing_steps": sum(e["differing_steps"] for _, e in pairs),
+                     "episodes_with_differences": sum(1 for _, e in pairs if e["differing_steps"]),
+                     "decode_speedup": _per(plain_ms, own_ms),
+                     "accept_len": _per(sum(e["stats"].get("spec_cycle_tokens", 0) for _, e in pairs),
+                                        sum(e["stats"].get("spec_cycles", 0) for _, e in pairs))}
+    return out
 
 
 def compare_to_plain(rows, name):
@@ -292,6 +310,13 @@ def write_markdown(rep, path, media_rel):
                      f"{_fmt(c['shadow_decode_speedup'], 2)}x | {_fmt(c['shadow_policy_speedup'], 2)}x | "
                      f"{_fmt(c['shadow_same_tokens_fraction'], 1, True)} | {_fmt(c['shadow_action_l1'], 4)} |")
         L.append("")
+        for c in shadowed:
+            for name, e in (c.get("shadow_exact") or {}).items():
+                L.append(f"- `{name}` on the frames of `{c['name']}`'s episodes: {e['differing_steps']} of "
+                         f"{e['steps']} frames differ from plain's tokens or action ({e['episodes']} episodes, "
+                         f"{e['episodes_with_differences']} with a difference); accept length {_fmt(e['accept_len'], 2)}, "
+                         f"decode speed-up {_fmt(e['decode_speedup'], 2)}x over plain on the same frames.")
+        L.append("")
     errs = [c for c in rep["configs"] if c["episode_errors"] or c["history_restarts"] or c["non_action_tokens"]]
     for c in errs:
         L.append(f"- {c['name']}: {c['episode_errors']} episodes ended by an env exception, "
@@ -301,8 +326,18 @@ def write_markdown(rep, path, media_rel):
     write_markdown_section(L, rep["vs_plain"])
     L.append("## Strict equals plain")
     L.append("")
-    if not rep["strict_equals_plain"]:
+    frame_checks = [(c["name"], n, e) for c in rep["configs"] for n, e in (c.get("shadow_exact") or {}).items()]
+    if not rep["strict_equals_plain"] and not frame_checks:
         L.append("Not checked: the run has no plain and strict episodes on the same initial states.")
+    if not rep["strict_equals_plain"] and frame_checks:
+        L.append("Not as whole episodes (the run has no plain and strict episodes on the same initial states), but "
+                 "frame by frame, on the frames of other decoders' episodes (`--shadow-exact`):")
+        L.append("")
+    for primary, name, e in frame_checks:
+        L.append(f"- `{name}` vs plain on `{primary}`'s frames: identical on {e['steps'] - e['differing_steps']} of "
+                 f"{e['steps']} frames ({e['episodes']} episodes).")
+    if frame_checks:
+        L.append("")
     for chk in rep["strict_equals_plain"]:
         if chk.get("lockstep"):
             L.append(f"{chk['lockstep']} of `{chk['decoder']}`'s episodes ran in lockstep with plain's: the same "

@@ -70,12 +70,13 @@ class Progress:
 
 
 def run_visits(visits, decoders, done, client, fields, unnorm, server, *, results, videos, media, have_media, seed,
-               scale, placements=(0,), lockstep=(), plain_shadow=False):
+               scale, placements=(0,), lockstep=(), plain_shadow=False, shadow_exact=()):
     """Every episode of `visits` x `placements` x `decoders` not in `done`, each appended to `results` (and
     `done`) when it ends; the first success and failure of each task saved as GIFs when `videos`. The `lockstep`
     decoders ride along plain's episodes (closed_loop/lockstep.py) and run on their own only where plain was
     already done or they diverged from it. With `plain_shadow`, every other decoder's episode also sends each frame
-to plain decoding (closed_loop/shadow.py). Returns the Progress."""
+to plain decoding (closed_loop/shadow.py), and each of `shadow_exact` ((name, field) pairs) answers it too, checked
+against plain's answer. Returns the Progress."""
     prog = Progress(visits, decoders, done, scale, placements)
     for suite, task_id, vinits in visits:
         todo = [(i, p, d) for i in vinits for p in placements for d in decoders
@@ -104,7 +105,7 @@ to plain decoding (closed_loop/shadow.py). Returns the Progress."""
                           if dec == "plain" and (suite, task_id, init_id, placement, d) not in done]
                 rec, frames, rider_rows = run_episode(runner, client, suite, task_id, init_id, dec, fields[dec],
                                                       max_steps, unnorm[suite], seed, want, placement, riders,
-                                                      plain_shadow)
+                                                      plain_shadow, shadow_exact)
                 rec.update(seed=seed, max_steps_scale=scale, server=server,
                            finished=time.strftime("%Y-%m-%dT%H:%M:%S"), video=None)
                 if want and slot + (rec["success"],) not in have_media:

@@ -12,14 +12,45 @@ from .episode import add_stats, new_stats, rounded_stats
 PLAIN = "plain"
 
 
+class ExactRider:
+    """A decoder that must give plain's tokens and action on every frame (strict), compared there."""
+
+    def __init__(self, name, field, episode_id):
+        self.name, self.field, self.episode_id = name, field, episode_id
+        self.acc = new_stats()
+        self.steps = 0
+        self.differing = []
+
+    def run(self, client, body, step, plain_tokens, plain_action):
+        import numpy as np
+        b = dict(body)
+        b["decoder"], b["episode_id"] = self.field, self.episode_id
+        t0 = time.perf_counter()
+        ans = client.request("POST", "/act", b)
+        dt = time.perf_counter() - t0
+        add_stats(self.acc, ans.get("stats") or {}, ans.get("episode"), step == 0, dt * 1e3, 0.0)
+        action = np.asarray(ans.get("action"), dtype=np.float64)
+        self.steps += 1
+        if list(ans.get("tokens") or []) != list(plain_tokens) or not np.array_equal(action, plain_action):
+            self.differing.append(step)
+        return dt
+
+    def summary(self):
+        return {"episode_id": self.episode_id, "steps": self.steps, "differing_steps": len(self.differing),
+                "first_differing_steps": self.differing[:5], "stats": rounded_stats(self.acc)}
+
+
 class PlainShadow:
-    def __init__(self, episode_id):
+    def __init__(self, episode_id, exact=()):
+        """exact: (name, request field) pairs of decoders checked against plain on the same frames."""
         self.episode_id = episode_id
         self.acc = new_stats()
         self.steps = 0
         self.same_tokens = 0
         self.action_l1 = 0.0
         self.seconds = 0.0
+        self.exact = [ExactRider(name, field, episode_id.replace(f"/{PLAIN}-shadow/", f"/{name}-shadow/"))
+                      for name, field in exact]
 
     def run(self, client, primary_body, step, primary_tokens, primary_raw_action):
         """Plain decoding on the primary's frame; returns the seconds spent."""
@@ -38,10 +69,12 @@ class PlainShadow:
         self.steps += 1
         self.same_tokens += list(ans.get("tokens") or []) == list(primary_tokens)
         self.action_l1 += float(np.abs(action - primary_raw_action).mean())
+        for rider in self.exact:
+            dt += rider.run(client, body, step, list(ans.get("tokens") or []), action)
         return dt
 
     def summary(self):
         """The results row's `plain_shadow` field."""
         return {"episode_id": self.episode_id, "steps": self.steps, "same_tokens_steps": self.same_tokens,
                 "action_l1_sum": round(self.action_l1, 6), "call_s": round(self.seconds, 2),
-                "stats": rounded_stats(self.acc)}
+                "stats": rounded_stats(self.acc), "exact": {r.name: r.summary() for r in self.exact}}
