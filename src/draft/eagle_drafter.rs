@@ -3,7 +3,7 @@
 use candle_core::Tensor;
 
 use super::eagle::{DraftLmHead, EagleHead};
-use super::eagle_run::{DraftCutoff, DraftState, EagleRun};
+use super::eagle_run::{DraftCutoff, DraftState, EagleRun, HeadRows};
 use super::{ActionStart, Committed, DraftRequest, Drafter, DrafterNeeds, TreeSettings};
 use crate::error::{Error, Result};
 use crate::llama::Llama;
@@ -12,6 +12,9 @@ use crate::verifier::OpenVla;
 
 /// A draft head, its LM head, the tree shape and the draft cut-off, plus the draft cache it
 /// reuses from one action to the next.
+///
+/// The head runs only when it drafts: the verifier's prefill and the rows verified since the
+/// last draft wait, and then go through the head in one pass.
 #[derive(Debug)]
 pub struct EagleDrafter {
     head: EagleHead,
@@ -20,7 +23,7 @@ pub struct EagleDrafter {
     /// Drafting stops below this estimated path acceptance probability (see `DraftCutoff`).
     min_confidence: f32,
     state: Option<DraftState>,
-    pending: Option<PendingPrefill>,
+    pending: Pending,
 }
 
 impl EagleDrafter {
@@ -49,7 +52,7 @@ impl EagleDrafter {
             tree,
             min_confidence: 0.0,
             state: None,
-            pending: None,
+            pending: Pending::default(),
         })
     }
 
@@ -92,10 +95,11 @@ impl EagleDrafter {
         capacity: usize,
     ) -> Result<()> {
         let mut state = self.state_for(capacity, verifier)?;
-        self.pending = None;
-        let result = self
-            .run(verifier)
-            .prefill(&mut state, input_embeds, hidden, first_token);
+        self.pending = Pending::default();
+        let run = self.run(verifier);
+        let result = run
+            .prefill_rows(input_embeds, hidden, first_token)
+            .and_then(|rows| run.append(&mut state, &[rows], true));
         self.state = Some(state);
         result
     }
@@ -194,13 +198,16 @@ impl Drafter for EagleDrafter {
     fn start(&mut self, start: &ActionStart<'_>) -> Result<()> {
         let state = self.state_for(start.cache_capacity, start.verifier)?;
         self.state = Some(state);
-        // The draft prefill waits until the head drafts or commits: in a staged drafter an
-        // action may finish without it.
-        self.pending = Some(PendingPrefill {
-            input_embeds: start.prefill.input_embeds.clone(),
-            hidden: start.prefill.hidden.clone(),
-            first_token: start.prefill.greedy,
-        });
+        // The draft prefill waits until the head drafts: in a staged drafter an action may
+        // finish without it.
+        self.pending = Pending {
+            prefill: Some(PendingPrefill {
+                input_embeds: start.prefill.input_embeds.clone(),
+                hidden: start.prefill.hidden.clone(),
+                first_token: start.prefill.greedy,
+            }),
+            commits: Vec::new(),
+        };
         Ok(())
     }
 
@@ -228,13 +235,24 @@ impl Drafter for EagleDrafter {
             .features
             .as_ref()
             .ok_or_else(|| Error::internal("an EAGLE commit without the verifier's features"))?;
-        let mut state = self.prefilled_state(verifier)?;
-        let result = self
+        if self.state.is_none() {
+            return Err(Error::internal("an EAGLE commit before its start"));
+        }
+        // Checked now, run with the next draft.
+        let rows = self
             .run(verifier)
-            .commit(&mut state, features, &committed.next_tokens);
-        self.state = Some(state);
-        result
+            .commit_rows(features, &committed.next_tokens)?;
+        self.pending.commits.push(rows);
+        Ok(())
     }
+}
+
+/// What the head has not run yet: this action's prefill (until the head first drafts) and the
+/// rows verified since its last draft.
+#[derive(Debug, Default)]
+struct Pending {
+    prefill: Option<PendingPrefill>,
+    commits: Vec<HeadRows>,
 }
 
 /// The verifier's prefill, kept until the head first needs it.
@@ -259,16 +277,22 @@ impl EagleDrafter {
         })
     }
 
-    /// The draft state with this action's prefill run (taken out of `self`; put it back).
+    /// The draft state with every pending row run, in one pass (taken out of `self`; put it
+    /// back).
     fn prefilled_state(&mut self, verifier: &Llama) -> Result<DraftState> {
         let mut state = self
             .state
             .take()
             .ok_or_else(|| Error::internal("EAGLE drafting before its start"))?;
-        if let Some(p) = self.pending.take() {
-            self.run(verifier)
-                .prefill(&mut state, &p.input_embeds, &p.hidden, p.first_token)?;
+        let Pending { prefill, commits } = std::mem::take(&mut self.pending);
+        let run = self.run(verifier);
+        let mut rows = Vec::with_capacity(commits.len() + 1);
+        let restart = prefill.is_some();
+        if let Some(p) = prefill {
+            rows.push(run.prefill_rows(&p.input_embeds, &p.hidden, p.first_token)?);
         }
+        rows.extend(commits);
+        run.append(&mut state, &rows, restart)?;
         Ok(state)
     }
 }

@@ -34,6 +34,14 @@ impl DraftState {
     }
 }
 
+/// Rows for the draft head: the verifier's features paired with the embeddings of the tokens
+/// after them, `[n, hidden]` each.
+#[derive(Debug, Clone)]
+pub(crate) struct HeadRows {
+    next_embeds: Tensor,
+    features: Tensor,
+}
+
 /// The EAGLE head run against a verifier: draft head + its LM head + the verifier's embedding
 /// table, borrowed for one action.
 #[derive(Debug, Clone, Copy)]
@@ -44,46 +52,38 @@ pub(crate) struct EagleRun<'a> {
 }
 
 impl EagleRun<'_> {
-    /// Feeds the verifier's prefill: row `i` pairs hidden `f_i` with the embedding of token
-    /// `i + 1`; the last row pairs with `first_token`, the verifier's first greedy token.
+    /// The draft rows of the verifier's prefill: row `i` pairs hidden `f_i` with the embedding of
+    /// token `i + 1`; the last row pairs with `first_token`, the verifier's first greedy token.
     /// `input_embeds`, `hidden`: `[T, hidden]`. A head with a context window
     /// ([`EagleHeadConfig::context_window`](crate::draft::eagle::EagleHeadConfig)) takes only the last
     /// rows.
-    pub(crate) fn prefill(
+    pub(crate) fn prefill_rows(
         &self,
-        state: &mut DraftState,
         input_embeds: &Tensor,
         hidden: &Tensor,
         first_token: u32,
-    ) -> Result<()> {
-        state.cache.reset();
+    ) -> Result<HeadRows> {
         let rows = hidden.dim(0)?;
         let t = match self.head.config().context_window {
             Some(window) => window.min(rows),
             None => rows,
         };
-        let hidden = hidden.narrow(0, rows - t, t)?;
+        let features = hidden.narrow(0, rows - t, t)?;
         let mut next = Vec::with_capacity(2);
         if t > 1 {
             next.push(input_embeds.narrow(0, rows - t + 1, t - 1)?);
         }
         next.push(self.verifier.embed(&[first_token])?);
-        let next = Tensor::cat(&next, 0)?;
-        let root = self
-            .head
-            .forward_last(&next, &hidden, 0, &mut state.cache)?;
-        state.root_feature = Some(root);
-        Ok(())
+        Ok(HeadRows {
+            next_embeds: Tensor::cat(&next, 0)?,
+            features,
+        })
     }
 
-    /// Appends verified rows: `features` `[k, hidden]` (verifier hidden states of the root and
-    /// the accepted nodes) paired with `next_tokens` (the accepted tokens, then the bonus).
-    pub(crate) fn commit(
-        &self,
-        state: &mut DraftState,
-        features: &Tensor,
-        next_tokens: &[u32],
-    ) -> Result<()> {
+    /// The draft rows of verified tokens: `features` `[k, hidden]` (verifier hidden states of the
+    /// root and the accepted nodes) paired with `next_tokens` (the accepted tokens, then the
+    /// bonus).
+    pub(crate) fn commit_rows(&self, features: &Tensor, next_tokens: &[u32]) -> Result<HeadRows> {
         let k = next_tokens.len();
         if features.dim(0)? != k || k == 0 {
             return Err(Error::internal(format!(
@@ -91,10 +91,34 @@ impl EagleRun<'_> {
                 features.dim(0)?
             )));
         }
+        Ok(HeadRows {
+            next_embeds: self.verifier.embed(next_tokens)?,
+            features: features.clone(),
+        })
+    }
+
+    /// Runs `rows` (in order) through the head in one pass, after the committed draft rows or,
+    /// with `restart`, from an empty draft cache (a new action's prefill). Rows do not depend on
+    /// the rows beside them in a pass, so a prefill and the commits after it cost one pass and
+    /// give what separate passes give.
+    pub(crate) fn append(
+        &self,
+        state: &mut DraftState,
+        rows: &[HeadRows],
+        restart: bool,
+    ) -> Result<()> {
+        if rows.is_empty() {
+            return Ok(());
+        }
+        if restart {
+            state.cache.reset();
+        }
+        let next: Vec<&Tensor> = rows.iter().map(|r| &r.next_embeds).collect();
+        let features: Vec<&Tensor> = rows.iter().map(|r| &r.features).collect();
         let start = state.cache.len();
         let root = self.head.forward_last(
-            &self.verifier.embed(next_tokens)?,
-            features,
+            &Tensor::cat(&next, 0)?,
+            &Tensor::cat(&features, 0)?,
             start,
             &mut state.cache,
         )?;
@@ -382,129 +406,5 @@ impl DraftCutoff<'_> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::accept::RelaxedBinDistance;
-    use crate::action::ActionIds;
-    use crate::draft::TreeSettings;
-
-    const CHAIN: TreeSettings = TreeSettings {
-        top_k: 1,
-        depth: 6,
-        total_tokens: 7,
-    };
-
-    /// Log-probs of a draft over ids 10..14 with probabilities `p`.
-    fn row(p: [f32; 4]) -> Vec<f32> {
-        p.iter().map(|x| x.ln()).collect()
-    }
-
-    /// Expands the chain's frontier with the best token of `probs` and scores it.
-    fn step(
-        cutoff: &DraftCutoff<'_>,
-        builder: &mut TreeBuilder,
-        confidence: &mut Vec<f32>,
-        probs: [f32; 4],
-    ) -> Result<()> {
-        let rows = vec![row(probs)];
-        let best = (0..4)
-            .max_by(|&a, &b| probs[a].total_cmp(&probs[b]))
-            .unwrap_or(0);
-        let parents = builder.frontier().to_vec();
-        builder.expand(&[vec![(10 + best as u32, rows[0][best])]])?;
-        cutoff.score(builder, &parents, confidence, &rows, |j| 10 + j as u32);
-        Ok(())
-    }
-
-    /// The device path's ops, run here on the CPU, select what the host path selects (on rows of
-    /// distinct values, where the order is unique).
-    #[test]
-    fn device_top_k_selects_what_the_host_selects() -> Result<()> {
-        let rows: Vec<Vec<f32>> = (0..3)
-            .map(|r| {
-                (0..256)
-                    .map(|j| ((j * 97 + r * 31) % 256) as f32 * -0.01)
-                    .collect()
-            })
-            .collect();
-        let tensor = Tensor::new(rows.clone(), &candle_core::Device::Cpu)?;
-        for k in [0, 1, 4, 256, 300] {
-            let device = top_k_on_device(&tensor, k)?;
-            for (row, got) in rows.iter().zip(&device) {
-                let mut order: Vec<usize> = (0..row.len()).collect();
-                order.sort_by(|a, b| row[*b].total_cmp(&row[*a]));
-                let want: Vec<(usize, f32)> =
-                    order.into_iter().take(k).map(|i| (i, row[i])).collect();
-                assert_eq!(got, &want, "k {k}");
-            }
-        }
-        Ok(())
-    }
-
-    #[test]
-    fn strict_cutoff_multiplies_draft_probabilities() -> Result<()> {
-        let cutoff = DraftCutoff {
-            policy: &Acceptance::Strict,
-            first_dim: 0,
-            min_confidence: 0.3,
-        };
-        let mut builder = TreeBuilder::new(1, CHAIN, 6)?;
-        let mut confidence = vec![1.0];
-        step(&cutoff, &mut builder, &mut confidence, [0.1, 0.6, 0.2, 0.1])?;
-        assert!((confidence[1] - 0.6).abs() < 1e-6, "{confidence:?}");
-        assert!(!builder.is_done());
-        // 0.6 * 0.6 = 0.36 still reaches 0.3; 0.36 * 0.5 = 0.18 does not.
-        step(&cutoff, &mut builder, &mut confidence, [0.6, 0.2, 0.1, 0.1])?;
-        assert!(!builder.is_done());
-        step(&cutoff, &mut builder, &mut confidence, [0.1, 0.1, 0.3, 0.5])?;
-        assert!((confidence[3] - 0.18).abs() < 1e-6, "{confidence:?}");
-        assert!(builder.is_done(), "drafting goes on below the cut-off");
-        // The level that fell below the cut-off is still in the tree.
-        assert_eq!(builder.finish().len(), 4);
-        Ok(())
-    }
-
-    #[test]
-    fn relaxed_cutoff_counts_the_bins_it_would_accept() -> Result<()> {
-        let ids = ActionIds::new(10, 4)?;
-        let relaxed = Acceptance::RelaxedBinDistance(RelaxedBinDistance::uniform(1, ids)?);
-        let probs = [0.3, 0.4, 0.2, 0.1];
-        let mut masses = Vec::new();
-        for policy in [&Acceptance::Strict, &relaxed] {
-            let cutoff = DraftCutoff {
-                policy,
-                first_dim: 0,
-                min_confidence: 0.5,
-            };
-            let mut builder = TreeBuilder::new(1, CHAIN, 6)?;
-            let mut confidence = vec![1.0];
-            step(&cutoff, &mut builder, &mut confidence, probs)?;
-            masses.push((confidence[1], builder.is_done()));
-        }
-        // Strict: q(11) = 0.4 < 0.5 stops; relaxed r=1: q(10..=12) = 0.9 goes on.
-        assert!(
-            (masses[0].0 - 0.4).abs() < 1e-6 && masses[0].1,
-            "{masses:?}"
-        );
-        assert!(
-            (masses[1].0 - 0.9).abs() < 1e-6 && !masses[1].1,
-            "{masses:?}"
-        );
-        // An exempt dimension needs the exact bin again.
-        let exempt = Acceptance::RelaxedBinDistance(RelaxedBinDistance::new(
-            crate::accept::RadiusSpec::Uniform(1),
-            vec![3],
-            ids,
-        )?);
-        let cutoff = DraftCutoff {
-            policy: &exempt,
-            first_dim: 3,
-            min_confidence: 0.5,
-        };
-        let mut builder = TreeBuilder::new(1, CHAIN, 6)?;
-        let mut confidence = vec![1.0];
-        step(&cutoff, &mut builder, &mut confidence, probs)?;
-        assert!((confidence[1] - 0.4).abs() < 1e-6, "{confidence:?}");
-        Ok(())
-    }
-}
+#[path = "eagle_run_tests.rs"]
+mod tests;
