@@ -46,8 +46,10 @@ struct Args {
     r: Vec<u32>,
     /// Drafters to run, each with every acceptance policy: eagle, previous_action,
     /// constant_velocity, merged (EAGLE, previous action and constant velocity in one tree),
-    /// default (the library's default drafter), names joined by + (one tree) or two such joined
-    /// by > (the first for an action's first pass, the second after).
+    /// default (the library's default drafter), staged (the previous action, then the EAGLE
+    /// head and the previous action in one tree), names joined by + (one tree), such groups
+    /// joined by | (the first that drafts anything) or two such joined by > (the first for an
+    /// action's first pass, the second after).
     #[arg(long, value_delimiter = ',', default_values_t = ["eagle", "default"].map(String::from).to_vec())]
     drafter: Vec<String>,
     /// Node budget of merged drafters (default: the default drafter's).

@@ -28,6 +28,7 @@ fn drafters() -> Vec<DrafterConfig> {
         DrafterConfig::PreviousAction,
         DrafterConfig::ConstantVelocity { history: 3 },
         DrafterConfig::merged_default(),
+        DrafterConfig::staged_default(),
         DrafterConfig::default(),
         // A budget that cuts the later branches short.
         DrafterConfig::Merged {
@@ -207,5 +208,52 @@ fn the_previous_action_is_read_only_within_its_episode() -> Result<()> {
     assert_eq!(passes(&mut spec, &other_key)?, 1);
     // Without a draft head, an EAGLE drafter is refused, not silently dropped.
     assert!(DrafterConfig::eagle().build(&case.model, None).is_err());
+    Ok(())
+}
+
+/// The default drafter drafts with the EAGLE head exactly where there is no previous action (an
+/// episode's first action) and with the previous action everywhere else: pass for pass, its
+/// drafts and gains equal the EAGLE head's alone on the first action and the previous action's
+/// alone on the later ones (strict acceptance, so every decoder's history is the greedy one).
+#[test]
+fn the_default_drafter_runs_the_head_only_without_a_previous_action() -> Result<()> {
+    let mut eagle_passes = 0;
+    for seed in 0..6u64 {
+        let case = random_case(seed)?;
+        let decoder = |config: DrafterConfig| -> Result<SpecDecoder> {
+            Ok(SpecDecoder::new(
+                config.build(&case.model, Some(&case.draft))?,
+                Acceptance::Strict,
+            )?)
+        };
+        let mut default = decoder(DrafterConfig::default())?;
+        let mut eagle = decoder(DrafterConfig::eagle())?;
+        let mut previous = decoder(DrafterConfig::PreviousAction)?;
+        for step in 0..STEPS {
+            let image = frame(&case, step, seed)?;
+            let got = decode(&case.model, &mut default, &image, &case.ids, &episode("a"))?;
+            let alone = if step == 0 { &mut eagle } else { &mut previous };
+            let want = decode(&case.model, alone, &image, &case.ids, &episode("a"))?;
+            if step > 0 {
+                // The head alone is not asked; the episode's history must still advance.
+                decode(&case.model, &mut eagle, &image, &case.ids, &episode("a"))?;
+            } else {
+                decode(&case.model, &mut previous, &image, &case.ids, &episode("a"))?;
+                eagle_passes += want
+                    .stats
+                    .drafts_per_pass
+                    .iter()
+                    .filter(|&&n| n > 0)
+                    .count();
+            }
+            assert_eq!(got.tokens, want.tokens, "seed {seed} step {step}");
+            assert_eq!(
+                (&got.stats.drafts_per_pass, &got.stats.tokens_per_pass),
+                (&want.stats.drafts_per_pass, &want.stats.tokens_per_pass),
+                "seed {seed} step {step}: the default drafted other trees"
+            );
+        }
+    }
+    assert!(eagle_passes > 0, "the head never drafted a first action");
     Ok(())
 }

@@ -121,8 +121,9 @@ pub struct Args {
     #[arg(long)]
     exempt_gripper: bool,
     /// Drafter of the strict and relaxed decoders: eagle, previous_action, constant_velocity,
-    /// merged, default (the library's), names joined by + (one tree) or two such joined by >
-    /// (the first for an action's first pass, the second after).
+    /// merged, default (the library's), staged, names joined by + (one tree), such groups joined
+    /// by | (the first that drafts anything) or two such joined by > (the first for an action's
+    /// first pass, the second after).
     #[arg(long, default_value = "default")]
     drafter: String,
     /// EAGLE tree as top_k x depth x total_tokens, e.g. 4x6x24 (default: the device's).

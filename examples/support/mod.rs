@@ -270,9 +270,10 @@ pub fn spec_decoder(
 
 /// The drafter named `name`: `eagle`, `previous_action` (or `previous`), `constant_velocity`
 /// (or `cv`), `merged` (`DrafterConfig::merged_default`), `default` (`DrafterConfig::default`),
-/// several names joined by `+` (merged in that order in one tree of at most `node_budget` nodes,
-/// default 20), or two such joined by `>` (staged: the first for an action's first pass, the
-/// second after). Its EAGLE head takes `tree` and `min_confidence` where given (else the
+/// `staged` (`DrafterConfig::staged_default`), several names joined by `+` (merged in that order
+/// in one tree of at most `node_budget` nodes, default 20), such groups joined by `|` (the first
+/// that drafts anything drafts the pass), or two such joined by `>` (staged: the first for an
+/// action's first pass, the second after). Its EAGLE head takes `tree` and `min_confidence` where given (else the
 /// device's defaults).
 pub fn drafter_config(
     name: &str,
@@ -297,12 +298,21 @@ pub fn drafter_config(
             "constant_velocity" | "cv" => DrafterConfig::ConstantVelocity { history: 3 },
             "merged" => with_eagle_everywhere(DrafterConfig::merged_default(), &eagle),
             "default" => with_eagle_everywhere(DrafterConfig::default(), &eagle),
+            "staged" => with_eagle_everywhere(DrafterConfig::staged_default(), &eagle),
             other => bail!(
                 "unknown drafter `{other}`: use eagle, previous_action, constant_velocity, merged, \
-                 default, names joined by + (one tree) or two such joined by > (staged)"
+                 default, staged, names joined by + (one tree), | (the first that drafts) or > (staged)"
             ),
         })
     };
+    if name.contains('|') {
+        return Ok(DrafterConfig::FirstOf {
+            drafters: name
+                .split('|')
+                .map(|part| drafter_config(part, tree, min_confidence, node_budget))
+                .collect::<Result<_>>()?,
+        });
+    }
     if !name.contains('+') {
         return single(name);
     }
@@ -329,6 +339,12 @@ fn with_eagle_everywhere(config: DrafterConfig, eagle: &DrafterConfig) -> Drafte
         DrafterConfig::Staged { first, then } => DrafterConfig::Staged {
             first: Box::new(with_eagle_everywhere(*first, eagle)),
             then: Box::new(with_eagle_everywhere(*then, eagle)),
+        },
+        DrafterConfig::FirstOf { drafters } => DrafterConfig::FirstOf {
+            drafters: drafters
+                .into_iter()
+                .map(|d| with_eagle_everywhere(d, eagle))
+                .collect(),
         },
         other => other,
     }

@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 
 use super::eagle::{DraftLmHead, EagleHead};
 use super::{
-    ConstantVelocity, Drafter, EagleDrafter, Merged, PreviousAction, Staged, TreeSettings,
+    ConstantVelocity, Drafter, EagleDrafter, FirstOf, Merged, PreviousAction, Staged, TreeSettings,
 };
 use crate::error::{Error, Result};
 use crate::limits::Limit;
@@ -39,6 +39,11 @@ pub enum DrafterConfig {
         /// Most nodes of the merged tree, root included.
         node_budget: usize,
     },
+    /// The first of `drafters` that proposes anything drafts the pass.
+    FirstOf {
+        /// The drafters, most preferred first.
+        drafters: Vec<DrafterConfig>,
+    },
     /// `first` for an action's first pass, `then` for the later ones.
     Staged {
         /// The drafter of an action's first pass.
@@ -70,11 +75,10 @@ impl DrafterConfig {
         }
     }
 
-    /// The default: the previous action alone for an action's first pass (free to draft, and
-    /// checked in a cheap pass), then the EAGLE head and the previous action's remaining tokens
-    /// in one tree of at most 14 nodes. Measured fastest of the drafters on consecutive held-out
-    /// frames (README, "Drafters"). Without a draft head, [`build`](Self::build) drops the EAGLE
-    /// branch.
+    /// The previous action alone for an action's first pass (free to draft, and checked in a
+    /// cheap pass), then the EAGLE head and the previous action's remaining tokens in one tree of
+    /// at most 14 nodes: a few more tokens per cycle than the default, for a head pass in most
+    /// second passes (README, "Drafters").
     pub fn staged_default() -> Self {
         Self::Staged {
             first: Box::new(Self::PreviousAction),
@@ -82,6 +86,17 @@ impl DrafterConfig {
                 drafters: vec![Self::eagle(), Self::PreviousAction],
                 node_budget: 14,
             }),
+        }
+    }
+
+    /// The default: the previous action's remaining tokens, and the EAGLE head only where there
+    /// is no previous action (an episode's first action). On a small verifier an EAGLE step
+    /// costs about a verifier pass, and once the previous action exists the head's extra tokens
+    /// per cycle no longer pay for it; measured on consecutive held-out frames (README,
+    /// "Drafters"). Without a draft head, [`build`](Self::build) drops the EAGLE branch.
+    pub fn previous_then_eagle() -> Self {
+        Self::FirstOf {
+            drafters: vec![Self::PreviousAction, Self::eagle()],
         }
     }
 
@@ -96,6 +111,10 @@ impl DrafterConfig {
                 let names: Vec<String> = drafters.iter().map(Self::name).collect();
                 names.join("+")
             }
+            Self::FirstOf { drafters } => {
+                let names: Vec<String> = drafters.iter().map(Self::name).collect();
+                names.join("|")
+            }
             Self::Staged { first, then } => format!("{}>{}", first.name(), then.name()),
         }
     }
@@ -104,7 +123,9 @@ impl DrafterConfig {
     pub fn uses_eagle(&self) -> bool {
         match self {
             Self::Eagle { .. } => true,
-            Self::Merged { drafters, .. } => drafters.iter().any(Self::uses_eagle),
+            Self::Merged { drafters, .. } | Self::FirstOf { drafters } => {
+                drafters.iter().any(Self::uses_eagle)
+            }
             Self::Staged { first, then } => first.uses_eagle() || then.uses_eagle(),
             _ => false,
         }
@@ -151,6 +172,12 @@ impl DrafterConfig {
             } => {
                 Limit::Drafters.check(count.saturating_add(drafters.len()))?;
                 Limit::TreeNodes.check(*node_budget)?;
+                drafters
+                    .iter()
+                    .try_for_each(|d| d.validate_within(level + 1, count))
+            }
+            Self::FirstOf { drafters } => {
+                Limit::Drafters.check(count.saturating_add(drafters.len()))?;
                 drafters
                     .iter()
                     .try_for_each(|d| d.validate_within(level + 1, count))
@@ -208,6 +235,14 @@ impl DrafterConfig {
                     .collect::<Result<Vec<_>>>()?;
                 Box::new(Merged::new(parts, *node_budget)?)
             }
+            Self::FirstOf { drafters } => {
+                let parts = drafters
+                    .iter()
+                    .filter(|d| head.is_some() || !d.uses_eagle())
+                    .map(|d| d.build_checked(model, head))
+                    .collect::<Result<Vec<_>>>()?;
+                Box::new(FirstOf::new(parts)?)
+            }
             Self::Staged { first, then } => Box::new(Staged::new(
                 first.build_checked(model, head)?,
                 then.build_checked(model, head)?,
@@ -218,7 +253,7 @@ impl DrafterConfig {
 
 impl Default for DrafterConfig {
     fn default() -> Self {
-        Self::staged_default()
+        Self::previous_then_eagle()
     }
 }
 

@@ -7,7 +7,8 @@
 //! - [`PreviousAction`]: the previous control step's remaining tokens, as a chain;
 //! - [`ConstantVelocity`]: a linear extrapolation of the last actions in bin space;
 //! - [`Merged`]: several drafters' proposals in one tree, so one verifier pass checks them all;
-//! - [`Staged`]: one drafter for an action's first pass, another for the later ones.
+//! - [`Staged`]: one drafter for an action's first pass, another for the later ones;
+//! - [`FirstOf`]: drafters in order of preference, the first that proposes anything drafts.
 //!
 //! The tree itself is pure data ([`crate::tree`]), and so is combining trees
 //! ([`merge_trees`](crate::tree::merge_trees)).
@@ -16,6 +17,7 @@
 //! {"drafter": "eagle"}
 //! {"drafter": "merged", "drafters": [{"drafter": "eagle"}, {"drafter": "previous_action"},
 //!  {"drafter": "constant_velocity", "history": 3}], "node_budget": 20}
+//! {"drafter": "first_of", "drafters": [{"drafter": "previous_action"}, {"drafter": "eagle"}]}
 //! ```
 
 pub mod builder;
@@ -24,6 +26,7 @@ mod constant_velocity;
 pub mod eagle;
 mod eagle_drafter;
 mod eagle_run;
+mod first_of;
 mod history;
 mod merged;
 mod previous_action;
@@ -37,6 +40,7 @@ pub use builder::{TreeBuilder, TreeSettings, MAX_TOP_K, MAX_TOTAL_TOKENS, MAX_TR
 pub use config::{default_min_confidence, DrafterConfig};
 pub use constant_velocity::ConstantVelocity;
 pub use eagle_drafter::EagleDrafter;
+pub use first_of::FirstOf;
 pub use history::{ActionHistory, EpisodeKey};
 pub use merged::Merged;
 pub use previous_action::PreviousAction;
