@@ -57,7 +57,7 @@ struct Args {
     node_budget: Option<usize>,
     /// What a relaxed acceptance puts in the action: drafted (Spec-VLA), verifier (the
     /// verifier's own token), or both, comma-separated (each runs with every radius).
-    #[arg(long, value_delimiter = ',', default_values_t = ["drafted"].map(String::from).to_vec())]
+    #[arg(long, value_delimiter = ',', default_values_t = ["drafted", "verifier"].map(String::from).to_vec())]
     emit: Vec<String>,
     /// Exempt the gripper (dimension 6) from relaxation.
     #[arg(long)]
