@@ -104,7 +104,8 @@ fn leaf_drafter() -> BoxedStrategy<Value> {
     .boxed()
 }
 
-/// A drafter configuration: leaves, merged lists (long ones too) and staged pairs, nested.
+/// A drafter configuration: leaves, merged and first-of lists (long ones too) and staged pairs,
+/// nested.
 fn drafter() -> BoxedStrategy<Value> {
     leaf_drafter()
         .prop_recursive(6, 64, 8, |inner| {
@@ -116,6 +117,10 @@ fn drafter() -> BoxedStrategy<Value> {
                 (leaf_drafter(), 0usize..3000, size()).prop_map(|(d, n, budget)| {
                     json!({"drafter": "merged", "drafters": vec![d; n], "node_budget": budget})
                 }),
+                prop::collection::vec(inner.clone(), 0..6)
+                    .prop_map(|d| json!({"drafter": "first_of", "drafters": d})),
+                (leaf_drafter(), 0usize..3000)
+                    .prop_map(|(d, n)| json!({"drafter": "first_of", "drafters": vec![d; n]})),
                 (inner.clone(), inner).prop_map(
                     |(first, then)| json!({"drafter": "staged", "first": first, "then": then})
                 ),
@@ -164,6 +169,9 @@ fn walk(config: &DrafterConfig, level: usize, asked: &mut Asked) {
             node_budget,
         } => {
             assert!(*node_budget <= MAX_TOTAL_TOKENS);
+            drafters.iter().for_each(|d| walk(d, level + 1, asked));
+        }
+        DrafterConfig::FirstOf { drafters } => {
             drafters.iter().for_each(|d| walk(d, level + 1, asked));
         }
         DrafterConfig::Staged { first, then } => {
