@@ -227,21 +227,12 @@ impl DrafterConfig {
             Self::Merged {
                 drafters,
                 node_budget,
-            } => {
-                let parts = drafters
-                    .iter()
-                    .filter(|d| head.is_some() || !d.uses_eagle())
-                    .map(|d| d.build_checked(model, head))
-                    .collect::<Result<Vec<_>>>()?;
-                Box::new(Merged::new(parts, *node_budget)?)
-            }
+            } => Box::new(Merged::new(
+                build_parts(drafters, model, head)?,
+                *node_budget,
+            )?),
             Self::FirstOf { drafters } => {
-                let parts = drafters
-                    .iter()
-                    .filter(|d| head.is_some() || !d.uses_eagle())
-                    .map(|d| d.build_checked(model, head))
-                    .collect::<Result<Vec<_>>>()?;
-                Box::new(FirstOf::new(parts)?)
+                Box::new(FirstOf::new(build_parts(drafters, model, head)?)?)
             }
             Self::Staged { first, then } => Box::new(Staged::new(
                 first.build_checked(model, head)?,
@@ -249,6 +240,19 @@ impl DrafterConfig {
             )),
         })
     }
+}
+
+/// The parts of a merged or first-of drafter, without the EAGLE branches when there is no head.
+fn build_parts(
+    drafters: &[DrafterConfig],
+    model: &OpenVla,
+    head: Option<&EagleHead>,
+) -> Result<Vec<Box<dyn Drafter>>> {
+    drafters
+        .iter()
+        .filter(|d| head.is_some() || !d.uses_eagle())
+        .map(|d| d.build_checked(model, head))
+        .collect()
 }
 
 impl Default for DrafterConfig {
