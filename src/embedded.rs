@@ -1,12 +1,13 @@
 //! The bundled default model, compiled into the library: one call away, no download, no files.
 //!
-//! With the `embedded` feature (on by default) the model `microvla-goal-v2` and its EAGLE draft head
+//! With the `embedded` feature (on by default) the model `microvla-goal-v3` and its EAGLE draft head
 //! are part of the compiled library: their JSON files and weights are `include_bytes!`'d, so a
 //! binary that uses them runs on a machine with no copy of this crate's sources (the linker drops
 //! them from binaries that never call [`VlaPolicy::embedded`] or [`draft_head`]).
 //!
 //! The model is a 3.4M-parameter OpenVLA-shaped policy for four LIBERO-Goal tasks, trained on
-//! expert demonstrations and noise-injected recoveries (`models/microvla-goal-v2/README.md` is its
+//! expert demonstrations, noise-injected recoveries and one DAgger round
+//! (`models/microvla-goal-v3/README.md` is its
 //! model card, `docs/goal_policy.md` its training and
 //! evaluation). The compiled bytes are the repository's published-layout checkpoint files
 //! themselves (bf16 `model.safetensors`), the same files OpenVLA's PyTorch code and
@@ -22,16 +23,16 @@ use crate::error::Result;
 use crate::policy::VlaPolicy;
 
 /// The embedded model's name.
-pub const NAME: &str = "microvla-goal-v2";
+pub const NAME: &str = "microvla-goal-v3";
 /// Where the repository keeps the embedded model as a published-layout checkpoint, relative to
 /// the repository root (not part of the package).
-pub const MODEL: &str = "models/microvla-goal-v2";
+pub const MODEL: &str = "models/microvla-goal-v3";
 /// Where the repository keeps the embedded draft head, relative to the repository root.
-pub const DRAFT: &str = "models/microvla-goal-v2-draft";
+pub const DRAFT: &str = "models/microvla-goal-v3-draft";
 /// Where the repository keeps the embedded model's held-out frames (initial states it never
 /// trained on, with a `manifest.json` holding the PyTorch model's greedy tokens), relative to the
 /// repository root (not part of the package).
-pub const HELDOUT_FRAMES: &str = "data/libero_goal_v2_heldout";
+pub const HELDOUT_FRAMES: &str = "data/libero_goal_v3_heldout";
 
 impl VlaPolicy {
     /// The embedded default model with its EAGLE draft head (see the [module](crate::embedded)
@@ -86,16 +87,16 @@ mod bundled {
     macro_rules! model_file {
         ($name:literal) => {
             (
-                concat!("embedded:models/microvla-goal-v2/", $name),
-                include_bytes!(concat!("../models/microvla-goal-v2/", $name)),
+                concat!("embedded:models/microvla-goal-v3/", $name),
+                include_bytes!(concat!("../models/microvla-goal-v3/", $name)),
             )
         };
     }
     macro_rules! draft_file {
         ($name:literal) => {
             (
-                concat!("embedded:models/microvla-goal-v2-draft/", $name),
-                include_bytes!(concat!("../models/microvla-goal-v2-draft/", $name)),
+                concat!("embedded:models/microvla-goal-v3-draft/", $name),
+                include_bytes!(concat!("../models/microvla-goal-v3-draft/", $name)),
             )
         };
     }

@@ -1,4 +1,4 @@
-//! The embedded default model (`microvla-goal-v2`, four LIBERO-Goal tasks of one scene): on its
+//! The embedded default model (`microvla-goal-v3`, four LIBERO-Goal tasks of one scene): on its
 //! committed held-out frames ([`embedded::HELDOUT_FRAMES`], runs of consecutive steps from initial
 //! states it never trained on) the Rust greedy tokens equal the PyTorch model's in f32, except
 //! where PyTorch's top-2 margin is below `NEAR_TIE` (counted and printed), and the token accuracy

@@ -43,10 +43,10 @@ cargo build --release --quiet --example libero
 
 # The expected tokens come from the published-layout checkpoint on disk; the moved binaries
 # must reproduce them from the bytes they carry.
-expected=$("$target/release/spec_vla_consumer" "$root/models/microvla-goal-v2")
+expected=$("$target/release/spec_vla_consumer" "$root/models/microvla-goal-v3")
 mkdir -p "$work/moved/frames"
 cp "$target/release/spec_vla_consumer" "$target/release/examples/libero" "$work/moved/"
-cp data/libero_goal_v2_heldout/manifest.json data/libero_goal_v2_heldout/0*.png "$work/moved/frames/"
+cp data/libero_goal_v3_heldout/manifest.json data/libero_goal_v3_heldout/0*.png "$work/moved/frames/"
 rm -rf "$package" "$work/consumer"
 cd "$work/moved"
 got=$(./spec_vla_consumer)
