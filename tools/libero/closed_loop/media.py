@@ -1,4 +1,5 @@
 """The episode GIFs: one success and one failure per task in the --videos folder, listed in its index.json."""
+import fcntl
 import json
 import math
 import os
@@ -45,11 +46,19 @@ def media_of(videos_dir, rows):
 def save_media(videos, media, rec, frames):
     """The episode's GIF in its task's success or failure slot, listed in videos/index.json."""
     name = f"{rec['suite']}_task{rec['task_id']:02d}_{'success' if rec['success'] else 'failure'}.gif"
-    save_gif(os.path.join(videos, name), frames)
-    media[:] = [m for m in media if m["file"] != name]
-    media.append({k: rec[k] for k in ("suite", "success", "task_id", "init_id", "decoder", "steps", "instruction",
-                                      "episode_id")} | {"file": name})
-    media.sort(key=lambda m: (SUITES.index(m["suite"]), m["task_id"], not m["success"]))
-    with open(os.path.join(videos, "index.json"), "w") as f:
-        json.dump(media, f, indent=1)
+    entry = {k: rec[k] for k in ("suite", "success", "task_id", "init_id", "decoder", "steps", "instruction",
+                                 "episode_id")} | {"file": name}
+    # Workers of one run (--shard) share the folder: the GIF and the index change under one lock, and the index
+    # is re-read and merged, so one worker's entries never overwrite another's.
+    with open(os.path.join(videos, "index.lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        save_gif(os.path.join(videos, name), frames)
+        on_disk = load_media(videos)
+        merged = {m["file"]: m for m in media + on_disk}  # the index on disk describes the GIFs on disk
+        merged[name] = entry
+        media[:] = sorted(merged.values(), key=lambda m: (SUITES.index(m["suite"]), m["task_id"], not m["success"]))
+        tmp = os.path.join(videos, f"index.json.tmp{os.getpid()}")
+        with open(tmp, "w") as f:
+            json.dump(media, f, indent=1)
+        os.replace(tmp, os.path.join(videos, "index.json"))
     return name
