@@ -16,9 +16,10 @@ use std::fmt;
 pub const MAX_DRAFTER_HISTORY: usize = 64;
 
 /// Drafters in one [`DrafterConfig`](crate::draft::DrafterConfig), counting every `merged`,
-/// `first_of` and `staged` node and every drafter inside them. Each EAGLE entry costs about 2.2 MB (its own
-/// slice of the LM head) and a draft pass per verification: 15 EAGLE drafters in one merged
-/// tree hold about 33 MB and take an action to about 0.05 s (10,000 took 22.8 GB and 90 s).
+/// `first_of` and `staged` node and every drafter inside them. Each EAGLE entry costs about
+/// 2.2 MB (its own slice of the LM head) and a draft pass per verification: 15 EAGLE drafters in
+/// one merged tree hold about 33 MB and take an action to about 0.05 s (10,000 took 22.8 GB and
+/// 90 s).
 pub const MAX_DRAFTERS: usize = 16;
 
 /// Levels of `merged` / `first_of` / `staged` drafters inside one another (a plain drafter is
