@@ -1,5 +1,7 @@
-//! Verifier costs: prefill and one decode step on the fixture model, and the full-size
-//! `dinosiglip-vit-so-224px` towers on one frame (random weights).
+//! Verifier costs: prefill and one decode step on the fixture model; one decode step against one
+//! verification pass over chains of 2 to 6 rows on the embedded model (what a speculative cycle
+//! costs next to a plain step); the full-size `dinosiglip-vit-so-224px` towers on one frame
+//! (random weights).
 
 use std::path::{Path, PathBuf};
 
@@ -10,8 +12,10 @@ use spec_vla::checkpoint::CheckpointFiles;
 use spec_vla::config::OpenVlaConfig;
 use spec_vla::processor::Processor;
 use spec_vla::synthetic::random_openvla_weights;
+use spec_vla::tree::DraftTree;
 use spec_vla::verifier::OpenVla;
 use spec_vla::vision::VisionBackbone;
+use spec_vla::VlaPolicy;
 
 fn fixtures() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
@@ -63,6 +67,49 @@ fn fixture_model(c: &mut Criterion) {
     group.finish();
 }
 
+/// A plain decode step against verification passes over chains (what the previous-action drafter
+/// proposes; an action's first pass verifies 6 rows: the prefill's token and 5 drafted ones, the
+/// last token being the pass's own) on the embedded model, from the same cached prompt.
+fn embedded_model(c: &mut Criterion) {
+    let dev = Device::Cpu;
+    let policy = VlaPolicy::embedded(DType::F32, &dev).expect("embedded model");
+    let model = policy.model();
+    let frame = spec_vla::embedded::sample_frame().expect("frame");
+    let ids = policy
+        .processor()
+        .prompt_ids(spec_vla::embedded::SAMPLE_INSTRUCTION)
+        .expect("ids");
+    let pixels = policy
+        .processor()
+        .pixel_values(&frame, &dev)
+        .expect("pixels");
+    let image = model.encode_image(&pixels).expect("vision");
+    let mut cache = model
+        .llm()
+        .new_cache(model.cache_capacity(ids.len(), 64))
+        .expect("cache");
+    let prefill = model.prefill(&image, &ids, &mut cache).expect("prefill");
+    let base = cache.len();
+    let token = prefill.greedy;
+    let mut group = c.benchmark_group("embedded_model");
+    group.bench_function("decode_step", |b| {
+        b.iter(|| {
+            cache.truncate(base);
+            model.decode(token, &mut cache).expect("decode")
+        })
+    });
+    for rows in [2usize, 4, 6] {
+        let tree = DraftTree::chain(token, &vec![token; rows - 1]);
+        group.bench_function(format!("verify_chain_{rows}"), |b| {
+            b.iter(|| {
+                cache.truncate(base);
+                model.verify(&tree, &mut cache).expect("verify")
+            })
+        });
+    }
+    group.finish();
+}
+
 fn full_size_towers(c: &mut Criterion) {
     let dev = Device::Cpu;
     let text = std::fs::read_to_string(fixtures().join("openvla_7b_config.json")).expect("config");
@@ -88,5 +135,5 @@ fn full_size_towers(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, fixture_model, full_size_towers);
+criterion_group!(benches, fixture_model, embedded_model, full_size_towers);
 criterion_main!(benches);

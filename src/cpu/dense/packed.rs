@@ -11,16 +11,20 @@
 //!
 //! Weights that are exact bf16 values (a bf16 checkpoint, as OpenVLA publishes, loaded in f32)
 //! are kept as bf16 panels and widened in registers: the same multiply-adds on half the bytes
-//! (what that saves is in `docs/performance.md`, "Measurements behind the code").
+//! (what that saves is in `docs/performance.md`, "Measurements behind the code"). For the
+//! AVX-512 kernel the bf16 panels pair their columns (see [`Panels::Bf16Paired`]), so that one
+//! step's widening takes two instructions instead of four: with several rows (a tree
+//! verification) the kernel is bound by its vector instructions, not by the weight stream.
 //!
 //! Threads (rayon's pool, as candle's own CPU ops use) split the panels (disjoint output
 //! columns), so the result does not depend on the thread count: every output is the same
 //! sequence of fused multiply-adds, whatever the number of rows or threads.
 
 use std::arch::x86_64::{
-    __m512, _mm256_loadu_si256, _mm512_add_ps, _mm512_castsi512_ps, _mm512_cvtepu16_epi32,
-    _mm512_fmadd_ps, _mm512_loadu_ps, _mm512_set1_ps, _mm512_setzero_ps, _mm512_slli_epi32,
-    _mm512_storeu_ps, _mm_prefetch, _MM_HINT_T0,
+    __m512, _mm256_loadu_si256, _mm512_add_ps, _mm512_and_si512, _mm512_castsi512_ps,
+    _mm512_cvtepu16_epi32, _mm512_fmadd_ps, _mm512_loadu_ps, _mm512_loadu_si512, _mm512_set1_epi32,
+    _mm512_set1_ps, _mm512_setzero_ps, _mm512_slli_epi32, _mm512_storeu_ps, _mm_prefetch,
+    _MM_HINT_T0,
 };
 
 use super::packed_avx2;
@@ -51,8 +55,23 @@ enum Panels {
     F32(Vec<f32>),
     /// Every weight was a bf16 value widened to f32 (as OpenVLA's bf16 checkpoints load), so
     /// its low 16 bits were zero: the kernel widens them back exactly, computing the same
-    /// multiply-adds as on the f32 panels while streaming half the bytes.
+    /// multiply-adds as on the f32 panels while streaming half the bytes. A step's `NR`
+    /// columns in order (the AVX2 kernel widens 8 at a time).
     Bf16(Vec<u16>),
+    /// As [`Panels::Bf16`], for the AVX-512 kernel: 32-bit lane `l` of a step holds column `l`
+    /// in its low half and column `l + 16` in its high half, so one load and two instructions (a
+    /// shift and a mask) widen both 16-column halves, where the in-order layout takes two
+    /// loads, two zero-extensions and two shifts.
+    Bf16Paired(Vec<u16>, Avx512),
+}
+
+/// Where column `lane` (`0..NR`) of a step sits among the step's `NR` values of `panels`.
+fn lane_position(paired: bool, lane: usize) -> usize {
+    match (paired, lane < NR / 2) {
+        (false, _) => lane,
+        (true, true) => 2 * lane,
+        (true, false) => 2 * (lane - NR / 2) + 1,
+    }
 }
 
 /// A weight `[n, k]` packed into `NR`-column panels, with the proof of the instructions its
@@ -105,10 +124,11 @@ impl PackedWeight {
                 )));
             }
         }
-        let panels = if bf16 {
-            Panels::Bf16(pack(weight, n, k, |w| (w.to_bits() >> 16) as u16))
-        } else {
-            Panels::F32(pack(weight, n, k, |w| w))
+        let to_bf16 = |w: f32| (w.to_bits() >> 16) as u16;
+        let panels = match (bf16, isa) {
+            (false, _) => Panels::F32(pack(weight, n, k, |w| w, false)),
+            (true, Isa::Avx512(avx)) => Panels::Bf16Paired(pack(weight, n, k, to_bf16, true), avx),
+            (true, Isa::Avx2(_)) => Panels::Bf16(pack(weight, n, k, to_bf16, false)),
         };
         Ok(Self {
             isa,
@@ -122,7 +142,7 @@ impl PackedWeight {
     /// Whether the panels are stored in bf16.
     #[cfg(test)]
     pub(crate) fn is_bf16(&self) -> bool {
-        matches!(self.panels, Panels::Bf16(_))
+        matches!(self.panels, Panels::Bf16(_) | Panels::Bf16Paired(..))
     }
 
     pub(crate) fn out_dim(&self) -> usize {
@@ -147,14 +167,15 @@ impl PackedWeight {
             )));
         }
         let mut values = Vec::with_capacity(rows.len() * k);
+        let paired = matches!(self.panels, Panels::Bf16Paired(..));
         for row in rows.clone() {
-            let base = (row / NR) * k * NR + row % NR;
+            let base = (row / NR) * k * NR + lane_position(paired, row % NR);
             let before = values.len();
             match &self.panels {
                 Panels::F32(p) => {
                     values.extend(p.get(base..).into_iter().flatten().step_by(NR).take(k))
                 }
-                Panels::Bf16(p) => values.extend(
+                Panels::Bf16(p) | Panels::Bf16Paired(p, _) => values.extend(
                     p.get(base..)
                         .into_iter()
                         .flatten()
@@ -265,8 +286,14 @@ impl PackedWeight {
 }
 
 /// `weight` `[n, k]` as `NR`-column panels `[k][NR]`, zero-padded past `n`, each value mapped
-/// by `store`.
-fn pack<T: Copy + Default>(weight: &[f32], n: usize, k: usize, store: impl Fn(f32) -> T) -> Vec<T> {
+/// by `store`, the columns of a step in order or `paired` (see [`lane_position`]).
+fn pack<T: Copy + Default>(
+    weight: &[f32],
+    n: usize,
+    k: usize,
+    store: impl Fn(f32) -> T,
+    paired: bool,
+) -> Vec<T> {
     if k == 0 {
         return Vec::new();
     }
@@ -274,7 +301,7 @@ fn pack<T: Copy + Default>(weight: &[f32], n: usize, k: usize, store: impl Fn(f3
     let mut panels = vec![T::default(); num_panels * k * NR];
     for (row, values) in weight.chunks_exact(k).take(n).enumerate() {
         let (panel, lane) = (row / NR, row % NR);
-        let base = panel * k * NR + lane;
+        let base = panel * k * NR + lane_position(paired, lane);
         for (kk, &value) in values.iter().enumerate() {
             panels[base + kk * NR] = store(value);
         }
@@ -348,6 +375,9 @@ impl Job<'_> {
                             Panels::Bf16(p) => {
                                 tile::<Bf16Panel>(isa, rows, kc, a, &p[block], c, ldc)
                             }
+                            Panels::Bf16Paired(p, avx) => {
+                                tile_paired(*avx, rows, kc, a, &p[block], c, ldc)
+                            }
                         }
                     }
                 }
@@ -394,6 +424,23 @@ impl PanelFormat for Bf16Panel {
     }
 }
 
+pub(super) struct Bf16PairedPanel;
+
+impl PanelFormat for Bf16PairedPanel {
+    type Elem = u16;
+    /// Lane `l` holds columns `l` (low half) and `l + 16` (high half); bf16 -> f32 is exact:
+    /// the 16 bits become the upper half of the f32 pattern.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn load(b: *const u16) -> (__m512, __m512) {
+        let both = _mm512_loadu_si512(b.cast());
+        (
+            _mm512_castsi512_ps(_mm512_slli_epi32::<16>(both)),
+            _mm512_castsi512_ps(_mm512_and_si512(both, _mm512_set1_epi32(-65536))),
+        )
+    }
+}
+
 /// Asks for reduction step `kk + PREFETCH_AHEAD` of the panel block at `b` (`NR` weights per
 /// step): the weight panel streams from L3 or memory, ahead of the kernel's loads. Prefetches
 /// never fault, and `wrapping_add` keeps the address arithmetic defined past the panel's end.
@@ -436,6 +483,27 @@ unsafe fn tile<P: PanelFormat + packed_avx2::Load8<Elem = <P as PanelFormat>::El
         Isa::Avx512(avx) => tile_avx512::<P>(avx, rows, kc, a, b, c, ldc),
         Isa::Avx2(avx2) => packed_avx2::tile::<P>(avx2, rows, kc, a, b, c, ldc),
     }
+}
+
+/// [`tile`] for [`Panels::Bf16Paired`], which only the AVX-512 kernel reads.
+///
+/// # Safety
+/// As for [`tile`].
+#[allow(clippy::too_many_arguments)]
+unsafe fn tile_paired(
+    avx: Avx512,
+    rows: usize,
+    kc: usize,
+    a: &[f32],
+    b: &[u16],
+    c: *mut f32,
+    ldc: usize,
+) {
+    if a.len() < kc * rows || b.len() < kc * NR {
+        return;
+    }
+    // SAFETY: `a` and `b` hold `kc` steps (checked above) and the caller vouches for `c`.
+    tile_avx512::<Bf16PairedPanel>(avx, rows, kc, a.as_ptr(), b.as_ptr(), c, ldc)
 }
 
 /// [`tile`] on AVX-512.

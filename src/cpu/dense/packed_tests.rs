@@ -164,14 +164,22 @@ fn the_avx2_and_avx512_kernels_agree_bit_for_bit() {
     }
     for &(m, n, k) in &[(1, 33, 7), (7, 551, 256), (14, 65, 2100)] {
         let w = values(n * k, 17);
-        let x = values(m * k, 18);
-        let results: Vec<Vec<f32>> = isas
+        // The same weights rounded to bf16: each kernel reads its own bf16 panel layout.
+        let w_bf16: Vec<f32> = w
             .iter()
-            .map(|&isa| {
-                let packed = PackedWeight::new(isa, &w, n, k, Some(values(n, 19))).unwrap();
-                packed.matmul(&x, m, 2).unwrap()
-            })
+            .map(|v| f32::from_bits(v.to_bits() & 0xFFFF_0000))
             .collect();
-        assert_eq!(results[0], results[1], "m={m} n={n} k={k}");
+        let x = values(m * k, 18);
+        for weights in [&w, &w_bf16] {
+            let results: Vec<Vec<f32>> = isas
+                .iter()
+                .map(|&isa| {
+                    let packed =
+                        PackedWeight::new(isa, weights, n, k, Some(values(n, 19))).unwrap();
+                    packed.matmul(&x, m, 2).unwrap()
+                })
+                .collect();
+            assert_eq!(results[0], results[1], "m={m} n={n} k={k}");
+        }
     }
 }
