@@ -107,6 +107,30 @@ fn embedded_model(c: &mut Criterion) {
             })
         });
     }
+    // As an action runs: the vision towers and the prefill (untimed) just before the pass, so the
+    // pass meets the caches they leave, as an action's first pass does.
+    let six = DraftTree::chain(token, &[token; 5]);
+    for (name, tree) in [
+        ("decode_step_after_prefill", None),
+        ("verify_chain_6_after_prefill", Some(&six)),
+    ] {
+        group.bench_function(name, |b| {
+            b.iter_custom(|iters| {
+                let mut timed = std::time::Duration::ZERO;
+                for _ in 0..iters {
+                    let image = model.encode_image(&pixels).expect("vision");
+                    model.prefill(&image, &ids, &mut cache).expect("prefill");
+                    let start = std::time::Instant::now();
+                    match tree {
+                        Some(tree) => model.verify(tree, &mut cache).expect("verify"),
+                        None => model.decode(token, &mut cache).expect("decode"),
+                    };
+                    timed += start.elapsed();
+                }
+                timed
+            })
+        });
+    }
     group.finish();
 }
 
