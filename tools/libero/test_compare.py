@@ -218,16 +218,21 @@ def check_plain_shadow():
     primary = {"image": "frame", "decoder": {"relaxed": 9}, "episode_id": "e/relaxed9/1", "reset": True}
     client = FakeClient([answer([1] * 7, [0.0] * 7, 2.0), answer([2] * 7, [0.5] * 7, 3.0)])
     sh = PlainShadow("e/plain-shadow/1")
-    sh.run(client, primary, 0, [1] * 7, np.zeros(7))
-    sh.run(client, primary, 1, [1] * 7, np.zeros(7))
+    assert not sh.plain_first(0) and sh.plain_first(1)
+    # step 0: the decoder's call came first; step 1: plain's (`call`), before the decoder's
+    sh.run(client, primary, 0, [1] * 7, np.zeros(7), {"times_ms": {"decode": 1.0}})
+    called = sh.call(client, primary, 1)
+    sh.run(client, primary, 1, [1] * 7, np.zeros(7), {"times_ms": {"decode": 1.5}}, called)
     assert primary["decoder"] == {"relaxed": 9} and primary["episode_id"] == "e/relaxed9/1"
     assert all(b["decoder"] == "plain" and b["episode_id"] == "e/plain-shadow/1" and b["image"] == "frame"
                for b in client.bodies), client.bodies
     out = sh.summary()
     assert (out["steps"], out["same_tokens_steps"]) == (2, 1) and close(out["action_l1_sum"], 0.5), out
     assert close(out["stats"]["decode_ms"], 5.0) and out["stats"]["calls"] == 2, out
+    assert out["first_call"] == {"decoder": {"steps": 1, "plain_decode_ms": 2.0, "decoder_decode_ms": 1.0},
+                                 "plain": {"steps": 1, "plain_decode_ms": 3.0, "decoder_decode_ms": 1.5}}, out
     try:
-        PlainShadow("x").run(FakeClient([answer([1] * 7, [0.0] * 6, 1.0)]), primary, 0, [1] * 7, np.zeros(7))
+        PlainShadow("x").run(FakeClient([answer([1] * 7, [0.0] * 6, 1.0)]), primary, 0, [1] * 7, np.zeros(7), {})
     except ValueError:
         pass
     else:
@@ -238,7 +243,7 @@ def check_plain_shadow():
                          answer([2] * 7, [0.5] * 7, 3.0), answer([2] * 7, [0.25] * 7, 1.5)])
     ex = PlainShadow("e/plain-shadow/2", exact=[("strict", "strict")])
     for step in range(2):
-        ex.run(client, primary, step, [1] * 7, np.zeros(7))
+        ex.run(client, primary, step, [1] * 7, np.zeros(7), {})
     assert [b["decoder"] for b in client.bodies] == ["plain", "strict"] * 2, client.bodies
     assert client.bodies[1]["episode_id"] == "e/strict-shadow/2" and client.bodies[1]["image"] == "frame"
     strict = ex.summary()["exact"]["strict"]
@@ -255,6 +260,17 @@ def check_plain_shadow():
     assert close(got["shadow_decode_speedup"], 2.0) and close(got["shadow_policy_speedup"], 10.0 / 8.0), got
     assert close(got["shadow_same_tokens_fraction"], 0.5) and close(got["shadow_action_l1"], 0.25), got
     assert shadow_summary(rows[1:]) == {"shadow_episodes": 0}
+    # the steps where each went first: plain 3.0 ms against the decoder's 1.0 ms
+    turns = got["shadow_by_order"]["taking turns"]
+    assert list(got["shadow_by_order"]) == ["taking turns"] and close(turns["first_call_decode_speedup"], 3.0), got
+    # a row of a run before the turns (no first_call) is summed apart
+    old = dict(out)
+    del old["first_call"]
+    got = shadow_summary(rows[:1] + [{"stats": {"decode_ms": 5.0, "policy_ms": 10.0, "calls": 2},
+                                      "plain_shadow": old}])
+    assert list(got["shadow_by_order"]) == ["decoder first", "taking turns"], got
+    assert close(got["shadow_by_order"]["decoder first"]["shadow_decode_speedup"], 1.0), got
+    assert close(got["shadow_decode_speedup"], round(10.0 / 7.5, 3)), got
 
 
 if __name__ == "__main__":

@@ -40,6 +40,10 @@ def main():
         assert index == want, index
         for name in want:
             assert os.path.getsize(os.path.join(videos, name)) > 0, name
+        # a --videos folder that does not exist yet is made
+        fresh = os.path.join(videos, "new", "media")
+        save_media(fresh, load_media(fresh), rec(9, True, "relaxed9v", "c1"), frames)
+        assert os.path.getsize(os.path.join(fresh, "libero_goal_task09_success.gif")) > 0
     print("ok")
 
 

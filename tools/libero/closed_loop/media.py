@@ -50,6 +50,7 @@ def save_media(videos, media, rec, frames):
                                  "episode_id")} | {"file": name}
     # Workers of one run (--shard) share the folder: the GIF and the index change under one lock, and the index
     # is re-read and merged, so one worker's entries never overwrite another's.
+    os.makedirs(videos, exist_ok=True)
     with open(os.path.join(videos, "index.lock"), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         save_gif(os.path.join(videos, name), frames)

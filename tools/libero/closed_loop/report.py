@@ -67,6 +67,27 @@ def shadow_summary(rows):
     rs = [r for r in rows if r.get("plain_shadow")]
     if not rs:
         return {"shadow_episodes": 0}
+    out = shadow_figures(rs)
+    # Rows whose calls took turns going first (closed_loop/shadow.py) and rows where the decoder always went
+    # first (runs before the alternation; that order favours plain), each on its own.
+    turns = [r for r in rs if r["plain_shadow"].get("first_call")]
+    fixed = [r for r in rs if not r["plain_shadow"].get("first_call")]
+    out["shadow_by_order"] = {}
+    if fixed:
+        out["shadow_by_order"]["decoder first"] = shadow_figures(fixed)
+    if turns:
+        alt = shadow_figures(turns)
+        first = [r["plain_shadow"]["first_call"] for r in turns]
+        plain_first = sum(f["plain"]["plain_decode_ms"] for f in first) / max(sum(f["plain"]["steps"] for f in first), 1)
+        dec_first = sum(f["decoder"]["decoder_decode_ms"] for f in first) / max(
+            sum(f["decoder"]["steps"] for f in first), 1)
+        alt["first_call_decode_speedup"] = _per(plain_first, dec_first)
+        out["shadow_by_order"]["taking turns"] = alt
+    return out
+
+
+def shadow_figures(rs):
+    """shadow_summary's figures over the rows `rs` (each with a shadow)."""
     sh = [r["plain_shadow"] for r in rs]
     steps = sum(x["steps"] for x in sh)
 
@@ -297,18 +318,26 @@ def write_markdown(rep, path, media_rel):
         L.append("### Plain decoding on the same frames")
         L.append("")
         L.append("With `--plain-shadow`, every frame of these episodes also went to plain decoding (recorded, never "
-                 "executed; `closed_loop/shadow.py`), right after the decoder's own call: plain's time on the same "
+                 "executed; `closed_loop/shadow.py`), next to the decoder's own call: plain's time on the same "
                  "frames at the same moment, and how far the decoder's action is from the one plain decoding would "
-                 "have taken in the state the decoder's actions led to.")
+                 "have taken in the state the decoder's actions led to. Order: the first call after the ~0.2 s "
+                 "render pays a cold-start cost the second does not, so the calls take turns going first ('taking "
+                 "turns'; 'first call' compares each decoder's steps where it went first, as a control loop calls "
+                 "it after an idle period); runs before that change always called the decoder first ('decoder "
+                 "first'), which favours plain.")
         L.append("")
-        L.append("| decoder | episodes | steps | plain decode ms/action | decoder decode ms/action | decode speed-up | "
-                 "whole-action speed-up | steps with plain's tokens | mean action L1 to plain's |")
-        L.append("|---|---|---|---|---|---|---|---|---|")
+        L.append("| decoder | order | episodes | steps | plain decode ms/action | decoder decode ms/action | "
+                 "decode speed-up | decode speed-up, first call | whole-action speed-up | steps with plain's tokens "
+                 "| mean action L1 to plain's |")
+        L.append("|---|---|---|---|---|---|---|---|---|---|---|")
         for c in shadowed:
-            L.append(f"| {c['name']} | {c['shadow_episodes']} | {c['shadow_steps']} | "
-                     f"{_fmt(c['shadow_plain_decode_ms_per_action'], 2)} | {_fmt(c['shadow_decode_ms_per_action'], 2)} | "
-                     f"{_fmt(c['shadow_decode_speedup'], 2)}x | {_fmt(c['shadow_policy_speedup'], 2)}x | "
-                     f"{_fmt(c['shadow_same_tokens_fraction'], 1, True)} | {_fmt(c['shadow_action_l1'], 4)} |")
+            for order, g in (c.get("shadow_by_order") or {"decoder first": c}).items():
+                L.append(f"| {c['name']} | {order} | {g['shadow_episodes']} | {g['shadow_steps']} | "
+                         f"{_fmt(g['shadow_plain_decode_ms_per_action'], 2)} | "
+                         f"{_fmt(g['shadow_decode_ms_per_action'], 2)} | {_fmt(g['shadow_decode_speedup'], 2)}x | "
+                         f"{_fmt(g.get('first_call_decode_speedup'), 2)}{'x' if g.get('first_call_decode_speedup') else ''} | "
+                         f"{_fmt(g['shadow_policy_speedup'], 2)}x | "
+                         f"{_fmt(g['shadow_same_tokens_fraction'], 1, True)} | {_fmt(g['shadow_action_l1'], 4)} |")
         L.append("")
         for c in shadowed:
             for name, e in (c.get("shadow_exact") or {}).items():
