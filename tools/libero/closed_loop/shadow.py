@@ -57,7 +57,7 @@ class PlainShadow:
         self.seconds = 0.0
         self.exact = [ExactRider(name, field, episode_id.replace(f"/{PLAIN}-shadow/", f"/{name}-shadow/"))
                       for name, field in exact]
-        # decode ms and steps of each decoder by who went first: {"plain": [...], "decoder": [...]}
+        # steps and both decoders' decode ms, keyed by who went first ("plain" or "decoder")
         self.by_order = {who: {"steps": 0, "plain_decode_ms": 0.0, "decoder_decode_ms": 0.0}
                          for who in ("plain", "decoder")}
 
