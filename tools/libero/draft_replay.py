@@ -32,28 +32,30 @@ from closed_loop.episode import unpack_tokens  # noqa: E402
 DIMS = 7
 
 
+def _velocity(prev, before, gain):
+    return np.clip(np.round(prev + gain * (prev - before)), 0, None).astype(np.int64)
+
+
+# Each drafter: (previous action, the one before it) -> the chains it proposes.
+DRAFTS = {
+    "previous_action": lambda p, q: [p],
+    "constant_velocity": lambda p, q: [_velocity(p, q, 1.0)],
+    "half_velocity": lambda p, q: [_velocity(p, q, 0.5)],
+    "previous_action+constant_velocity": lambda p, q: [p, _velocity(p, q, 1.0)],
+    "previous_action+the_one_before": lambda p, q: [p, q],
+    "previous_action+half_velocity": lambda p, q: [p, _velocity(p, q, 0.5)],
+}
+DRAFTERS = tuple(DRAFTS)
+
+
 def drafts(name, earlier):
     """The chains (whole actions; the dimensions still to decode are taken from them) the drafter
-    `name` proposes after the actions `earlier` (oldest first, at least one)."""
+    `name` proposes after the actions `earlier` (oldest first, at least one; with one, the one
+    before is the same)."""
+    if name not in DRAFTS:
+        raise ValueError(f"unknown drafter {name!r}; one of {sorted(DRAFTS)}")
     prev = earlier[-1]
-    before = earlier[-2] if len(earlier) >= 2 else prev
-    velocity = np.clip(2 * prev - before, 0, None)
-    half = np.round(prev + 0.5 * (prev - before)).astype(np.int64)
-    table = {
-        "previous_action": [prev],
-        "constant_velocity": [velocity],
-        "half_velocity": [half],
-        "previous_action+constant_velocity": [prev, velocity],
-        "previous_action+the_one_before": [prev, before],
-        "previous_action+half_velocity": [prev, half],
-    }
-    if name not in table:
-        raise ValueError(f"unknown drafter {name!r}; one of {sorted(table)}")
-    return table[name]
-
-
-DRAFTERS = ("previous_action", "constant_velocity", "half_velocity", "previous_action+constant_velocity",
-            "previous_action+the_one_before", "previous_action+half_velocity")
+    return DRAFTS[name](prev, earlier[-2] if len(earlier) >= 2 else prev)
 
 
 def replay_action(chains, truth, radius):

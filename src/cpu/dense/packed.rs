@@ -21,14 +21,13 @@
 //! sequence of fused multiply-adds, whatever the number of rows or threads.
 
 use std::arch::x86_64::{
-    __m512, _mm256_loadu_si256, _mm512_add_ps, _mm512_and_si512, _mm512_castsi512_ps,
-    _mm512_cvtepu16_epi32, _mm512_fmadd_ps, _mm512_loadu_ps, _mm512_loadu_si512, _mm512_set1_epi32,
-    _mm512_set1_ps, _mm512_setzero_ps, _mm512_slli_epi32, _mm512_storeu_ps, _mm_prefetch,
-    _MM_HINT_T0,
+    __m512, _mm512_add_ps, _mm512_and_si512, _mm512_castsi512_ps, _mm512_fmadd_ps, _mm512_loadu_ps,
+    _mm512_loadu_si512, _mm512_set1_epi32, _mm512_set1_ps, _mm512_setzero_ps, _mm512_slli_epi32,
+    _mm512_storeu_ps, _mm_prefetch, _MM_HINT_T0,
 };
 
 use super::packed_avx2;
-use crate::cpu::{check_len, Avx512, Isa};
+use crate::cpu::{check_len, Avx2Fma, Avx512, Isa};
 use crate::error::{Error, Result};
 
 /// Output columns per panel: two 16-lane vectors.
@@ -56,8 +55,8 @@ enum Panels {
     /// Every weight was a bf16 value widened to f32 (as OpenVLA's bf16 checkpoints load), so
     /// its low 16 bits were zero: the kernel widens them back exactly, computing the same
     /// multiply-adds as on the f32 panels while streaming half the bytes. A step's `NR`
-    /// columns in order (the AVX2 kernel widens 8 at a time).
-    Bf16(Vec<u16>),
+    /// columns in order, for the AVX2 kernel (which widens 8 at a time).
+    Bf16(Vec<u16>, Avx2Fma),
     /// As [`Panels::Bf16`], for the AVX-512 kernel: 32-bit lane `l` of a step holds column `l`
     /// in its low half and column `l + 16` in its high half, so one load and two instructions (a
     /// shift and a mask) widen both 16-column halves, where the in-order layout takes two
@@ -128,7 +127,7 @@ impl PackedWeight {
         let panels = match (bf16, isa) {
             (false, _) => Panels::F32(pack(weight, n, k, |w| w, false)),
             (true, Isa::Avx512(avx)) => Panels::Bf16Paired(pack(weight, n, k, to_bf16, true), avx),
-            (true, Isa::Avx2(_)) => Panels::Bf16(pack(weight, n, k, to_bf16, false)),
+            (true, Isa::Avx2(avx2)) => Panels::Bf16(pack(weight, n, k, to_bf16, false), avx2),
         };
         Ok(Self {
             isa,
@@ -142,7 +141,7 @@ impl PackedWeight {
     /// Whether the panels are stored in bf16.
     #[cfg(test)]
     pub(crate) fn is_bf16(&self) -> bool {
-        matches!(self.panels, Panels::Bf16(_) | Panels::Bf16Paired(..))
+        matches!(self.panels, Panels::Bf16(..) | Panels::Bf16Paired(..))
     }
 
     pub(crate) fn out_dim(&self) -> usize {
@@ -175,7 +174,7 @@ impl PackedWeight {
                 Panels::F32(p) => {
                     values.extend(p.get(base..).into_iter().flatten().step_by(NR).take(k))
                 }
-                Panels::Bf16(p) | Panels::Bf16Paired(p, _) => values.extend(
+                Panels::Bf16(p, _) | Panels::Bf16Paired(p, _) => values.extend(
                     p.get(base..)
                         .into_iter()
                         .flatten()
@@ -370,13 +369,18 @@ impl Job<'_> {
                         let column = (panel - self.first_panel) * NR;
                         let c = self.out.0.add(row0 * self.ldc + column);
                         let (isa, ldc, block) = (self.isa, self.ldc, offset..offset + kc * NR);
+                        // Each bf16 layout is read by the kernel it was packed for.
                         match self.panels {
                             Panels::F32(p) => tile::<F32Panel>(isa, rows, kc, a, &p[block], c, ldc),
-                            Panels::Bf16(p) => {
-                                tile::<Bf16Panel>(isa, rows, kc, a, &p[block], c, ldc)
+                            Panels::Bf16(p, avx2) => {
+                                if let Some((a, b)) = steps(rows, kc, a, &p[block]) {
+                                    packed_avx2::tile::<Bf16Panel>(*avx2, rows, kc, a, b, c, ldc)
+                                }
                             }
                             Panels::Bf16Paired(p, avx) => {
-                                tile_paired(*avx, rows, kc, a, &p[block], c, ldc)
+                                if let Some((a, b)) = steps(rows, kc, a, &p[block]) {
+                                    tile_avx512::<Bf16PairedPanel>(*avx, rows, kc, a, b, c, ldc)
+                                }
                             }
                         }
                     }
@@ -407,22 +411,8 @@ impl PanelFormat for F32Panel {
     }
 }
 
+/// [`Panels::Bf16`]'s steps, which the AVX2 kernel reads (`packed_avx2::Load8`).
 pub(super) struct Bf16Panel;
-
-impl PanelFormat for Bf16Panel {
-    type Elem = u16;
-    /// bf16 -> f32 is exact: the 16 bits become the upper half of the f32 pattern.
-    #[inline]
-    #[target_feature(enable = "avx512f")]
-    unsafe fn load(b: *const u16) -> (__m512, __m512) {
-        let lo = _mm512_cvtepu16_epi32(_mm256_loadu_si256(b.cast()));
-        let hi = _mm512_cvtepu16_epi32(_mm256_loadu_si256(b.add(16).cast()));
-        (
-            _mm512_castsi512_ps(_mm512_slli_epi32::<16>(lo)),
-            _mm512_castsi512_ps(_mm512_slli_epi32::<16>(hi)),
-        )
-    }
-}
 
 pub(super) struct Bf16PairedPanel;
 
@@ -474,36 +464,20 @@ unsafe fn tile<P: PanelFormat + packed_avx2::Load8<Elem = <P as PanelFormat>::El
     c: *mut f32,
     ldc: usize,
 ) {
-    if a.len() < kc * rows || b.len() < kc * NR {
+    let Some((a, b)) = steps(rows, kc, a, b) else {
         return;
-    }
-    let (a, b) = (a.as_ptr(), b.as_ptr());
-    // SAFETY: `a` and `b` hold `kc` steps (checked above) and the caller vouches for `c`.
+    };
+    // SAFETY: `a` and `b` hold `kc` steps (`steps`) and the caller vouches for `c`.
     match isa {
         Isa::Avx512(avx) => tile_avx512::<P>(avx, rows, kc, a, b, c, ldc),
         Isa::Avx2(avx2) => packed_avx2::tile::<P>(avx2, rows, kc, a, b, c, ldc),
     }
 }
 
-/// [`tile`] for [`Panels::Bf16Paired`], which only the AVX-512 kernel reads.
-///
-/// # Safety
-/// As for [`tile`].
-#[allow(clippy::too_many_arguments)]
-unsafe fn tile_paired(
-    avx: Avx512,
-    rows: usize,
-    kc: usize,
-    a: &[f32],
-    b: &[u16],
-    c: *mut f32,
-    ldc: usize,
-) {
-    if a.len() < kc * rows || b.len() < kc * NR {
-        return;
-    }
-    // SAFETY: `a` and `b` hold `kc` steps (checked above) and the caller vouches for `c`.
-    tile_avx512::<Bf16PairedPanel>(avx, rows, kc, a.as_ptr(), b.as_ptr(), c, ldc)
+/// `a` and `b` as pointers when they hold `kc` steps (`rows` values and `NR` weights each), so
+/// that a kernel may read them; `None` otherwise (the tile then computes nothing).
+fn steps<T>(rows: usize, kc: usize, a: &[f32], b: &[T]) -> Option<(*const f32, *const T)> {
+    (a.len() >= kc * rows && b.len() >= kc * NR).then_some((a.as_ptr(), b.as_ptr()))
 }
 
 /// [`tile`] on AVX-512.

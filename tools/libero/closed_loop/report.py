@@ -331,7 +331,7 @@ def write_markdown(rep, path, media_rel):
                  "| mean action L1 to plain's |")
         L.append("|---|---|---|---|---|---|---|---|---|---|---|")
         for c in shadowed:
-            for order, g in (c.get("shadow_by_order") or {"decoder first": c}).items():
+            for order, g in c["shadow_by_order"].items():
                 L.append(f"| {c['name']} | {order} | {g['shadow_episodes']} | {g['shadow_steps']} | "
                          f"{_fmt(g['shadow_plain_decode_ms_per_action'], 2)} | "
                          f"{_fmt(g['shadow_decode_ms_per_action'], 2)} | {_fmt(g['shadow_decode_speedup'], 2)}x | "
